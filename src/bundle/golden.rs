@@ -1,0 +1,56 @@
+//! `golden.jsonl`: rows with the outputs training produced for them.
+//!
+//! Replaying them through this daemon's own preprocessing and engine proves that serving
+//! encodes features exactly as training did; a bundle that disagrees never goes live.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::{preprocess::OwnedRow, schema::OwnedValue};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GoldenLine {
+    #[serde(default)]
+    row_id: String,
+    features: BTreeMap<String, OwnedValue>,
+    label: String,
+    probabilities: Vec<f32>,
+}
+
+/// One golden row and its expected outputs.
+#[derive(Debug, Clone)]
+pub struct GoldenRow {
+    /// 1-based line number in golden.jsonl.
+    pub line: usize,
+    pub row: OwnedRow,
+    pub label: String,
+    pub probabilities: Vec<f32>,
+}
+
+/// A golden line that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {source}")]
+pub struct GoldenParseError {
+    pub line: usize,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Parses every non-empty line.
+pub fn parse(text: &str) -> Result<Vec<GoldenRow>, GoldenParseError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let g: GoldenLine = serde_json::from_str(l).map_err(|source| GoldenParseError { line: i + 1, source })?;
+            Ok(GoldenRow {
+                line: i + 1,
+                row: OwnedRow { row_id: g.row_id, features: g.features.into_iter().collect() },
+                label: g.label,
+                probabilities: g.probabilities,
+            })
+        })
+        .collect()
+}

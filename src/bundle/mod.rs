@@ -1,0 +1,264 @@
+//! One version directory turned into a checked, warm, ready-to-serve [`Bundle`].
+//!
+//! Loading runs every step `modeld validate` reports, in order: verify the manifest, parse the
+//! schema and config, open the model, check the schema's width against the model's, replay the
+//! golden rows, warm every session. A bundle value only exists if all of them passed, so the
+//! registry can never publish a half-checked version.
+
+pub mod config;
+pub mod golden;
+pub mod manifest;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+pub use config::BundleConfig;
+
+use crate::{
+    engine::{Engine, EngineError, EngineOptions},
+    preprocess::{self, Input, RowError, RowView},
+    schema::{Schema, SchemaError},
+};
+
+/// Why a bundle cannot be served. Every variant names the file or step and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("MANIFEST.sha256: {0}")]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{file} is not UTF-8")]
+    Encoding { file: &'static str },
+    #[error("feature_schema.yaml: {0}")]
+    Schema(#[from] SchemaError),
+    #[error("config.yaml: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("evaluation.json: {0}")]
+    Evaluation(#[source] serde_json::Error),
+    #[error("version.txt is empty")]
+    EmptyVersion,
+    #[error("model.onnx: {0}")]
+    Engine(#[from] EngineError),
+    #[error("feature_schema.yaml declares {schema} columns but model.onnx takes {model}")]
+    Width { schema: usize, model: usize },
+    #[error("golden.jsonl: {0}")]
+    GoldenParse(#[from] golden::GoldenParseError),
+    #[error("golden.jsonl has no rows: a bundle must prove its outputs")]
+    GoldenEmpty,
+    #[error("golden.jsonl line {line}: preprocessing failed: {source}")]
+    GoldenRow {
+        line: usize,
+        #[source]
+        source: RowError,
+    },
+    #[error("golden.jsonl line {line} (row_id `{row_id}`): {reason}")]
+    GoldenMismatch { line: usize, row_id: String, reason: String },
+}
+
+/// How bundles are loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub engine: EngineOptions,
+    /// Largest absolute difference allowed between served and golden probabilities.
+    pub tolerance: f32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { engine: EngineOptions::default(), tolerance: 1e-5 }
+    }
+}
+
+/// A loaded, verified model version. Immutable; shared as `Arc<Bundle>`.
+#[derive(Debug)]
+pub struct Bundle {
+    /// From version.txt: what callers see.
+    pub version: String,
+    /// Canonical path of the version directory.
+    pub path: PathBuf,
+    /// sha256 of MANIFEST.sha256: with `path`, the bundle's identity.
+    pub manifest_sha256: String,
+    pub loaded_at: SystemTime,
+    pub schema: Schema,
+    pub config: BundleConfig,
+    /// evaluation.json verbatim, and its numeric `metrics`.
+    pub evaluation_json: String,
+    pub evaluation: BTreeMap<String, f64>,
+    engine: Engine,
+}
+
+/// One finished load step, for `modeld validate` and load logs.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub took: Duration,
+    pub detail: String,
+}
+
+/// One row's served outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Scored<'a> {
+    pub label: &'a str,
+    pub probabilities: &'a [f32],
+}
+
+impl Bundle {
+    /// Loads and checks the version directory `dir`.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Bundle, BundleError> {
+        Bundle::load_reporting(dir, options, &mut |_| {})
+    }
+
+    /// [`Bundle::load`], calling `report` after each step that passed.
+    pub fn load_reporting(
+        dir: &Path,
+        options: &LoadOptions,
+        report: &mut dyn FnMut(Step),
+    ) -> Result<Bundle, BundleError> {
+        let mut timer = Instant::now();
+        let mut done = |name, detail: String| {
+            report(Step { name, took: timer.elapsed(), detail });
+            timer = Instant::now();
+        };
+
+        let path = dir.canonicalize().map_err(|source| BundleError::Directory { path: dir.to_owned(), source })?;
+        let verified = manifest::verify(&path)?;
+        done("manifest", format!("{} files verified, manifest sha256 {}", verified.files.len(), verified.manifest_sha256));
+        let file = |name: &'static str| -> Result<&str, BundleError> {
+            std::str::from_utf8(&verified.files[name]).map_err(|_| BundleError::Encoding { file: name })
+        };
+
+        let schema = Schema::parse(file("feature_schema.yaml")?)?;
+        done("schema", format!("{} fields -> {} columns", schema.fields().len(), schema.width()));
+        let config = BundleConfig::parse(file("config.yaml")?)?;
+        let evaluation_json = file("evaluation.json")?.to_owned();
+        let evaluation = metrics_of(&evaluation_json)?;
+        let version = file("version.txt")?.trim().to_owned();
+        if version.is_empty() {
+            return Err(BundleError::EmptyVersion);
+        }
+        done("config", format!("version {version}, classes {:?}", config.class_labels));
+
+        let engine = Engine::load(
+            &path.join("model.onnx"),
+            &verified.files["model.onnx"],
+            config.output_names(),
+            options.engine,
+        )?;
+        if engine.width() != schema.width() {
+            return Err(BundleError::Width { schema: schema.width(), model: engine.width() });
+        }
+        done("model", format!("{} input columns, {} session(s)", engine.width(), options.engine.sessions.max(1)));
+
+        let golden = golden::parse(file("golden.jsonl")?)?;
+        let bundle = Bundle {
+            version,
+            path,
+            manifest_sha256: verified.manifest_sha256,
+            loaded_at: SystemTime::now(),
+            schema,
+            config,
+            evaluation_json,
+            evaluation,
+            engine,
+        };
+        let input = bundle.replay_golden(&golden, options.tolerance)?;
+        done("golden", format!("{} rows match within {:e}", golden.len(), options.tolerance));
+        bundle.engine.warm_up(&input.data, input.rows)?;
+        done("warm-up", "every session ran the golden batch".to_owned());
+        Ok(bundle)
+    }
+
+    fn replay_golden(&self, golden: &[golden::GoldenRow], tolerance: f32) -> Result<Input, BundleError> {
+        if golden.is_empty() {
+            return Err(BundleError::GoldenEmpty);
+        }
+        let rows: Vec<_> = golden.iter().map(|g| g.row.clone()).collect();
+        let input = self.prepare(&rows).map_err(|e| BundleError::GoldenRow { line: golden[e.row_index].line, source: e })?;
+        let mismatch = self.score(&input, |i, scored| {
+            let g = &golden[i];
+            let fail = |reason| Some((g.line, g.row.row_id.clone(), reason));
+            if scored.label != g.label {
+                return fail(format!("label `{}`, golden `{}`", scored.label, g.label));
+            }
+            if scored.probabilities.len() != g.probabilities.len() {
+                return fail(format!(
+                    "{} probabilities, golden has {}",
+                    scored.probabilities.len(),
+                    g.probabilities.len()
+                ));
+            }
+            let worst = scored.probabilities.iter().zip(&g.probabilities).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            // `!(<=)` also catches NaN.
+            if !(worst <= tolerance) {
+                return fail(format!(
+                    "probabilities {:?} differ from golden {:?} by {worst:e} (tolerance {tolerance:e})",
+                    scored.probabilities, g.probabilities
+                ));
+            }
+            None
+        })?;
+        match mismatch.into_iter().flatten().next() {
+            Some((line, row_id, reason)) => Err(BundleError::GoldenMismatch { line, row_id, reason }),
+            None => Ok(input),
+        }
+    }
+
+    /// Encodes rows per the schema; the first bad row is the error.
+    pub fn prepare<R: RowView>(&self, rows: &[R]) -> Result<Input, RowError> {
+        preprocess::encode(&self.schema, rows)
+    }
+
+    /// Runs the model on `input` and calls `emit(row index, outputs)` for each row, collecting
+    /// what it returns. Outputs are borrowed from the run: nothing is copied on the way.
+    pub fn score<T>(&self, input: &Input, mut emit: impl FnMut(usize, Scored<'_>) -> T) -> Result<Vec<T>, EngineError> {
+        if input.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let classes = &self.config.class_labels;
+        let threshold = self.config.decision_threshold;
+        self.engine.run(&input.data, input.rows, |out| {
+            if out.classes != classes.len() {
+                return Err(EngineError::Output {
+                    name: self.config.outputs.probabilities.clone(),
+                    reason: format!("{} classes, config.yaml names {}", out.classes, classes.len()),
+                });
+            }
+            let mut results = Vec::with_capacity(input.rows);
+            for (i, (label, probabilities)) in out.labels.iter().zip(out.probabilities.chunks_exact(out.classes)).enumerate() {
+                let index = match threshold {
+                    Some(t) => usize::from(probabilities[1] >= t),
+                    None => usize::try_from(*label).ok().filter(|l| *l < classes.len()).ok_or_else(|| {
+                        EngineError::Output {
+                            name: self.config.outputs.label.clone(),
+                            reason: format!("label {label} has no class name"),
+                        }
+                    })?,
+                };
+                results.push(emit(i, Scored { label: &classes[index], probabilities }));
+            }
+            Ok(results)
+        })?
+    }
+
+    /// Class names in probability order.
+    pub fn class_labels(&self) -> &[String] {
+        &self.config.class_labels
+    }
+}
+
+/// The numeric entries of evaluation.json's `metrics` object (absent: none).
+fn metrics_of(json: &str) -> Result<BTreeMap<String, f64>, BundleError> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(BundleError::Evaluation)?;
+    Ok(value
+        .get("metrics")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+        .unwrap_or_default())
+}

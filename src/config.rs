@@ -1,0 +1,261 @@
+//! The one typed configuration: `config/service.yaml`, overridden by `MODELD_*` environment
+//! variables, overridden by command-line flags. Nothing else in modeld reads the environment.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::telemetry::LogFormat;
+
+/// Default location of the ONNX Runtime library, as `scripts/fetch-onnxruntime.sh` leaves it.
+const DEFAULT_ORT_LIBRARY: &str = ".ort/libonnxruntime.so.1.31.1";
+const DEFAULT_CONFIG: &str = "config/service.yaml";
+
+/// modeld: serves tabular ONNX model bundles over gRPC and hot-swaps them when `current` moves.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the configured tasks until SIGTERM or SIGINT.
+    Serve(Box<ServeArgs>),
+    /// Run every load check on one bundle directory, print a report, exit 0 (pass) or 1 (fail).
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The bundle's version directory (the one holding MANIFEST.sha256).
+    pub bundle: PathBuf,
+    /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
+    #[arg(long, env = "MODELD_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+}
+
+/// Flags and environment for `serve`; every field may also come from the YAML file.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// YAML configuration file; flags and MODELD_* variables override it [default: config/service.yaml if present].
+    #[arg(long, env = "MODELD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+
+    /// Directory holding one sub-directory per task [default: ./models].
+    #[arg(long, env = "MODELD_MODEL_ROOT")]
+    pub model_root: Option<PathBuf>,
+    /// Tasks to serve, comma-separated [default: every task directory under the model root].
+    #[arg(long, env = "MODELD_TASKS", value_delimiter = ',')]
+    pub tasks: Option<Vec<String>>,
+    /// gRPC listen address. Use 0.0.0.0 in containers [default: 127.0.0.1:50051].
+    #[arg(long, env = "MODELD_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Admin HTTP listen address (/healthz /readyz /metrics /model/version) [default: 127.0.0.1:9090].
+    #[arg(long, env = "MODELD_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Model runs allowed at once (= ONNX sessions per bundle). More than the CPU count only adds
+    /// contention [default: available CPUs].
+    #[arg(long, env = "MODELD_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+    /// Model runs allowed to wait for a free slot; beyond it calls get RESOURCE_EXHAUSTED at once
+    /// instead of queueing without bound [default: 1024].
+    #[arg(long, env = "MODELD_MAX_QUEUED_RUNS")]
+    pub max_queued_runs: Option<usize>,
+    /// Requests with at most this many rows run on the async worker that received them (a row
+    /// costs microseconds, less than a thread hand-off); bigger ones go to blocking threads
+    /// [default: 16].
+    #[arg(long, env = "MODELD_INLINE_MAX_ROWS")]
+    pub inline_max_rows: Option<usize>,
+    /// Most rows accepted in one Predict request or stream chunk [default: 10000].
+    #[arg(long, env = "MODELD_MAX_ROWS")]
+    pub max_rows: Option<usize>,
+    /// Largest gRPC message accepted, in bytes [default: 16777216].
+    #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Server-side limit for one call, in milliseconds; a client's shorter grpc-timeout wins [default: 10000].
+    #[arg(long, env = "MODELD_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// How long in-flight calls may take to finish after SIGTERM, in milliseconds. Keep it below
+    /// the orchestrator's termination grace period [default: 20000].
+    #[arg(long, env = "MODELD_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+
+    /// Interval between checks of every `current` link, in milliseconds [default: 2000].
+    #[arg(long, env = "MODELD_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// Quiet time after a reload signal before reloading, in milliseconds [default: 200].
+    #[arg(long, env = "MODELD_RELOAD_DEBOUNCE_MS")]
+    pub reload_debounce_ms: Option<u64>,
+
+    /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
+    #[arg(long, env = "MODELD_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+    /// Log filter in RUST_LOG syntax [default: info,ort=warn].
+    #[arg(long, env = "MODELD_LOG")]
+    pub log: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "MODELD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The resolved configuration of `modeld serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub model_root: PathBuf,
+    pub tasks: Vec<String>,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub inference_threads: usize,
+    pub max_queued_runs: usize,
+    pub inline_max_rows: usize,
+    pub max_rows: usize,
+    pub max_message_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub poll_interval: Duration,
+    pub reload_debounce: Duration,
+    pub ort_library: PathBuf,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Settings for serving `model_root` with defaults for everything else; tests and
+    /// benchmarks start from here.
+    pub fn for_model_root(model_root: impl Into<PathBuf>) -> Result<Config, ConfigError> {
+        resolve(ServeArgs { model_root: Some(model_root.into()), ..ServeArgs::default() }, ServeArgs::default())
+    }
+}
+
+/// Merges flags/environment over the YAML file over defaults, and checks the result.
+pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let file = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_yaml::from_str::<Option<ServeArgs>>(&text)
+            .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            .unwrap_or_default(),
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => ServeArgs::default(),
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    resolve(args, file)
+}
+
+fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    let model_root = cli.model_root.or(file.model_root).unwrap_or_else(|| PathBuf::from("models"));
+    let tasks = match cli.tasks.or(file.tasks).filter(|t| !t.is_empty()) {
+        Some(tasks) => tasks.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+        None => discover_tasks(&model_root)?,
+    };
+    if tasks.is_empty() {
+        return invalid(format!("no tasks: {} has no task directories and none were configured", model_root.display()));
+    }
+    for t in &tasks {
+        if t.contains('/') || t == "." || t == ".." {
+            return invalid(format!("task name `{t}` must be a plain directory name"));
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+    let config = Config {
+        tasks,
+        grpc_addr: cli.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
+        admin_addr: cli.admin_addr.or(file.admin_addr).unwrap_or_else(|| ([127, 0, 0, 1], 9090).into()),
+        inference_threads: cli.inference_threads.or(file.inference_threads).unwrap_or(cpus),
+        max_queued_runs: cli.max_queued_runs.or(file.max_queued_runs).unwrap_or(1024),
+        inline_max_rows: cli.inline_max_rows.or(file.inline_max_rows).unwrap_or(16),
+        max_rows: cli.max_rows.or(file.max_rows).unwrap_or(10_000),
+        max_message_bytes: cli.max_message_bytes.or(file.max_message_bytes).unwrap_or(16 << 20),
+        request_timeout: ms(cli.request_timeout_ms.or(file.request_timeout_ms), 10_000),
+        shutdown_grace: ms(cli.shutdown_grace_ms.or(file.shutdown_grace_ms), 20_000),
+        poll_interval: ms(cli.poll_interval_ms.or(file.poll_interval_ms), 2_000),
+        reload_debounce: ms(cli.reload_debounce_ms.or(file.reload_debounce_ms), 200),
+        ort_library: cli.ort_library.or(file.ort_library).unwrap_or_else(default_ort_library),
+        log: cli.log.or(file.log).unwrap_or_else(|| "info,ort=warn".to_owned()),
+        log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        model_root,
+    };
+    if config.inference_threads == 0 || config.max_rows == 0 || config.max_message_bytes == 0 {
+        return invalid("inference_threads, max_rows and max_message_bytes must be at least 1".into());
+    }
+    if config.poll_interval.is_zero() {
+        return invalid("poll_interval_ms must be at least 1".into());
+    }
+    Ok(config)
+}
+
+/// The library path when none is configured: ort's own variable, then the fetch script's spot.
+pub fn default_ort_library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| PathBuf::from(DEFAULT_ORT_LIBRARY), PathBuf::from)
+}
+
+/// Every sub-directory of the model root, sorted: each is a task.
+fn discover_tasks(root: &Path) -> Result<Vec<String>, ConfigError> {
+    let entries = std::fs::read_dir(root).map_err(|source| ConfigError::Read { path: root.to_owned(), source })?;
+    let mut tasks: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    tasks.sort();
+    Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let file: ServeArgs =
+            serde_yaml::from_str("tasks: [a, b]\ninference_threads: 3\nmax_rows: 50\n").unwrap();
+        let cli = ServeArgs { inference_threads: Some(1), ..ServeArgs::default() };
+        let config = resolve(cli, file).unwrap();
+        assert_eq!(config.tasks, ["a", "b"]);
+        assert_eq!(config.inference_threads, 1);
+        assert_eq!(config.max_rows, 50);
+        assert_eq!(config.inline_max_rows, 16);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        assert!(serde_yaml::from_str::<ServeArgs>("inference_thread: 2\n").is_err());
+    }
+}

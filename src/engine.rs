@@ -1,0 +1,221 @@
+//! ONNX Runtime sessions for one model and the mapping of their outputs.
+//!
+//! `Session::run` needs `&mut self`, so an [`Engine`] keeps a small pool of sessions, one per
+//! allowed concurrent run. Callers bound concurrency above this module (a semaphore with as many
+//! permits as there are sessions), so a free session is always found without waiting; the
+//! mutexes only make that safe. Each session runs single-threaded on the calling thread:
+//! a tabular row costs microseconds, far less than handing work to an intra-op pool.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use ort::{
+    environment::Environment,
+    session::{Session, builder::GraphOptimizationLevel},
+    value::{TensorElementType, TensorRef, ValueType},
+};
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("ONNX Runtime library {0} not found (run scripts/fetch-onnxruntime.sh or set MODELD_ORT_LIBRARY)")]
+    LibraryMissing(PathBuf),
+    #[error("cannot load the ONNX Runtime library {path}: {source}")]
+    Library {
+        path: PathBuf,
+        #[source]
+        source: ort::LoadDynamicError,
+    },
+    #[error("cannot start ONNX Runtime: {0}")]
+    Environment(#[source] ort::Error),
+    #[error("ONNX Runtime is not initialised (call engine::init first)")]
+    NoRuntime,
+    #[error("cannot open model {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("model {path}: {reason}")]
+    Signature { path: PathBuf, reason: String },
+    #[error("model run failed: {0}")]
+    Run(#[source] ort::Error),
+    #[error("model output `{name}`: {reason}")]
+    Output { name: String, reason: String },
+}
+
+static RUNTIME: OnceLock<Environment> = OnceLock::new();
+static RUNTIME_INIT: Mutex<()> = Mutex::new(());
+
+/// Loads the ONNX Runtime shared library once per process. Later calls are no-ops.
+pub fn init(library: &Path) -> Result<(), EngineError> {
+    let _serialise = RUNTIME_INIT.lock().unwrap_or_else(|p| p.into_inner());
+    if RUNTIME.get().is_some() {
+        return Ok(());
+    }
+    if !library.is_file() {
+        return Err(EngineError::LibraryMissing(library.to_owned()));
+    }
+    let builder = ort::init_from(library).map_err(|source| EngineError::Library { path: library.to_owned(), source })?;
+    let env = builder.with_name("modeld").with_telemetry(false).build().map_err(EngineError::Environment)?;
+    let _ = RUNTIME.set(env);
+    Ok(())
+}
+
+/// How sessions are built.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Sessions in the pool = model runs that may proceed at once.
+    pub sessions: usize,
+    /// Intra-op threads per session; 1 runs on the caller's thread.
+    pub intra_threads: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { sessions: 1, intra_threads: 1 }
+    }
+}
+
+/// Names of the model outputs to read.
+#[derive(Debug, Clone)]
+pub struct OutputNames {
+    pub label: String,
+    pub probabilities: String,
+}
+
+/// A model ready to run: its sessions and its checked signature.
+pub struct Engine {
+    sessions: Box<[Mutex<Session>]>,
+    next: AtomicUsize,
+    input: String,
+    width: usize,
+    outputs: OutputNames,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("sessions", &self.sessions.len())
+            .field("input", &self.input)
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+/// Outputs of one run, borrowed from the session for the duration of a callback.
+pub struct Outputs<'a> {
+    /// Predicted class index per row.
+    pub labels: &'a [i64],
+    /// Row-major `[rows, classes]` probabilities.
+    pub probabilities: &'a [f32],
+    pub classes: usize,
+}
+
+impl Engine {
+    /// Opens the model in `bytes` (read from `path`, named in errors) with `options.sessions`
+    /// sessions and checks its signature: one float32 input `[N, F]`, an int64 label output and
+    /// a float32 `[N, C]` probability output. Taking bytes lets the caller load exactly the
+    /// bytes whose checksum it verified.
+    pub fn load(path: &Path, bytes: &[u8], outputs: OutputNames, options: EngineOptions) -> Result<Engine, EngineError> {
+        let env = RUNTIME.get().ok_or(EngineError::NoRuntime)?;
+        let model = path;
+        let open = |source| EngineError::Open { path: model.to_owned(), source };
+        let signature = |reason: String| EngineError::Signature { path: model.to_owned(), reason };
+        let sessions = (0..options.sessions.max(1))
+            .map(|_| build_session(env, bytes, options.intra_threads).map_err(open))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = &sessions[0];
+        let [input] = first.inputs() else {
+            return Err(signature(format!("expected one input, found {}", first.inputs().len())));
+        };
+        let width = match input.dtype() {
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 2 && shape[1] > 0 => {
+                shape[1] as usize
+            }
+            other => return Err(signature(format!("input must be float32 [N, F] with fixed F, found {other}"))),
+        };
+        for (name, ty) in [(&outputs.label, TensorElementType::Int64), (&outputs.probabilities, TensorElementType::Float32)] {
+            match first.outputs().iter().find(|o| o.name() == name.as_str()).map(|o| o.dtype()) {
+                Some(ValueType::Tensor { ty: found, .. }) if *found == ty => {}
+                Some(other) => return Err(signature(format!("output `{name}` must be a {ty} tensor, found {other}"))),
+                None => return Err(signature(format!("no output named `{name}`"))),
+            }
+        }
+        let input = input.name().to_owned();
+        Ok(Engine {
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+            input,
+            width,
+            outputs,
+        })
+    }
+
+    /// Number of columns the model expects.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Runs `rows` rows of `data` (row-major, `rows * width` values) and hands the outputs to
+    /// `read` while they are still borrowed from the session: no copy of the outputs is made.
+    pub fn run<T>(&self, data: &[f32], rows: usize, read: impl FnOnce(Outputs<'_>) -> T) -> Result<T, EngineError> {
+        debug_assert_eq!(data.len(), rows * self.width);
+        let mut session = self.session();
+        let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
+        let out = session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+        let output_error = |name: &str, reason: String| EngineError::Output { name: name.to_owned(), reason };
+        let (_, labels) = out[self.outputs.label.as_str()]
+            .try_extract_tensor::<i64>()
+            .map_err(|e| output_error(&self.outputs.label, e.to_string()))?;
+        let (shape, probabilities) = out[self.outputs.probabilities.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| output_error(&self.outputs.probabilities, e.to_string()))?;
+        let classes = match **shape {
+            [n, c] if n as usize == rows && c > 0 => c as usize,
+            _ => return Err(output_error(&self.outputs.probabilities, format!("unexpected shape {shape:?}"))),
+        };
+        if labels.len() != rows {
+            return Err(output_error(&self.outputs.label, format!("{} labels for {rows} rows", labels.len())));
+        }
+        Ok(read(Outputs { labels, probabilities, classes }))
+    }
+
+    /// Runs the input once on every session, so no session meets its first request cold.
+    pub fn warm_up(&self, data: &[f32], rows: usize) -> Result<(), EngineError> {
+        for session in self.sessions.iter() {
+            let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+            let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
+            session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+        }
+        Ok(())
+    }
+
+    /// A free session. Callers hold a run permit, so one is normally free on the first pass;
+    /// the blocking lock at the end is only a safety net.
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Builder errors are not `Send`, so the whole build happens here and only `ort::Error` leaves.
+fn build_session(env: &Environment, model: &[u8], intra_threads: usize) -> ort::Result<Session> {
+    Ok(Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(intra_threads.max(1))?
+        .with_inter_threads(1)?
+        .with_parallel_execution(false)?
+        .commit_from_memory(model)?)
+}

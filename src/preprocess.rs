@@ -1,0 +1,201 @@
+//! Rows of named raw features -> the model's `[rows, columns]` float32 input, per the schema.
+//!
+//! Rows come in through [`RowView`], so the service layer hands its decoded protobuf rows over
+//! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
+//! per call. The first bad value stops the call with a [`RowError`] naming row and field.
+
+use crate::schema::{Reason, Schema, Value};
+
+/// Read access to one row, whatever its wire or file form.
+pub trait RowView {
+    /// The caller's row id; empty when none was given.
+    fn row_id(&self) -> &str;
+    /// Every feature the caller sent: name and value, `None` for an explicit missing value.
+    fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)>;
+}
+
+/// A row that could not be encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    /// Position of the row in its request or chunk, from 0.
+    pub row_index: usize,
+    pub row_id: String,
+    pub field: String,
+    pub reason: Reason,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "row {}", self.row_index)?;
+        if !self.row_id.is_empty() {
+            write!(f, " (row_id `{}`)", self.row_id)?;
+        }
+        write!(f, ": field `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for RowError {}
+
+/// Encoded model input: `rows * width` values, row-major.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// Encodes all rows, or fails on the first bad one.
+pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError> {
+    let width = schema.width();
+    let mut data = vec![0.0f32; rows.len() * width];
+    let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
+    for (index, (row, out)) in rows.iter().zip(data.chunks_exact_mut(width)).enumerate() {
+        encode_row(schema, row, &mut slots, out).map_err(|(field, reason)| RowError {
+            row_index: index,
+            row_id: row.row_id().to_owned(),
+            field: field.to_owned(),
+            reason,
+        })?;
+    }
+    Ok(Input { data, rows: rows.len(), width })
+}
+
+/// Encodes each row on its own: one result per row, for streams where a bad row must not
+/// stop the others. Bad rows leave a zeroed slot in the input that is never reported.
+pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Result<usize, RowError>>) {
+    let width = schema.width();
+    let mut data = Vec::with_capacity(rows.len() * width);
+    let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut good = 0;
+    for (index, row) in rows.iter().enumerate() {
+        data.resize((good + 1) * width, 0.0);
+        match encode_row(schema, row, &mut slots, &mut data[good * width..]) {
+            Ok(()) => {
+                outcomes.push(Ok(good));
+                good += 1;
+            }
+            Err((field, reason)) => {
+                data.truncate(good * width);
+                outcomes.push(Err(RowError {
+                    row_index: index,
+                    row_id: row.row_id().to_owned(),
+                    field: field.to_owned(),
+                    reason,
+                }));
+            }
+        }
+    }
+    data.truncate(good * width);
+    (Input { data, rows: good, width }, outcomes)
+}
+
+fn encode_row<'r, R: RowView>(
+    schema: &'r Schema,
+    row: &'r R,
+    slots: &mut [Option<Value<'r>>],
+    out: &mut [f32],
+) -> Result<(), (&'r str, Reason)> {
+    slots.fill(None);
+    for (name, value) in row.features() {
+        match schema.field_index(name) {
+            Some(i) => slots[i] = value,
+            None if schema.strict() => return Err((name, Reason::UnknownField)),
+            None => {}
+        }
+    }
+    for (field, slot) in schema.fields().iter().zip(slots.iter()) {
+        let value = match (slot, &field.default) {
+            (Some(v), _) => *v,
+            (None, Some(default)) => default.as_value(),
+            (None, None) => return Err((&field.name, Reason::Missing)),
+        };
+        field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
+    }
+    Ok(())
+}
+
+/// A row held as owned name/value pairs: golden files, benchmarks, tests.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedRow {
+    pub row_id: String,
+    pub features: Vec<(String, crate::schema::OwnedValue)>,
+}
+
+impl RowView for OwnedRow {
+    fn row_id(&self) -> &str {
+        &self.row_id
+    }
+
+    fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
+        self.features.iter().map(|(k, v)| (k.as_str(), Some(v.as_value())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::OwnedValue;
+
+    const SCHEMA: &str = r#"
+schema_version: 1
+fields:
+  - name: x
+    type: number
+    scaler: {mean: 1.0, scale: 2.0}
+  - name: c
+    type: categorical
+    required: false
+    default: b
+    vocabulary: [a, b]
+    encoding: onehot
+    unknown: reject
+columns: [x, "c=a", "c=b"]
+"#;
+
+    fn row(id: &str, features: &[(&str, OwnedValue)]) -> OwnedRow {
+        OwnedRow {
+            row_id: id.into(),
+            features: features.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        }
+    }
+
+    #[test]
+    fn encodes_rows_with_defaults() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let rows = [
+            row("r0", &[("x", OwnedValue::Number(3.0)), ("c", OwnedValue::Text("a".into()))]),
+            row("r1", &[("x", OwnedValue::Integer(1))]),
+        ];
+        let input = encode(&schema, &rows).unwrap();
+        assert_eq!(input.data, [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!((input.rows, input.width), (2, 3));
+    }
+
+    #[test]
+    fn names_row_and_field() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let rows = [row("ok", &[("x", OwnedValue::Number(0.0))]), row("bad", &[("y", OwnedValue::Number(0.0))])];
+        let err = encode(&schema, &rows).unwrap_err();
+        assert_eq!((err.row_index, err.field.as_str(), &err.reason), (1, "y", &Reason::UnknownField));
+        assert_eq!(err.to_string(), "row 1 (row_id `bad`): field `y`: unknown field (the schema is strict)");
+        let missing = encode(&schema, &[row("", &[])]).unwrap_err();
+        assert_eq!(missing.to_string(), "row 0: field `x`: required field is missing");
+    }
+
+    #[test]
+    fn encode_each_keeps_good_rows() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let rows = [
+            row("a", &[("x", OwnedValue::Number(1.0))]),
+            row("b", &[("x", OwnedValue::Text("no".into()))]),
+            row("c", &[("x", OwnedValue::Number(5.0))]),
+        ];
+        let (input, outcomes) = encode_each(&schema, &rows);
+        assert_eq!(input.rows, 2);
+        assert_eq!(input.data, [0.0, 0.0, 1.0, 2.0, 0.0, 1.0]);
+        assert_eq!(outcomes[0], Ok(0));
+        assert_eq!(outcomes[1].as_ref().unwrap_err().field, "x");
+        assert_eq!(outcomes[2], Ok(1));
+    }
+}

@@ -1,0 +1,308 @@
+//! The live bundle of every task, swappable while requests run.
+//!
+//! # States and invariants
+//! Each configured task is in one of two states: *not serving* (no bundle has loaded yet) or
+//! *serving* (a bundle is live). A task moves to serving on its first successful load and stays
+//! there: a failed reload leaves the live bundle in place and only records the error.
+//!
+//! - The live bundle sits in an `ArcSwapOption`; a request takes one `Arc<Bundle>` snapshot
+//!   ([`Registry::get`]) and uses it to the end, so a swap can never mix versions within a call.
+//!   The old bundle is freed when its last snapshot drops.
+//! - Only [`Registry::reload`] stores, and only a bundle that passed every load check.
+//! - A reload compares the candidate's identity (canonical path + manifest sha256) with the live
+//!   one, never timestamps, so a rollback to an older directory is a change like any other.
+//! - Loads run on a blocking thread, one at a time (the single reload loop in [`watch`] calls
+//!   them), so they never stall the async workers nor compete with each other for CPU.
+
+pub mod watch;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime},
+};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch as state;
+
+use crate::{
+    bundle::{Bundle, BundleError, LoadOptions, manifest::sha256_hex},
+    telemetry::Metrics,
+};
+
+/// Name of the link that selects a task's live version.
+pub const CURRENT: &str = "current";
+
+/// Why a request cannot get a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("unknown task `{0}`")]
+    UnknownTask(String),
+    #[error("task `{task}` has no version `{version}` loaded (live: `{live}`)")]
+    UnknownVersion { task: String, version: String, live: String },
+    #[error("task `{task}` has no live version yet: {reason}")]
+    NotReady { task: String, reason: String },
+}
+
+/// Why a reload did not produce a live bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot resolve {link}: {source}")]
+    Link {
+        link: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: BundleError,
+    },
+    #[error("{path}: config.yaml is for task `{found}`, not `{task}`")]
+    WrongTask { path: PathBuf, task: String, found: String },
+    #[error("load task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// `current` still resolves to the live bundle.
+    Unchanged,
+    /// This candidate already failed and has not changed since.
+    KnownBad,
+    /// A new bundle is live; `previous` was replaced (None on first load).
+    Swapped { previous: Option<String>, version: String },
+    /// The candidate failed; the live bundle (if any) keeps serving.
+    Failed(Arc<ReloadError>),
+}
+
+/// What a candidate is: where `current` points and what its manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    path: PathBuf,
+    manifest_sha256: Option<String>,
+}
+
+/// The registry's view of one task, for health and version reports.
+#[derive(Debug, Clone)]
+pub struct TaskReport {
+    pub task: String,
+    pub live: Option<Arc<Bundle>>,
+    pub last_error: Option<Arc<ReloadError>>,
+    pub last_reload: Option<SystemTime>,
+}
+
+struct Task {
+    live: ArcSwapOption<Bundle>,
+    status: Mutex<Status>,
+}
+
+#[derive(Default)]
+struct Status {
+    last_error: Option<Arc<ReloadError>>,
+    failed: Option<Identity>,
+    last_reload: Option<SystemTime>,
+}
+
+/// Handle to the live bundles. Cloning is shallow: every clone sees the same tasks.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    tasks: BTreeMap<String, Task>,
+    options: LoadOptions,
+    metrics: Metrics,
+    /// Bumped after every reload attempt that changed something; readiness watchers follow it.
+    changed_tx: state::Sender<u64>,
+}
+
+impl Registry {
+    /// A registry for `tasks` under `root`, with nothing loaded yet.
+    pub fn new(root: PathBuf, tasks: &[String], options: LoadOptions, metrics: Metrics) -> Registry {
+        let tasks = tasks
+            .iter()
+            .map(|t| (t.clone(), Task { live: ArcSwapOption::empty(), status: Mutex::default() }))
+            .collect();
+        let (changed_tx, _) = state::channel(0);
+        Registry { inner: Arc::new(Inner { root, tasks, options, metrics, changed_tx }) }
+    }
+
+    /// The live bundle of `task`: one snapshot for the whole request.
+    #[inline]
+    pub fn get(&self, task: &str) -> Result<Arc<Bundle>, RegistryError> {
+        let slot = self.inner.tasks.get(task).ok_or_else(|| RegistryError::UnknownTask(task.to_owned()))?;
+        slot.live.load_full().ok_or_else(|| RegistryError::NotReady {
+            task: task.to_owned(),
+            reason: self.lock(slot).last_error.as_ref().map_or_else(|| "still loading".to_owned(), |e| e.to_string()),
+        })
+    }
+
+    /// Configured task names, sorted.
+    pub fn tasks(&self) -> impl Iterator<Item = &str> {
+        self.inner.tasks.keys().map(String::as_str)
+    }
+
+    /// The model root the tasks live under.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// True when every task has a live bundle.
+    pub fn all_live(&self) -> bool {
+        self.inner.tasks.values().all(|t| t.live.load().is_some())
+    }
+
+    /// Reports for every task, sorted by name.
+    pub fn reports(&self) -> Vec<TaskReport> {
+        self.inner
+            .tasks
+            .iter()
+            .map(|(name, t)| {
+                let status = self.lock(t);
+                TaskReport {
+                    task: name.clone(),
+                    live: t.live.load_full(),
+                    last_error: status.last_error.clone(),
+                    last_reload: status.last_reload,
+                }
+            })
+            .collect()
+    }
+
+    /// A receiver that sees a new value whenever a reload changed a task's state.
+    pub fn subscribe(&self) -> state::Receiver<u64> {
+        self.inner.changed_tx.subscribe()
+    }
+
+    /// Brings `task` in line with its `current` link: loads and checks the candidate off the
+    /// async workers and swaps it in, unless it is already live or is a known bad candidate.
+    /// `retry_bad` loads a candidate again even if it failed before unchanged (a file inside it
+    /// may have been repaired in place).
+    pub async fn reload(&self, task: &str, retry_bad: bool) -> ReloadOutcome {
+        let Some(slot) = self.inner.tasks.get(task) else {
+            return ReloadOutcome::Unchanged;
+        };
+        let link = self.inner.root.join(task).join(CURRENT);
+        let identity = match identify(&link) {
+            Ok(identity) => identity,
+            Err(source) => return self.fail(task, slot, None, ReloadError::Link { link, source }),
+        };
+        let live = slot.live.load_full();
+        if live.as_ref().is_some_and(|b| {
+            b.path == identity.path && Some(&b.manifest_sha256) == identity.manifest_sha256.as_ref()
+        }) {
+            // Back on the live bundle (say, after a bad flip was undone): the error is history.
+            self.clear_error(slot);
+            return ReloadOutcome::Unchanged;
+        }
+        if !retry_bad && self.lock(slot).failed.as_ref() == Some(&identity) {
+            return ReloadOutcome::KnownBad;
+        }
+
+        let started = Instant::now();
+        let dir = identity.path.clone();
+        let options = self.inner.options;
+        let loaded = tokio::task::spawn_blocking(move || Bundle::load(&dir, &options)).await;
+        let took = started.elapsed();
+        self.inner.metrics.load_seconds.with_label_values(&[task]).observe(took.as_secs_f64());
+        let bundle = match loaded {
+            Ok(Ok(bundle)) => bundle,
+            Ok(Err(source)) => {
+                return self.fail(task, slot, Some(identity.clone()), ReloadError::Bundle { path: identity.path, source });
+            }
+            Err(join) => return self.fail(task, slot, Some(identity), ReloadError::Join(join)),
+        };
+        if let Some(found) = bundle.config.task.as_deref().filter(|t| *t != task) {
+            let error = ReloadError::WrongTask { path: identity.path.clone(), task: task.to_owned(), found: found.to_owned() };
+            return self.fail(task, slot, Some(identity), error);
+        }
+
+        let bundle = Arc::new(bundle);
+        let previous = slot.live.swap(Some(bundle.clone()));
+        {
+            let mut status = self.lock(slot);
+            status.last_error = None;
+            status.failed = None;
+            status.last_reload = Some(SystemTime::now());
+        }
+        let metrics = &self.inner.metrics;
+        metrics.reloads.with_label_values(&[task, "success"]).inc();
+        if let Some(old) = &previous {
+            let _ = metrics.live_version.remove_label_values(&[task, &old.version, &old.manifest_sha256]);
+        }
+        metrics.live_version.with_label_values(&[task, &bundle.version, &bundle.manifest_sha256]).set(1);
+        let old_version = previous.as_ref().map(|b| b.version.clone());
+        tracing::info!(
+            task,
+            from = old_version.as_deref().unwrap_or("-"),
+            to = %bundle.version,
+            path = %bundle.path.display(),
+            took_ms = took.as_millis() as u64,
+            result = "success",
+            "bundle live"
+        );
+        self.inner.changed_tx.send_modify(|n| *n += 1);
+        ReloadOutcome::Swapped { previous: old_version, version: bundle.version.clone() }
+    }
+
+    fn fail(&self, task: &str, slot: &Task, identity: Option<Identity>, error: ReloadError) -> ReloadOutcome {
+        let error = Arc::new(error);
+        {
+            let mut status = self.lock(slot);
+            // A missing link is not a candidate: keep looking without counting it again and again.
+            let repeated = identity.is_none()
+                && status.failed.is_none()
+                && status.last_error.as_ref().is_some_and(|e| e.to_string() == error.to_string());
+            status.last_error = Some(error.clone());
+            status.failed = identity;
+            status.last_reload = Some(SystemTime::now());
+            if repeated {
+                return ReloadOutcome::KnownBad;
+            }
+        }
+        self.inner.metrics.reloads.with_label_values(&[task, "failure"]).inc();
+        let live = slot.live.load();
+        tracing::warn!(
+            task,
+            live = live.as_ref().map_or("-", |b| b.version.as_str()),
+            error = %error,
+            result = "failure",
+            "bundle rejected; live version unchanged"
+        );
+        self.inner.changed_tx.send_modify(|n| *n += 1);
+        ReloadOutcome::Failed(error)
+    }
+
+    fn clear_error(&self, slot: &Task) {
+        let mut status = self.lock(slot);
+        if status.last_error.take().is_some() {
+            status.failed = None;
+            drop(status);
+            self.inner.changed_tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn lock<'a>(&self, slot: &'a Task) -> std::sync::MutexGuard<'a, Status> {
+        // Status is plain data; a panic while holding it cannot leave it inconsistent.
+        slot.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Resolves the link and hashes the candidate's manifest (small: one line per file).
+/// A missing manifest is left to the full load to report.
+fn identify(link: &Path) -> std::io::Result<Identity> {
+    let path = link.canonicalize()?;
+    if !path.is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, format!("{} is not a directory", path.display())));
+    }
+    let manifest_sha256 = std::fs::read(path.join(crate::bundle::manifest::MANIFEST))
+        .ok()
+        .map(|bytes| sha256_hex(&bytes));
+    Ok(Identity { path, manifest_sha256 })
+}

@@ -1,0 +1,109 @@
+//! Admission and placement of model runs.
+//!
+//! Two semaphores bound the work: `slots` (one permit per ONNX session, = inference threads)
+//! and `admitted` (slots plus a bounded queue). A run that finds the queue full is refused at
+//! once with [`RunError::Overloaded`] instead of waiting without bound.
+//!
+//! Small runs (at most `inline_max_rows` rows) execute on the async worker that received them:
+//! a German Credit row takes a few microseconds, less than a hand-off to another thread would
+//! cost. Larger runs move to tokio's blocking pool so they never hold an async worker.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::{
+    bundle::{Bundle, Scored},
+    engine::EngineError,
+    preprocess::Input,
+    telemetry::Metrics,
+};
+
+/// Why a run did not produce outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("server overloaded: too many model runs queued, retry later")]
+    Overloaded,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("model run aborted: {0}")]
+    Aborted(#[from] tokio::task::JoinError),
+}
+
+/// Bounds for [`Runner`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerLimits {
+    /// Model runs at once; must not exceed the sessions per bundle.
+    pub threads: usize,
+    /// Runs allowed to wait for a slot.
+    pub max_queued: usize,
+    /// Largest run kept on the async worker.
+    pub inline_max_rows: usize,
+}
+
+/// Shared admission state. Cloning is shallow.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    admitted: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
+    inline_max_rows: usize,
+    metrics: Metrics,
+}
+
+impl Runner {
+    pub fn new(limits: RunnerLimits, metrics: Metrics) -> Runner {
+        let threads = limits.threads.max(1);
+        Runner {
+            inner: Arc::new(Inner {
+                admitted: Arc::new(Semaphore::new(threads + limits.max_queued)),
+                slots: Arc::new(Semaphore::new(threads)),
+                inline_max_rows: limits.inline_max_rows,
+                metrics,
+            }),
+        }
+    }
+
+    /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`].
+    pub async fn score<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F) -> Result<Vec<T>, RunError>
+    where
+        T: Send + 'static,
+        F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
+    {
+        let inner = &self.inner;
+        let admitted = inner.admitted.clone().try_acquire_owned().map_err(|_| RunError::Overloaded)?;
+        let queued = QueueGauge::enter(&inner.metrics);
+        let slot = inner.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
+        if input.rows <= inner.inline_max_rows {
+            let out = bundle.score(&input, emit);
+            drop((slot, admitted, queued));
+            return Ok(out?);
+        }
+        let bundle = bundle.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let _held = (slot, admitted, queued);
+            bundle.score(&input, emit)
+        })
+        .await?;
+        Ok(out?)
+    }
+}
+
+/// Keeps `modeld_inference_queue_depth` in step with admitted runs, whatever path they end on.
+struct QueueGauge(prometheus::IntGauge);
+
+impl QueueGauge {
+    fn enter(metrics: &Metrics) -> QueueGauge {
+        metrics.queued_runs.inc();
+        QueueGauge(metrics.queued_runs.clone())
+    }
+}
+
+impl Drop for QueueGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

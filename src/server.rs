@@ -1,0 +1,169 @@
+//! Wiring: builds the registry, the reload loop and the faces, serves on listeners it is given,
+//! and shuts down in three steps when the shutdown future resolves.
+//!
+//! Listeners and the shutdown future are arguments: production binds the configured addresses
+//! and passes the signal future; tests bind `127.0.0.1:0` and pass a oneshot.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    bundle::LoadOptions,
+    config::Config,
+    engine::{self, EngineOptions},
+    registry::{
+        Registry,
+        watch::{self, ReloadTiming},
+    },
+    runner::{Runner, RunnerLimits},
+    service::{
+        admin,
+        health::Readiness,
+        inference::{InferenceService, Limits},
+        layers, pb,
+    },
+    telemetry::Metrics,
+};
+
+/// Why the server could not start or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server: {0}")]
+    Admin(#[source] std::io::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let bind = |addr| async move { TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source }) };
+        Ok(Listeners { grpc: bind(config.grpc_addr).await?, admin: bind(config.admin_addr).await? })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.grpc.local_addr()?, self.admin.local_addr()?))
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains within `config.shutdown_grace`.
+///
+/// Bundles load in the background after the listeners are up: health reports NOT_SERVING
+/// until every task has a live bundle, so probes see the daemon alive but not ready.
+pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    engine::init(&config.ort_library)?;
+    let metrics = Metrics::new();
+    let load_options = LoadOptions {
+        engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
+        ..LoadOptions::default()
+    };
+    let registry = Registry::new(config.model_root.clone(), &config.tasks, load_options, metrics.clone());
+    let runner = Runner::new(
+        RunnerLimits {
+            threads: config.inference_threads,
+            max_queued: config.max_queued_runs,
+            inline_max_rows: config.inline_max_rows,
+        },
+        metrics.clone(),
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::new(registry.clone(), reporter);
+    let background = CancellationToken::new();
+    let health_sync = readiness.spawn_sync(background.clone());
+    let timing = ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce };
+    let (_reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let inference = InferenceService::new(
+        registry.clone(),
+        runner,
+        readiness.clone(),
+        metrics.clone(),
+        Limits { max_rows: config.max_rows },
+    );
+    let inference = pb::inference_server::InferenceServer::new(inference)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+
+    let drain = CancellationToken::new();
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let grpc = tokio::spawn(
+        layers::grpc_server(config)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(inference)
+            .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
+    );
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(
+        axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(tasks = ?config.tasks, root = %config.model_root.display(), "serving; loading bundles");
+
+    let mut grpc = grpc;
+    tokio::select! {
+        _ = shutdown => {}
+        // The gRPC server only ends on its own if it failed.
+        result = &mut grpc => {
+            background.cancel();
+            admin_stop.cancel();
+            result??;
+            return Ok(());
+        }
+    }
+
+    // 1. Not serving: probes and load balancers stop sending new work.
+    readiness.begin_drain().await;
+    tracing::info!(grace_ms = config.shutdown_grace.as_millis() as u64, "draining in-flight calls");
+    // 2. Stop accepting; in-flight calls and streams finish within the grace period.
+    drain.cancel();
+    let drained = tokio::time::timeout(config.shutdown_grace, &mut grpc).await;
+    match &drained {
+        Ok(_) => tracing::info!("drained: every in-flight call finished"),
+        Err(_) => tracing::warn!("grace period over: calls still running were cut"),
+    }
+    // 3. Stop the admin face and background tasks, bounded as well.
+    admin_stop.cancel();
+    background.cancel();
+    let rest = async {
+        let _ = admin.await;
+        let _ = reload_loop.await;
+        let _ = health_sync.await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+    match drained {
+        Ok(result) => Ok(result??),
+        Err(_) => {
+            grpc.abort();
+            Ok(())
+        }
+    }
+}

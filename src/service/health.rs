@@ -1,0 +1,72 @@
+//! Readiness: one rule behind grpc.health.v1, `/readyz` and the `Health` RPC.
+//!
+//! Ready = every configured task has a live bundle and shutdown has not begun. The gRPC health
+//! statuses (for "" and for `modeld.v1.Inference`) follow registry changes through a small
+//! owned task; shutdown flips them to NOT_SERVING at once.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use super::pb::inference_server::InferenceServer;
+use crate::registry::Registry;
+
+/// Shared readiness state. Cloning is shallow.
+#[derive(Clone)]
+pub struct Readiness {
+    registry: Registry,
+    draining: Arc<AtomicBool>,
+    reporter: HealthReporter,
+}
+
+/// The gRPC service name of the inference API, as health checks name it.
+pub const INFERENCE_SERVICE: &str = <InferenceServer<super::inference::InferenceService> as NamedService>::NAME;
+
+impl Readiness {
+    pub fn new(registry: Registry, reporter: HealthReporter) -> Readiness {
+        Readiness { registry, draining: Arc::new(AtomicBool::new(false)), reporter }
+    }
+
+    /// True when every task serves and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.registry.all_live()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the daemon as shutting down and reports NOT_SERVING right away.
+    pub async fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.publish().await;
+    }
+
+    async fn publish(&self) {
+        let status = if self.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for name in ["", INFERENCE_SERVICE] {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Keeps the gRPC health statuses in step with the registry until `cancel` fires.
+    pub fn spawn_sync(&self, cancel: CancellationToken) -> JoinHandle<()> {
+        let readiness = self.clone();
+        let mut changed_rx = self.registry.subscribe();
+        tokio::spawn(async move {
+            loop {
+                readiness.publish().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    changed = changed_rx.changed() => if changed.is_err() { break },
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,340 @@
+//! The `modeld.v1.Inference` gRPC service: wire types in, domain calls, wire types out.
+//!
+//! Each call takes one bundle snapshot from the registry at entry and uses only that snapshot,
+//! so every prediction of a response (or of a whole stream) comes from the version it names.
+
+use std::{pin::Pin, sync::Arc, time::Instant};
+
+use prometheus::IntGauge;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::{
+    health::Readiness,
+    pb::{self, value::Kind},
+    status::ServeError,
+};
+use crate::{
+    bundle::{Bundle, Scored},
+    preprocess::{self, RowView},
+    registry::Registry,
+    runner::Runner,
+    schema::Value,
+    telemetry::Metrics,
+};
+
+/// Request limits the service enforces before any model work.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most rows in one request or stream chunk.
+    pub max_rows: usize,
+}
+
+/// Handler state. Cloning is shallow.
+#[derive(Clone)]
+pub struct InferenceService {
+    registry: Registry,
+    runner: Runner,
+    readiness: Readiness,
+    metrics: Metrics,
+    limits: Limits,
+    in_flight: [IntGauge; 2],
+}
+
+const PREDICT: &str = "Predict";
+const BATCH_PREDICT: &str = "BatchPredict";
+/// Chunks answered but not yet sent, per stream: a slow reader stalls its own stream here,
+/// and HTTP/2 flow control then stalls its writer.
+const STREAM_BUFFER: usize = 2;
+
+impl InferenceService {
+    pub fn new(registry: Registry, runner: Runner, readiness: Readiness, metrics: Metrics, limits: Limits) -> Self {
+        let in_flight = [PREDICT, BATCH_PREDICT].map(|m| metrics.in_flight.with_label_values(&[m]));
+        InferenceService { registry, runner, readiness, metrics, limits, in_flight }
+    }
+
+    fn check_rows(&self, rows: &[pb::Row]) -> Result<(), ServeError> {
+        if rows.len() > self.limits.max_rows {
+            return Err(ServeError::invalid(
+                "rows",
+                format!("{} rows exceed the limit of {} per request", rows.len(), self.limits.max_rows),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn predict_inner(&self, req: &mut pb::PredictRequest) -> Result<(Arc<Bundle>, Vec<pb::Prediction>), ServeError> {
+        if req.task.is_empty() {
+            return Err(ServeError::invalid("task", "must name a task"));
+        }
+        if req.rows.is_empty() {
+            return Err(ServeError::invalid("rows", "at least one row is required"));
+        }
+        self.check_rows(&req.rows)?;
+        let bundle = self.bundle(&req.task, &req.version)?;
+        let input = bundle.prepare(&req.rows)?;
+        let mut predictions = self.runner.score(&bundle, input, to_prediction).await?;
+        for (prediction, row) in predictions.iter_mut().zip(req.rows.iter_mut()) {
+            prediction.row_id = std::mem::take(&mut row.row_id);
+        }
+        Ok((bundle, predictions))
+    }
+
+    fn bundle(&self, task: &str, version: &str) -> Result<Arc<Bundle>, ServeError> {
+        let bundle = self.registry.get(task)?;
+        if !version.is_empty() && version != bundle.version {
+            return Err(ServeError::Registry(crate::registry::RegistryError::UnknownVersion {
+                task: task.to_owned(),
+                version: version.to_owned(),
+                live: bundle.version.clone(),
+            }));
+        }
+        Ok(bundle)
+    }
+
+    fn record(&self, task: &str, version: &str, method: &str, code: Code, started: Instant) {
+        let m = &self.metrics;
+        m.requests.with_label_values(&[task, version, method, code_name(code)]).inc();
+        m.latency.with_label_values(&[task, method]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn to_prediction(_: usize, scored: Scored<'_>) -> pb::Prediction {
+    pb::Prediction {
+        row_id: String::new(),
+        label: scored.label.to_owned(),
+        probabilities: scored.probabilities.to_vec(),
+    }
+}
+
+/// Keeps an in-flight gauge up for as long as a call is handled.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for InferenceService {
+    async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
+        let started = Instant::now();
+        let _in_flight = InFlight::enter(&self.in_flight[0]);
+        let mut req = request.into_inner();
+        match self.predict_inner(&mut req).await {
+            Ok((bundle, predictions)) => {
+                self.record(&req.task, &bundle.version, PREDICT, Code::Ok, started);
+                self.metrics.rows.with_label_values(&[&req.task, &bundle.version]).inc_by(predictions.len() as u64);
+                Ok(Response::new(pb::PredictResponse {
+                    task: req.task,
+                    version: bundle.version.clone(),
+                    request_id: req.request_id,
+                    class_names: bundle.class_labels().to_vec(),
+                    predictions,
+                }))
+            }
+            Err(e) => {
+                let version = self.registry.get(&req.task).map(|b| b.version.clone()).unwrap_or_default();
+                self.record(&req.task, &version, PREDICT, e.code(), started);
+                tracing::debug!(task = %req.task, request_id = %req.request_id, error = %e, "predict rejected");
+                Err(e.into())
+            }
+        }
+    }
+
+    type BatchPredictStream = Pin<Box<dyn Stream<Item = Result<pb::BatchPredictResponse, Status>> + Send + 'static>>;
+
+    async fn batch_predict(
+        &self,
+        request: Request<Streaming<pb::BatchPredictRequest>>,
+    ) -> Result<Response<Self::BatchPredictStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _in_flight = InFlight::enter(&service.in_flight[1]);
+            let started = Instant::now();
+            let (task, version, code) = service.run_stream(&mut inbound, &out_tx).await;
+            service.record(&task, &version, BATCH_PREDICT, code, started);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn get_version(&self, request: Request<pb::GetVersionRequest>) -> Result<Response<pb::GetVersionResponse>, Status> {
+        let task = request.into_inner().task;
+        if task.is_empty() {
+            return Err(ServeError::invalid("task", "must name a task").into());
+        }
+        let bundle = self.registry.get(&task).map_err(ServeError::from)?;
+        Ok(Response::new(pb::GetVersionResponse {
+            task,
+            version: bundle.version.clone(),
+            bundle_path: bundle.path.display().to_string(),
+            manifest_sha256: bundle.manifest_sha256.clone(),
+            loaded_at: Some(bundle.loaded_at.into()),
+            model_type: bundle.config.model_type.clone(),
+            class_names: bundle.class_labels().to_vec(),
+            evaluation: bundle.evaluation.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            evaluation_json: bundle.evaluation_json.clone(),
+        }))
+    }
+
+    async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+        let draining = self.readiness.is_draining();
+        let tasks = self
+            .registry
+            .reports()
+            .into_iter()
+            .map(|r| pb::TaskHealth {
+                serving: r.live.is_some() && !draining,
+                version: r.live.map(|b| b.version.clone()).unwrap_or_default(),
+                last_error: r.last_error.map(|e| e.to_string()).unwrap_or_default(),
+                task: r.task,
+            })
+            .collect();
+        Ok(Response::new(pb::HealthResponse { serving: self.readiness.is_ready(), tasks }))
+    }
+}
+
+impl InferenceService {
+    /// Answers chunks in order until the client closes its side. Returns what to record.
+    async fn run_stream(
+        &self,
+        inbound: &mut Streaming<pb::BatchPredictRequest>,
+        out_tx: &mpsc::Sender<Result<pb::BatchPredictResponse, Status>>,
+    ) -> (String, String, Code) {
+        let mut task = String::new();
+        let mut bundle: Option<Arc<Bundle>> = None;
+        let mut chunk_index = 0u64;
+        loop {
+            let chunk = match inbound.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // The client went away or broke the stream: stop working for it.
+                Err(status) => return (task, version_of(&bundle), status.code()),
+            };
+            let result = self.answer_chunk(&mut task, &mut bundle, chunk, chunk_index).await;
+            let failed = result.as_ref().err().map(ServeError::code);
+            let sent = out_tx.send(result.map_err(Status::from)).await;
+            if let Some(code) = failed {
+                return (task, version_of(&bundle), code);
+            }
+            if sent.is_err() {
+                return (task, version_of(&bundle), Code::Cancelled);
+            }
+            chunk_index += 1;
+        }
+        (task, version_of(&bundle), Code::Ok)
+    }
+
+    async fn answer_chunk(
+        &self,
+        task: &mut String,
+        bundle: &mut Option<Arc<Bundle>>,
+        chunk: pb::BatchPredictRequest,
+        chunk_index: u64,
+    ) -> Result<pb::BatchPredictResponse, ServeError> {
+        let bundle = match bundle {
+            Some(b) => {
+                if !chunk.task.is_empty() && chunk.task != *task {
+                    return Err(ServeError::invalid("task", format!("`{}` differs from the stream's task `{task}`", chunk.task)));
+                }
+                b.clone()
+            }
+            None => {
+                if chunk.task.is_empty() {
+                    return Err(ServeError::invalid("task", "the first chunk must name a task"));
+                }
+                *task = chunk.task.clone();
+                let b = self.bundle(&chunk.task, &chunk.version)?;
+                *bundle = Some(b.clone());
+                b
+            }
+        };
+        self.check_rows(&chunk.rows)?;
+        let (input, outcomes) = preprocess::encode_each(&bundle.schema, &chunk.rows);
+        let mut scored = self.runner.score(&bundle, input, to_prediction).await?.into_iter();
+        let results = outcomes
+            .into_iter()
+            .zip(chunk.rows)
+            .map(|(outcome, row)| pb::RowResult {
+                outcome: Some(match outcome {
+                    Ok(_) => {
+                        let mut p = scored.next().expect("one prediction per good row");
+                        p.row_id = row.row_id;
+                        pb::row_result::Outcome::Prediction(p)
+                    }
+                    Err(e) => pb::row_result::Outcome::Error(pb::RowError {
+                        row_id: e.row_id,
+                        row_index: e.row_index as u32,
+                        field: e.field,
+                        reason: e.reason.to_string(),
+                    }),
+                }),
+            })
+            .collect::<Vec<_>>();
+        let good = results.iter().filter(|r| matches!(r.outcome, Some(pb::row_result::Outcome::Prediction(_)))).count();
+        self.metrics.rows.with_label_values(&[task.as_str(), &bundle.version]).inc_by(good as u64);
+        Ok(pb::BatchPredictResponse {
+            task: task.clone(),
+            version: bundle.version.clone(),
+            chunk_index,
+            class_names: bundle.class_labels().to_vec(),
+            results,
+        })
+    }
+}
+
+fn version_of(bundle: &Option<Arc<Bundle>>) -> String {
+    bundle.as_ref().map(|b| b.version.clone()).unwrap_or_default()
+}
+
+/// gRPC code names as grpc-status documentation spells them, for metric labels.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl RowView for pb::Row {
+    fn row_id(&self) -> &str {
+        &self.row_id
+    }
+
+    fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
+        self.features.iter().map(|(name, value)| {
+            let value = value.kind.as_ref().map(|kind| match kind {
+                Kind::Number(x) => Value::Number(*x),
+                Kind::Integer(i) => Value::Integer(*i),
+                Kind::Text(s) => Value::Text(s),
+                Kind::Flag(b) => Value::Bool(*b),
+            });
+            (name.as_str(), value)
+        })
+    }
+}
