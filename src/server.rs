@@ -23,10 +23,14 @@ use crate::{
         admin,
         health::Readiness,
         inference::{InferenceService, Limits},
-        layers, pb,
+        layers::{self, CallTracker},
+        pb,
     },
     telemetry::Metrics,
 };
+
+/// How long connections get after the last call is answered to flush and close.
+const CONNECTION_LINGER: Duration = Duration::from_millis(500);
 
 /// Why the server could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +62,15 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
-        let bind = |addr| async move { TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source }) };
-        Ok(Listeners { grpc: bind(config.grpc_addr).await?, admin: bind(config.admin_addr).await? })
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            grpc: bind(config.grpc_addr).await?,
+            admin: bind(config.admin_addr).await?,
+        })
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -72,14 +83,26 @@ impl Listeners {
 ///
 /// Bundles load in the background after the listeners are up: health reports NOT_SERVING
 /// until every task has a live bundle, so probes see the daemon alive but not ready.
-pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: &Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     engine::init(&config.ort_library)?;
     let metrics = Metrics::new();
     let load_options = LoadOptions {
-        engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
+        engine: EngineOptions {
+            sessions: config.inference_threads,
+            intra_threads: 1,
+        },
         ..LoadOptions::default()
     };
-    let registry = Registry::new(config.model_root.clone(), &config.tasks, load_options, metrics.clone());
+    let registry = Registry::new(
+        config.model_root.clone(),
+        &config.tasks,
+        load_options,
+        metrics.clone(),
+    );
     let runner = Runner::new(
         RunnerLimits {
             threads: config.inference_threads,
@@ -93,38 +116,53 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
     let readiness = Readiness::new(registry.clone(), reporter);
     let background = CancellationToken::new();
     let health_sync = readiness.spawn_sync(background.clone());
-    let timing = ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce };
+    let timing = ReloadTiming {
+        poll: config.poll_interval,
+        debounce: config.reload_debounce,
+    };
     let (_reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: v1 for current tools, v1alpha for the grpcurl releases
+    // still packaged by distributions and PyPI.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     let inference = InferenceService::new(
         registry.clone(),
         runner,
         readiness.clone(),
         metrics.clone(),
-        Limits { max_rows: config.max_rows },
+        Limits {
+            max_rows: config.max_rows,
+        },
     );
     let inference = pb::inference_server::InferenceServer::new(inference)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
     let drain = CancellationToken::new();
+    let tracker = CallTracker::default();
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc = tokio::spawn(
-        layers::grpc_server(config)
+        layers::grpc_server(config, &tracker)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(inference)
             .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
     );
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(
-        axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics))
-            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listeners.admin,
+            admin::router(registry, readiness.clone(), metrics),
+        )
+        .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+        .into_future(),
     );
     tracing::info!(tasks = ?config.tasks, root = %config.model_root.display(), "serving; loading bundles");
 
@@ -142,13 +180,34 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
 
     // 1. Not serving: probes and load balancers stop sending new work.
     readiness.begin_drain().await;
-    tracing::info!(grace_ms = config.shutdown_grace.as_millis() as u64, "draining in-flight calls");
-    // 2. Stop accepting; in-flight calls and streams finish within the grace period.
+    tracing::info!(
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "draining in-flight calls"
+    );
+    // 2. Stop accepting (GOAWAY); in-flight calls and streams finish within the grace period.
+    //    Done when every call is answered: idle client connections may stay open after GOAWAY,
+    //    so waiting for connections to close could use up the whole grace period for nothing.
     drain.cancel();
-    let drained = tokio::time::timeout(config.shutdown_grace, &mut grpc).await;
-    match &drained {
-        Ok(_) => tracing::info!("drained: every in-flight call finished"),
-        Err(_) => tracing::warn!("grace period over: calls still running were cut"),
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    let mut ended = None;
+    let answered = tokio::time::timeout_at(deadline, async {
+        tokio::select! {
+            result = &mut grpc => ended = Some(result),
+            _ = tracker.idle() => {}
+        }
+    })
+    .await;
+    match answered {
+        Ok(()) => tracing::info!("drained: every in-flight call finished"),
+        Err(_) => tracing::warn!(
+            open_calls = tracker.open(),
+            "grace period over: calls still running were cut"
+        ),
+    }
+    // Let connections flush their last frames and close, briefly; then cut what is left.
+    if ended.is_none() {
+        let linger = deadline.min(tokio::time::Instant::now() + CONNECTION_LINGER);
+        ended = tokio::time::timeout_at(linger, &mut grpc).await.ok();
     }
     // 3. Stop the admin face and background tasks, bounded as well.
     admin_stop.cancel();
@@ -159,9 +218,9 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
         let _ = health_sync.await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
-    match drained {
-        Ok(result) => Ok(result??),
-        Err(_) => {
+    match ended {
+        Some(result) => Ok(result??),
+        None => {
             grpc.abort();
             Ok(())
         }

@@ -38,7 +38,12 @@ pub fn spawn(
     (reload_tx, handle)
 }
 
-async fn run(registry: Registry, timing: ReloadTiming, mut reload_rx: mpsc::Receiver<Reload>, cancel: CancellationToken) {
+async fn run(
+    registry: Registry,
+    timing: ReloadTiming,
+    mut reload_rx: mpsc::Receiver<Reload>,
+    cancel: CancellationToken,
+) {
     reload_all(&registry, true).await;
     let mut poll = tokio::time::interval(timing.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

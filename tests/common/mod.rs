@@ -1,0 +1,254 @@
+//! Test helpers: a real server on 127.0.0.1:0 with real bundles, stopped on drop.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use modeld::{
+    bundle::golden::{self, GoldenRow},
+    config::Config,
+    preprocess::OwnedRow,
+    schema::OwnedValue,
+    server::{self, Listeners},
+    service::pb::{self, inference_client::InferenceClient, value::Kind},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tonic::transport::Channel;
+
+pub const TASK: &str = "credit_risk";
+
+/// The repository's shipped bundles.
+pub fn repo_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A model root in a temp dir with `credit_risk/{v1,v2}` linked to the shipped bundles and
+/// `current` pointing at `current` (no link when None).
+pub fn model_root(current: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let task = dir.path().join(TASK);
+    std::fs::create_dir(&task).unwrap();
+    for v in ["v1", "v2"] {
+        std::os::unix::fs::symlink(repo_models().join(TASK).join(v), task.join(v)).unwrap();
+    }
+    if let Some(target) = current {
+        point_current(dir.path(), target);
+    }
+    dir
+}
+
+/// Flips `current` atomically, as a release pipeline does.
+pub fn point_current(root: &Path, target: &str) {
+    let task = root.join(TASK);
+    let tmp = task.join("current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, task.join("current")).unwrap();
+}
+
+/// Settings for tests: the given root, quick polling, small grace period.
+pub fn test_config(root: &Path) -> Config {
+    let mut config = Config::for_model_root(root).expect("test config");
+    config.tasks = vec![TASK.to_owned()];
+    config.poll_interval = Duration::from_millis(50);
+    config.reload_debounce = Duration::from_millis(20);
+    config.shutdown_grace = Duration::from_secs(10);
+    config.inference_threads = 2;
+    config
+}
+
+/// A running server. Dropping it stops it.
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    stop_tx: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), server::ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let listeners = Listeners {
+            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let (grpc, admin) = listeners.local_addrs().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let handle = tokio::spawn(async move {
+            server::run(&config, listeners, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        TestServer {
+            grpc,
+            admin,
+            stop_tx: Some(stop_tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Starts a server and waits until it reports ready.
+    pub async fn start_ready(config: Config) -> TestServer {
+        let server = TestServer::start(config).await;
+        let admin = server.admin;
+        eventually("server ready", || async move {
+            http_get(admin, "/readyz").await.0 == 200
+        })
+        .await;
+        server
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    pub async fn client(&self) -> InferenceClient<Channel> {
+        InferenceClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    /// Stops the server and returns how `server::run` ended.
+    pub async fn stop(mut self) -> Result<(), server::ServerError> {
+        let _ = self.stop_tx.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Awaits `check` until it holds, failing the test after 20 s. No fixed sleeps in tests:
+/// things that settle over time are polled against a deadline.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// The golden rows of a shipped version.
+pub fn golden(version: &str) -> Vec<GoldenRow> {
+    let text = std::fs::read_to_string(repo_models().join(TASK).join(version).join("golden.jsonl"))
+        .unwrap();
+    golden::parse(&text).unwrap()
+}
+
+/// A golden (or any owned) row in wire form.
+pub fn to_pb(row: &OwnedRow) -> pb::Row {
+    pb::Row {
+        row_id: row.row_id.clone(),
+        features: row
+            .features
+            .iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    OwnedValue::Bool(b) => Kind::Flag(*b),
+                    OwnedValue::Integer(i) => Kind::Integer(*i),
+                    OwnedValue::Number(x) => Kind::Number(*x),
+                    OwnedValue::Text(s) => Kind::Text(s.clone()),
+                };
+                (k.clone(), pb::Value { kind: Some(kind) })
+            })
+            .collect(),
+    }
+}
+
+pub fn predict_request(rows: Vec<pb::Row>) -> pb::PredictRequest {
+    pb::PredictRequest {
+        task: TASK.into(),
+        rows,
+        request_id: String::new(),
+        version: String::new(),
+    }
+}
+
+/// Asserts served probabilities equal the golden ones within 1e-5.
+pub fn assert_close(served: &[f32], golden: &[f32], context: &str) {
+    assert_eq!(served.len(), golden.len(), "{context}: class count");
+    for (s, g) in served.iter().zip(golden) {
+        assert!(
+            (s - g).abs() <= 1e-5,
+            "{context}: served {served:?}, golden {golden:?}"
+        );
+    }
+}
+
+/// Value of the sample `name{labels}` in Prometheus text, labels given in any order.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let body = rest.strip_suffix('}')?;
+            let all = labels
+                .iter()
+                .all(|(k, v)| body.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}

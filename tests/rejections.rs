@@ -1,0 +1,195 @@
+//! Bad input gets INVALID_ARGUMENT naming the field (or NOT_FOUND), and the daemon keeps serving.
+
+mod common;
+
+use common::*;
+use modeld::service::pb::{self, value::Kind};
+use tonic::Code;
+
+fn good_row() -> pb::Row {
+    to_pb(&golden("v1")[0].row)
+}
+
+fn with(mut row: pb::Row, field: &str, kind: Option<Kind>) -> pb::Row {
+    row.features.insert(field.into(), pb::Value { kind });
+    row
+}
+
+fn without(mut row: pb::Row, field: &str) -> pb::Row {
+    row.features.remove(field);
+    row
+}
+
+#[tokio::test]
+async fn each_bad_value_is_rejected_naming_row_and_field() {
+    let root = model_root(Some("v1"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let mut client = server.client().await;
+
+    let cases: Vec<(&str, pb::Row, &str, &str)> = vec![
+        (
+            "missing required",
+            without(good_row(), "age_in_years"),
+            "age_in_years",
+            "required field is missing",
+        ),
+        (
+            "explicit null",
+            with(good_row(), "age_in_years", None),
+            "age_in_years",
+            "required field is missing",
+        ),
+        (
+            "wrong type",
+            with(good_row(), "age_in_years", Some(Kind::Text("forty".into()))),
+            "age_in_years",
+            "expected integer, got text",
+        ),
+        (
+            "not an integer",
+            with(good_row(), "age_in_years", Some(Kind::Number(40.5))),
+            "age_in_years",
+            "expected an integer, got 40.5",
+        ),
+        (
+            "NaN",
+            with(good_row(), "credit_amount", Some(Kind::Number(f64::NAN))),
+            "credit_amount",
+            "must be finite",
+        ),
+        (
+            "infinite",
+            with(
+                good_row(),
+                "credit_amount",
+                Some(Kind::Number(f64::INFINITY)),
+            ),
+            "credit_amount",
+            "must be finite",
+        ),
+        (
+            "out of range",
+            with(good_row(), "age_in_years", Some(Kind::Integer(7))),
+            "age_in_years",
+            "out of range [18, 120]",
+        ),
+        (
+            "unknown category",
+            with(good_row(), "housing", Some(Kind::Text("castle".into()))),
+            "housing",
+            "unknown category `castle`",
+        ),
+        (
+            "categorical as number",
+            with(good_row(), "housing", Some(Kind::Integer(1))),
+            "housing",
+            "expected text, got integer",
+        ),
+        (
+            "unknown field",
+            with(good_row(), "agee", Some(Kind::Integer(40))),
+            "agee",
+            "unknown field",
+        ),
+    ];
+    for (case, row, field, reason) in cases {
+        let mut bad = row;
+        bad.row_id = "applicant-7".into();
+        // The bad row is second: the whole request is rejected and the message names row 1.
+        let err = client
+            .predict(predict_request(vec![good_row(), bad]))
+            .await
+            .expect_err(case);
+        assert_eq!(err.code(), Code::InvalidArgument, "{case}: {err:?}");
+        let msg = err.message();
+        assert!(
+            msg.contains("row 1 (row_id `applicant-7`)"),
+            "{case}: {msg}"
+        );
+        assert!(msg.contains(&format!("field `{field}`")), "{case}: {msg}");
+        assert!(msg.contains(reason), "{case}: {msg}");
+    }
+
+    // Still serving, and unseen values of a field with a fallback are accepted.
+    let resp = client
+        .predict(predict_request(vec![with(
+            good_row(),
+            "purpose",
+            Some(Kind::Text("yacht".into())),
+        )]))
+        .await
+        .expect("fallback category is accepted");
+    assert_eq!(resp.get_ref().predictions.len(), 1);
+    // Optional fields take their default.
+    let resp = client
+        .predict(predict_request(vec![without(good_row(), "telephone")]))
+        .await
+        .expect("default applies");
+    assert_eq!(resp.get_ref().version, "v1");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_rejected_clearly() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let mut client = server.client().await;
+
+    let err = client.predict(predict_request(vec![])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "rows: at least one row is required");
+
+    let mut no_task = predict_request(vec![good_row()]);
+    no_task.task.clear();
+    let err = client.predict(no_task).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "task: must name a task")
+    );
+
+    let mut unknown = predict_request(vec![good_row()]);
+    unknown.task = "fraud".into();
+    let err = client.predict(unknown).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, "unknown task `fraud`")
+    );
+
+    let mut pinned = predict_request(vec![to_pb(&golden("v2")[0].row)]);
+    pinned.version = "v9".into();
+    let err = client.predict(pinned).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("`v9`"));
+
+    let err = client
+        .get_version(pb::GetVersionRequest {
+            task: "fraud".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Too many rows for one request.
+    let mut config = test_config(root.path());
+    config.max_rows = 3;
+    let small = TestServer::start_ready(config).await;
+    let err = small
+        .client()
+        .await
+        .predict(predict_request(vec![good_row(); 4]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("rows: 4 rows exceed the limit of 3"),
+        "{}",
+        err.message()
+    );
+
+    // The first server still answers good requests after all of that.
+    let ok = client
+        .predict(predict_request(vec![to_pb(&golden("v2")[0].row)]))
+        .await
+        .unwrap();
+    assert_eq!(ok.get_ref().predictions[0].label, golden("v2")[0].label);
+}
