@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use serde::Deserialize;
 
 /// Errors found while reading or checking a schema. Each names what is wrong.
@@ -152,7 +154,8 @@ enum UnknownWord {
 #[derive(Debug)]
 pub struct Schema {
     fields: Vec<Field>,
-    by_name: HashMap<Box<str>, usize>,
+    /// Fx hashing: keys are fixed at load, so lookups need speed, not flood resistance.
+    by_name: FxHashMap<Box<str>, usize>,
     columns: Vec<String>,
     strict: bool,
 }
@@ -181,7 +184,7 @@ pub enum Encoder {
         column: usize,
     },
     Categorical {
-        vocabulary: HashMap<Box<str>, u32>,
+        vocabulary: FxHashMap<Box<str>, u32>,
         /// Category index used for a value outside the vocabulary; `None` rejects it.
         fallback: Option<u32>,
         layout: CategoricalLayout,
@@ -230,7 +233,7 @@ impl Schema {
         };
 
         let mut fields = Vec::with_capacity(file.fields.len());
-        let mut by_name = HashMap::with_capacity(file.fields.len());
+        let mut by_name = FxHashMap::default();
         for spec in file.fields {
             if by_name
                 .insert(spec.name.clone().into_boxed_str(), fields.len())
@@ -361,7 +364,7 @@ fn compile_field(
             if words.is_empty() {
                 return Err(bad("vocabulary is empty"));
             }
-            let mut vocabulary = HashMap::with_capacity(words.len());
+            let mut vocabulary = FxHashMap::default();
             for (i, w) in words.iter().enumerate() {
                 if vocabulary
                     .insert(w.clone().into_boxed_str(), i as u32)
