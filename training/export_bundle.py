@@ -156,7 +156,13 @@ def write_bundle(out_dir: Path, version: str, model, model_type: str, fields, ro
         options={id(model): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    onx.graph.name = f"{TASK}_{version}"  # skl2onnx picks a random name; fixed for reproducibility
+    # skl2onnx picks a random graph name and lists opsets in set order: fix both so that
+    # re-running the export is byte-identical.
+    onx.graph.name = f"{TASK}_{version}"
+    opsets = sorted(((o.domain, o.version) for o in onx.opset_import))
+    del onx.opset_import[:]
+    for domain, opset in opsets:
+        onx.opset_import.add(domain=domain, version=opset)
     onx.producer_name = "modeld-training"
     onx.producer_version = "1"
     (vdir / "model.onnx").write_bytes(onx.SerializeToString())
