@@ -11,16 +11,10 @@ use modeld::{
 };
 
 fn load(version: &str) -> (Bundle, Vec<modeld::preprocess::OwnedRow>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/credit_risk")
-        .join(version);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/credit_risk").join(version);
     let bundle = Bundle::load(&dir, &LoadOptions::default()).expect("shipped bundle loads");
     let text = std::fs::read_to_string(dir.join("golden.jsonl")).unwrap();
-    let rows = golden::parse(&text)
-        .unwrap()
-        .into_iter()
-        .map(|g| g.row)
-        .collect();
+    let rows = golden::parse(&text).unwrap().into_iter().map(|g| g.row).collect();
     (bundle, rows)
 }
 
@@ -43,11 +37,9 @@ fn predict(c: &mut Criterion) {
                 },
             );
             let input = bundle.prepare(&batch_rows).unwrap();
-            group.bench_with_input(
-                BenchmarkId::new(format!("{version}/run-only"), batch),
-                &input,
-                |b, input| b.iter(|| bundle.score(input, |_, s| s.probabilities[1]).unwrap()),
-            );
+            group.bench_with_input(BenchmarkId::new(format!("{version}/run-only"), batch), &input, |b, input| {
+                b.iter(|| bundle.score(input, |_, s| s.probabilities[1]).unwrap())
+            });
         }
     }
     group.finish();

@@ -24,10 +24,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -46,11 +43,7 @@ fn main() {
     std::os::unix::fs::symlink(shipped.join(&version), task_dir.join("current")).unwrap();
     let mut config = Config::for_model_root(root.path()).unwrap();
     config.tasks = vec!["credit_risk".into()];
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let addr = server_rt.block_on(async {
         let listeners = Listeners {
@@ -68,11 +61,7 @@ fn main() {
         grpc
     });
 
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     client_rt.block_on(async move {
         let channels = connect(addr, connections).await;
         let row = {
@@ -80,11 +69,20 @@ fn main() {
             let g = golden::parse(&text).unwrap().remove(0);
             to_pb(&g.row)
         };
-        let request = pb::PredictRequest { task: "credit_risk".into(), rows: vec![row], request_id: String::new(), version: String::new() };
+        let request = pb::PredictRequest {
+            task: "credit_risk".into(),
+            rows: vec![row],
+            request_id: String::new(),
+            version: String::new(),
+        };
         wait_ready(&channels[0]).await;
 
-        println!("modeld loopback bench: model {version}, 1 row per call, client and server in one process on this machine");
-        for (name, call) in [("Predict", Call::Predict(request.clone())), ("Health/Check (transport baseline)", Call::Health)] {
+        println!(
+            "modeld loopback bench: model {version}, 1 row per call, client and server in one process on this machine"
+        );
+        for (name, call) in
+            [("Predict", Call::Predict(request.clone())), ("Health/Check (transport baseline)", Call::Health)]
+        {
             // Warm-up: connections, allocator, branch predictors.
             run_sequential(&channels[0], &call, 2_000.min(calls), seconds).await;
             let seq = run_sequential(&channels[0], &call, calls, seconds).await;
@@ -107,17 +105,12 @@ impl Call {
     async fn once(&self, channel: &Channel) {
         match self {
             Call::Predict(req) => {
-                let resp = InferenceClient::new(channel.clone())
-                    .predict(req.clone())
-                    .await
-                    .expect("Predict succeeds");
+                let resp = InferenceClient::new(channel.clone()).predict(req.clone()).await.expect("Predict succeeds");
                 assert_eq!(resp.get_ref().predictions.len(), 1);
             }
             Call::Health => {
                 HealthClient::new(channel.clone())
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
+                    .check(HealthCheckRequest { service: String::new() })
                     .await
                     .expect("Check succeeds");
             }
@@ -128,14 +121,7 @@ impl Call {
 async fn connect(addr: std::net::SocketAddr, n: usize) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .unwrap(),
-        );
+        out.push(Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap());
     }
     out
 }
@@ -144,12 +130,7 @@ async fn wait_ready(channel: &Channel) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut health = HealthClient::new(channel.clone());
     loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().status);
+        let status = health.check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status);
         if status.ok() == Some(1) {
             return;
         }
@@ -158,12 +139,7 @@ async fn wait_ready(channel: &Channel) {
     }
 }
 
-async fn run_sequential(
-    channel: &Channel,
-    call: &Call,
-    calls: usize,
-    seconds: u64,
-) -> (Vec<Duration>, Duration) {
+async fn run_sequential(channel: &Channel, call: &Call, calls: usize, seconds: u64) -> (Vec<Duration>, Duration) {
     let stop = Instant::now() + Duration::from_secs(seconds);
     let mut lat = Vec::with_capacity(calls);
     let started = Instant::now();

@@ -156,13 +156,7 @@ impl Config {
     /// Settings for serving `model_root` with defaults for everything else; tests and
     /// benchmarks start from here.
     pub fn for_model_root(model_root: impl Into<PathBuf>) -> Result<Config, ConfigError> {
-        resolve(
-            ServeArgs {
-                model_root: Some(model_root.into()),
-                ..ServeArgs::default()
-            },
-            ServeArgs::default(),
-        )
+        resolve(ServeArgs { model_root: Some(model_root.into()), ..ServeArgs::default() }, ServeArgs::default())
     }
 }
 
@@ -174,10 +168,7 @@ pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
     };
     let file = match std::fs::read_to_string(&path) {
         Ok(text) => serde_yaml::from_str::<Option<ServeArgs>>(&text)
-            .map_err(|source| ConfigError::Parse {
-                path: path.clone(),
-                source,
-            })?
+            .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
             .unwrap_or_default(),
         Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => ServeArgs::default(),
         Err(source) => return Err(ConfigError::Read { path, source }),
@@ -187,23 +178,13 @@ pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
 
 fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
-    let model_root = cli
-        .model_root
-        .or(file.model_root)
-        .unwrap_or_else(|| PathBuf::from("models"));
+    let model_root = cli.model_root.or(file.model_root).unwrap_or_else(|| PathBuf::from("models"));
     let tasks = match cli.tasks.or(file.tasks).filter(|t| !t.is_empty()) {
-        Some(tasks) => tasks
-            .into_iter()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect(),
+        Some(tasks) => tasks.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
         None => discover_tasks(&model_root)?,
     };
     if tasks.is_empty() {
-        return invalid(format!(
-            "no tasks: {} has no task directories and none were configured",
-            model_root.display()
-        ));
+        return invalid(format!("no tasks: {} has no task directories and none were configured", model_root.display()));
     }
     for t in &tasks {
         if t.contains('/') || t == "." || t == ".." {
@@ -214,47 +195,24 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
     let config = Config {
         tasks,
-        grpc_addr: cli
-            .grpc_addr
-            .or(file.grpc_addr)
-            .unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
-        admin_addr: cli
-            .admin_addr
-            .or(file.admin_addr)
-            .unwrap_or_else(|| ([127, 0, 0, 1], 9090).into()),
-        inference_threads: cli
-            .inference_threads
-            .or(file.inference_threads)
-            .unwrap_or(cpus),
+        grpc_addr: cli.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
+        admin_addr: cli.admin_addr.or(file.admin_addr).unwrap_or_else(|| ([127, 0, 0, 1], 9090).into()),
+        inference_threads: cli.inference_threads.or(file.inference_threads).unwrap_or(cpus),
         max_queued_runs: cli.max_queued_runs.or(file.max_queued_runs).unwrap_or(1024),
         inline_max_rows: cli.inline_max_rows.or(file.inline_max_rows).unwrap_or(16),
         max_rows: cli.max_rows.or(file.max_rows).unwrap_or(10_000),
-        max_message_bytes: cli
-            .max_message_bytes
-            .or(file.max_message_bytes)
-            .unwrap_or(16 << 20),
+        max_message_bytes: cli.max_message_bytes.or(file.max_message_bytes).unwrap_or(16 << 20),
         request_timeout: ms(cli.request_timeout_ms.or(file.request_timeout_ms), 10_000),
         shutdown_grace: ms(cli.shutdown_grace_ms.or(file.shutdown_grace_ms), 20_000),
         poll_interval: ms(cli.poll_interval_ms.or(file.poll_interval_ms), 2_000),
         reload_debounce: ms(cli.reload_debounce_ms.or(file.reload_debounce_ms), 200),
-        ort_library: cli
-            .ort_library
-            .or(file.ort_library)
-            .unwrap_or_else(default_ort_library),
-        log: cli
-            .log
-            .or(file.log)
-            .unwrap_or_else(|| "info,ort=warn".to_owned()),
-        log_format: cli
-            .log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Text),
+        ort_library: cli.ort_library.or(file.ort_library).unwrap_or_else(default_ort_library),
+        log: cli.log.or(file.log).unwrap_or_else(|| "info,ort=warn".to_owned()),
+        log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
         model_root,
     };
     if config.inference_threads == 0 || config.max_rows == 0 || config.max_message_bytes == 0 {
-        return invalid(
-            "inference_threads, max_rows and max_message_bytes must be at least 1".into(),
-        );
+        return invalid("inference_threads, max_rows and max_message_bytes must be at least 1".into());
     }
     if config.poll_interval.is_zero() {
         return invalid("poll_interval_ms must be at least 1".into());
@@ -264,16 +222,12 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
 
 /// The library path when none is configured: ort's own variable, then the fetch script's spot.
 pub fn default_ort_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map_or_else(|| PathBuf::from(DEFAULT_ORT_LIBRARY), PathBuf::from)
+    std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| PathBuf::from(DEFAULT_ORT_LIBRARY), PathBuf::from)
 }
 
 /// Every sub-directory of the model root, sorted: each is a task.
 fn discover_tasks(root: &Path) -> Result<Vec<String>, ConfigError> {
-    let entries = std::fs::read_dir(root).map_err(|source| ConfigError::Read {
-        path: root.to_owned(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(root).map_err(|source| ConfigError::Read { path: root.to_owned(), source })?;
     let mut tasks: Vec<String> = entries
         .filter_map(Result::ok)
         .filter(|e| e.path().is_dir())
@@ -290,12 +244,8 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_file_overrides_defaults() {
-        let file: ServeArgs =
-            serde_yaml::from_str("tasks: [a, b]\ninference_threads: 3\nmax_rows: 50\n").unwrap();
-        let cli = ServeArgs {
-            inference_threads: Some(1),
-            ..ServeArgs::default()
-        };
+        let file: ServeArgs = serde_yaml::from_str("tasks: [a, b]\ninference_threads: 3\nmax_rows: 50\n").unwrap();
+        let cli = ServeArgs { inference_threads: Some(1), ..ServeArgs::default() };
         let config = resolve(cli, file).unwrap();
         assert_eq!(config.tasks, ["a", "b"]);
         assert_eq!(config.inference_threads, 1);

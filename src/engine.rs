@@ -23,9 +23,7 @@ use ort::{
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(
-        "ONNX Runtime library {0} not found (run scripts/fetch-onnxruntime.sh or set MODELD_ORT_LIBRARY)"
-    )]
+    #[error("ONNX Runtime library {0} not found (run scripts/fetch-onnxruntime.sh or set MODELD_ORT_LIBRARY)")]
     LibraryMissing(PathBuf),
     #[error("cannot load the ONNX Runtime library {path}: {source}")]
     Library {
@@ -63,15 +61,9 @@ pub fn init(library: &Path) -> Result<(), EngineError> {
     if !library.is_file() {
         return Err(EngineError::LibraryMissing(library.to_owned()));
     }
-    let builder = ort::init_from(library).map_err(|source| EngineError::Library {
-        path: library.to_owned(),
-        source,
-    })?;
-    let env = builder
-        .with_name("modeld")
-        .with_telemetry(false)
-        .build()
-        .map_err(EngineError::Environment)?;
+    let builder =
+        ort::init_from(library).map_err(|source| EngineError::Library { path: library.to_owned(), source })?;
+    let env = builder.with_name("modeld").with_telemetry(false).build().map_err(EngineError::Environment)?;
     let _ = RUNTIME.set(env);
     Ok(())
 }
@@ -87,10 +79,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            sessions: 1,
-            intra_threads: 1,
-        }
+        EngineOptions { sessions: 1, intra_threads: 1 }
     }
 }
 
@@ -142,51 +131,30 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let env = RUNTIME.get().ok_or(EngineError::NoRuntime)?;
         let model = path;
-        let open = |source| EngineError::Open {
-            path: model.to_owned(),
-            source,
-        };
-        let signature = |reason: String| EngineError::Signature {
-            path: model.to_owned(),
-            reason,
-        };
+        let open = |source| EngineError::Open { path: model.to_owned(), source };
+        let signature = |reason: String| EngineError::Signature { path: model.to_owned(), reason };
         let sessions = (0..options.sessions.max(1))
             .map(|_| build_session(env, bytes, options.intra_threads).map_err(open))
             .collect::<Result<Vec<_>, _>>()?;
         let first = &sessions[0];
         let [input] = first.inputs() else {
-            return Err(signature(format!(
-                "expected one input, found {}",
-                first.inputs().len()
-            )));
+            return Err(signature(format!("expected one input, found {}", first.inputs().len())));
         };
         let width = match input.dtype() {
-            ValueType::Tensor {
-                ty: TensorElementType::Float32,
-                shape,
-                ..
-            } if shape.len() == 2 && shape[1] > 0 => shape[1] as usize,
+            ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 2 && shape[1] > 0 => {
+                shape[1] as usize
+            }
             other => {
-                return Err(signature(format!(
-                    "input must be float32 [N, F] with fixed F, found {other}"
-                )));
+                return Err(signature(format!("input must be float32 [N, F] with fixed F, found {other}")));
             }
         };
-        for (name, ty) in [
-            (&outputs.label, TensorElementType::Int64),
-            (&outputs.probabilities, TensorElementType::Float32),
-        ] {
-            match first
-                .outputs()
-                .iter()
-                .find(|o| o.name() == name.as_str())
-                .map(|o| o.dtype())
-            {
+        for (name, ty) in
+            [(&outputs.label, TensorElementType::Int64), (&outputs.probabilities, TensorElementType::Float32)]
+        {
+            match first.outputs().iter().find(|o| o.name() == name.as_str()).map(|o| o.dtype()) {
                 Some(ValueType::Tensor { ty: found, .. }) if *found == ty => {}
                 Some(other) => {
-                    return Err(signature(format!(
-                        "output `{name}` must be a {ty} tensor, found {other}"
-                    )));
+                    return Err(signature(format!("output `{name}` must be a {ty} tensor, found {other}")));
                 }
                 None => return Err(signature(format!("no output named `{name}`"))),
             }
@@ -208,23 +176,12 @@ impl Engine {
 
     /// Runs `rows` rows of `data` (row-major, `rows * width` values) and hands the outputs to
     /// `read` while they are still borrowed from the session: no copy of the outputs is made.
-    pub fn run<T>(
-        &self,
-        data: &[f32],
-        rows: usize,
-        read: impl FnOnce(Outputs<'_>) -> T,
-    ) -> Result<T, EngineError> {
+    pub fn run<T>(&self, data: &[f32], rows: usize, read: impl FnOnce(Outputs<'_>) -> T) -> Result<T, EngineError> {
         debug_assert_eq!(data.len(), rows * self.width);
         let mut session = self.session();
-        let tensor =
-            TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
-        let out = session
-            .run(ort::inputs![tensor])
-            .map_err(EngineError::Run)?;
-        let output_error = |name: &str, reason: String| EngineError::Output {
-            name: name.to_owned(),
-            reason,
-        };
+        let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
+        let out = session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+        let output_error = |name: &str, reason: String| EngineError::Output { name: name.to_owned(), reason };
         let (_, labels) = out[self.outputs.label.as_str()]
             .try_extract_tensor::<i64>()
             .map_err(|e| output_error(&self.outputs.label, e.to_string()))?;
@@ -234,34 +191,21 @@ impl Engine {
         let classes = match **shape {
             [n, c] if n as usize == rows && c > 0 => c as usize,
             _ => {
-                return Err(output_error(
-                    &self.outputs.probabilities,
-                    format!("unexpected shape {shape:?}"),
-                ));
+                return Err(output_error(&self.outputs.probabilities, format!("unexpected shape {shape:?}")));
             }
         };
         if labels.len() != rows {
-            return Err(output_error(
-                &self.outputs.label,
-                format!("{} labels for {rows} rows", labels.len()),
-            ));
+            return Err(output_error(&self.outputs.label, format!("{} labels for {rows} rows", labels.len())));
         }
-        Ok(read(Outputs {
-            labels,
-            probabilities,
-            classes,
-        }))
+        Ok(read(Outputs { labels, probabilities, classes }))
     }
 
     /// Runs the input once on every session, so no session meets its first request cold.
     pub fn warm_up(&self, data: &[f32], rows: usize) -> Result<(), EngineError> {
         for session in self.sessions.iter() {
             let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
-            let tensor =
-                TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
-            session
-                .run(ort::inputs![tensor])
-                .map_err(EngineError::Run)?;
+            let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
+            session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
         }
         Ok(())
     }
@@ -276,9 +220,7 @@ impl Engine {
                 return guard;
             }
         }
-        self.sessions[start % n]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

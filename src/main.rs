@@ -50,9 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &config::Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listeners = Listeners::bind(config).await?;
         let (grpc, admin) = listeners.local_addrs()?;

@@ -57,19 +57,12 @@ pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError
             reason,
         })?;
     }
-    Ok(Input {
-        data,
-        rows: rows.len(),
-        width,
-    })
+    Ok(Input { data, rows: rows.len(), width })
 }
 
 /// Encodes each row on its own: one result per row, for streams where a bad row must not
 /// stop the others. Bad rows leave a zeroed slot in the input that is never reported.
-pub fn encode_each<R: RowView>(
-    schema: &Schema,
-    rows: &[R],
-) -> (Input, Vec<Result<usize, RowError>>) {
+pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Result<usize, RowError>>) {
     let width = schema.width();
     let mut data = Vec::with_capacity(rows.len() * width);
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
@@ -94,14 +87,7 @@ pub fn encode_each<R: RowView>(
         }
     }
     data.truncate(good * width);
-    (
-        Input {
-            data,
-            rows: good,
-            width,
-        },
-        outcomes,
-    )
+    (Input { data, rows: good, width }, outcomes)
 }
 
 fn encode_row<'r, R: RowView>(
@@ -124,10 +110,7 @@ fn encode_row<'r, R: RowView>(
             (None, Some(default)) => default.as_value(),
             (None, None) => return Err((&field.name, Reason::Missing)),
         };
-        field
-            .encoder
-            .write(value, out)
-            .map_err(|reason| (&*field.name, reason))?;
+        field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
     }
     Ok(())
 }
@@ -145,9 +128,7 @@ impl RowView for OwnedRow {
     }
 
     fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
-        self.features
-            .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.as_value())))
+        self.features.iter().map(|(k, v)| (k.as_str(), Some(v.as_value())))
     }
 }
 
@@ -173,26 +154,14 @@ columns: [x, "c=a", "c=b"]
 "#;
 
     fn row(id: &str, features: &[(&str, OwnedValue)]) -> OwnedRow {
-        OwnedRow {
-            row_id: id.into(),
-            features: features
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        }
+        OwnedRow { row_id: id.into(), features: features.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
     }
 
     #[test]
     fn encodes_rows_with_defaults() {
         let schema = Schema::parse(SCHEMA).unwrap();
         let rows = [
-            row(
-                "r0",
-                &[
-                    ("x", OwnedValue::Number(3.0)),
-                    ("c", OwnedValue::Text("a".into())),
-                ],
-            ),
+            row("r0", &[("x", OwnedValue::Number(3.0)), ("c", OwnedValue::Text("a".into()))]),
             row("r1", &[("x", OwnedValue::Integer(1))]),
         ];
         let input = encode(&schema, &rows).unwrap();
@@ -203,24 +172,12 @@ columns: [x, "c=a", "c=b"]
     #[test]
     fn names_row_and_field() {
         let schema = Schema::parse(SCHEMA).unwrap();
-        let rows = [
-            row("ok", &[("x", OwnedValue::Number(0.0))]),
-            row("bad", &[("y", OwnedValue::Number(0.0))]),
-        ];
+        let rows = [row("ok", &[("x", OwnedValue::Number(0.0))]), row("bad", &[("y", OwnedValue::Number(0.0))])];
         let err = encode(&schema, &rows).unwrap_err();
-        assert_eq!(
-            (err.row_index, err.field.as_str(), &err.reason),
-            (1, "y", &Reason::UnknownField)
-        );
-        assert_eq!(
-            err.to_string(),
-            "row 1 (row_id `bad`): field `y`: unknown field (the schema is strict)"
-        );
+        assert_eq!((err.row_index, err.field.as_str(), &err.reason), (1, "y", &Reason::UnknownField));
+        assert_eq!(err.to_string(), "row 1 (row_id `bad`): field `y`: unknown field (the schema is strict)");
         let missing = encode(&schema, &[row("", &[])]).unwrap_err();
-        assert_eq!(
-            missing.to_string(),
-            "row 0: field `x`: required field is missing"
-        );
+        assert_eq!(missing.to_string(), "row 0: field `x`: required field is missing");
     }
 
     #[test]

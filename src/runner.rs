@@ -68,29 +68,15 @@ impl Runner {
     }
 
     /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`].
-    pub async fn score<T, F>(
-        &self,
-        bundle: &Arc<Bundle>,
-        input: Input,
-        emit: F,
-    ) -> Result<Vec<T>, RunError>
+    pub async fn score<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F) -> Result<Vec<T>, RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
     {
         let inner = &self.inner;
-        let admitted = inner
-            .admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| RunError::Overloaded)?;
+        let admitted = inner.admitted.clone().try_acquire_owned().map_err(|_| RunError::Overloaded)?;
         let queued = QueueGauge::enter(&inner.metrics);
-        let slot = inner
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the slot semaphore is never closed");
+        let slot = inner.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
         if input.rows <= inner.inline_max_rows {
             let out = bundle.score(&input, emit);
             drop((slot, admitted, queued));

@@ -221,13 +221,9 @@ impl Schema {
         }
         let mut claimed = vec![false; file.columns.len()];
         let mut claim = |field: &str, column: String| -> Result<usize, SchemaError> {
-            let i =
-                *column_index
-                    .get(column.as_str())
-                    .ok_or_else(|| SchemaError::MissingColumn {
-                        field: field.to_owned(),
-                        column,
-                    })?;
+            let i = *column_index
+                .get(column.as_str())
+                .ok_or_else(|| SchemaError::MissingColumn { field: field.to_owned(), column })?;
             claimed[i] = true;
             Ok(i)
         };
@@ -235,10 +231,7 @@ impl Schema {
         let mut fields = Vec::with_capacity(file.fields.len());
         let mut by_name = FxHashMap::default();
         for spec in file.fields {
-            if by_name
-                .insert(spec.name.clone().into_boxed_str(), fields.len())
-                .is_some()
-            {
+            if by_name.insert(spec.name.clone().into_boxed_str(), fields.len()).is_some() {
                 return Err(SchemaError::DuplicateField(spec.name));
             }
             let field = compile_field(spec, &mut claim)?;
@@ -247,12 +240,7 @@ impl Schema {
         if let Some(i) = claimed.iter().position(|c| !c) {
             return Err(SchemaError::OrphanColumn(file.columns[i].clone()));
         }
-        let schema = Schema {
-            fields,
-            by_name,
-            columns: file.columns,
-            strict: file.strict,
-        };
+        let schema = Schema { fields, by_name, columns: file.columns, strict: file.strict };
         schema.check_defaults()?;
         Ok(schema)
     }
@@ -262,13 +250,10 @@ impl Schema {
         let mut scratch = vec![0.0; self.width()];
         for field in &self.fields {
             if let Some(default) = &field.default {
-                field
-                    .encoder
-                    .write(default.as_value(), &mut scratch)
-                    .map_err(|reason| SchemaError::Field {
-                        field: field.name.to_string(),
-                        reason: format!("default is not valid: {reason}"),
-                    })?;
+                field.encoder.write(default.as_value(), &mut scratch).map_err(|reason| SchemaError::Field {
+                    field: field.name.to_string(),
+                    reason: format!("default is not valid: {reason}"),
+                })?;
             }
         }
         Ok(())
@@ -305,18 +290,11 @@ fn compile_field(
     claim: &mut impl FnMut(&str, String) -> Result<usize, SchemaError>,
 ) -> Result<Field, SchemaError> {
     let name = spec.name;
-    let bad = |reason: &str| SchemaError::Field {
-        field: name.clone(),
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| SchemaError::Field { field: name.clone(), reason: reason.to_owned() };
     let categorical = spec.kind == FieldType::Categorical;
     let numeric = matches!(spec.kind, FieldType::Number | FieldType::Integer);
-    if !categorical
-        && (spec.vocabulary.is_some() || spec.encoding.is_some() || spec.unknown.is_some())
-    {
-        return Err(bad(
-            "vocabulary, encoding and unknown apply to categorical fields only",
-        ));
+    if !categorical && (spec.vocabulary.is_some() || spec.encoding.is_some() || spec.unknown.is_some()) {
+        return Err(bad("vocabulary, encoding and unknown apply to categorical fields only"));
     }
     if !numeric && (spec.min.is_some() || spec.max.is_some() || spec.scaler.is_some()) {
         return Err(bad("min, max and scaler apply to numeric fields only"));
@@ -325,9 +303,7 @@ fn compile_field(
         return Err(bad("a required field cannot have a default"));
     }
     if !spec.required && spec.default.is_none() {
-        return Err(bad(
-            "an optional field needs a default (the value training used for a missing one)",
-        ));
+        return Err(bad("an optional field needs a default (the value training used for a missing one)"));
     }
 
     let encoder = match spec.kind {
@@ -339,9 +315,7 @@ fn compile_field(
             }
             let scaler = match spec.scaler {
                 Some(s) if !(s.scale.is_finite() && s.scale != 0.0 && s.mean.is_finite()) => {
-                    return Err(bad(
-                        "scaler needs a finite mean and a finite non-zero scale",
-                    ));
+                    return Err(bad("scaler needs a finite mean and a finite non-zero scale"));
                 }
                 Some(s) => Some((s.mean, s.scale)),
                 None => None,
@@ -354,61 +328,36 @@ fn compile_field(
                 column: claim(&name, name.clone())?,
             }
         }
-        FieldType::Boolean => Encoder::Boolean {
-            column: claim(&name, name.clone())?,
-        },
+        FieldType::Boolean => Encoder::Boolean { column: claim(&name, name.clone())? },
         FieldType::Categorical => {
-            let words = spec
-                .vocabulary
-                .ok_or_else(|| bad("categorical field needs a vocabulary"))?;
+            let words = spec.vocabulary.ok_or_else(|| bad("categorical field needs a vocabulary"))?;
             if words.is_empty() {
                 return Err(bad("vocabulary is empty"));
             }
             let mut vocabulary = FxHashMap::default();
             for (i, w) in words.iter().enumerate() {
-                if vocabulary
-                    .insert(w.clone().into_boxed_str(), i as u32)
-                    .is_some()
-                {
+                if vocabulary.insert(w.clone().into_boxed_str(), i as u32).is_some() {
                     return Err(bad(&format!("category `{w}` is listed twice")));
                 }
             }
-            let fallback = match spec
-                .unknown
-                .ok_or_else(|| bad("categorical field needs an `unknown` policy"))?
-            {
+            let fallback = match spec.unknown.ok_or_else(|| bad("categorical field needs an `unknown` policy"))? {
                 UnknownSpec::Policy(UnknownWord::Reject) => None,
-                UnknownSpec::Fallback { fallback } => {
-                    Some(*vocabulary.get(fallback.as_str()).ok_or_else(|| {
-                        bad(&format!("fallback `{fallback}` is not in the vocabulary"))
-                    })?)
-                }
+                UnknownSpec::Fallback { fallback } => Some(
+                    *vocabulary
+                        .get(fallback.as_str())
+                        .ok_or_else(|| bad(&format!("fallback `{fallback}` is not in the vocabulary")))?,
+                ),
             };
-            let layout = match spec
-                .encoding
-                .ok_or_else(|| bad("categorical field needs an encoding"))?
-            {
+            let layout = match spec.encoding.ok_or_else(|| bad("categorical field needs an encoding"))? {
                 Encoding::Onehot => CategoricalLayout::OneHot(
-                    words
-                        .iter()
-                        .map(|w| claim(&name, format!("{name}={w}")))
-                        .collect::<Result<_, _>>()?,
+                    words.iter().map(|w| claim(&name, format!("{name}={w}"))).collect::<Result<_, _>>()?,
                 ),
                 Encoding::Ordinal => CategoricalLayout::Ordinal(claim(&name, name.clone())?),
             };
-            Encoder::Categorical {
-                vocabulary,
-                fallback,
-                layout,
-            }
+            Encoder::Categorical { vocabulary, fallback, layout }
         }
     };
-    Ok(Field {
-        name: name.into_boxed_str(),
-        required: spec.required,
-        default: spec.default,
-        encoder,
-    })
+    Ok(Field { name: name.into_boxed_str(), required: spec.required, default: spec.default, encoder })
 }
 
 /// Why one value cannot be encoded. Preprocessing adds the row and the field.
@@ -417,10 +366,7 @@ pub enum Reason {
     #[error("required field is missing")]
     Missing,
     #[error("expected {expected}, got {got}")]
-    WrongType {
-        expected: &'static str,
-        got: &'static str,
-    },
+    WrongType { expected: &'static str, got: &'static str },
     #[error("value must be finite, got {0}")]
     NotFinite(f64),
     #[error("expected an integer, got {0}")]
@@ -440,13 +386,7 @@ impl Encoder {
     #[inline]
     pub fn write(&self, value: Value<'_>, row: &mut [f32]) -> Result<(), Reason> {
         match self {
-            Encoder::Numeric {
-                integer,
-                min,
-                max,
-                scaler,
-                column,
-            } => {
+            Encoder::Numeric { integer, min, max, scaler, column } => {
                 let x = match (value, integer) {
                     (Value::Integer(i), _) => i as f64,
                     (Value::Number(x), _) if !x.is_finite() => return Err(Reason::NotFinite(x)),
@@ -455,16 +395,10 @@ impl Encoder {
                     }
                     (Value::Number(x), _) => x,
                     (other, true) => {
-                        return Err(Reason::WrongType {
-                            expected: "integer",
-                            got: other.type_name(),
-                        });
+                        return Err(Reason::WrongType { expected: "integer", got: other.type_name() });
                     }
                     (other, false) => {
-                        return Err(Reason::WrongType {
-                            expected: "number",
-                            got: other.type_name(),
-                        });
+                        return Err(Reason::WrongType { expected: "number", got: other.type_name() });
                     }
                 };
                 if min.is_some_and(|lo| x < lo) || max.is_some_and(|hi| x > hi) {
@@ -482,22 +416,12 @@ impl Encoder {
             Encoder::Boolean { column } => match value {
                 Value::Bool(b) => row[*column] = if b { 1.0 } else { 0.0 },
                 other => {
-                    return Err(Reason::WrongType {
-                        expected: "bool",
-                        got: other.type_name(),
-                    });
+                    return Err(Reason::WrongType { expected: "bool", got: other.type_name() });
                 }
             },
-            Encoder::Categorical {
-                vocabulary,
-                fallback,
-                layout,
-            } => {
+            Encoder::Categorical { vocabulary, fallback, layout } => {
                 let Value::Text(word) = value else {
-                    return Err(Reason::WrongType {
-                        expected: "text",
-                        got: value.type_name(),
-                    });
+                    return Err(Reason::WrongType { expected: "text", got: value.type_name() });
                 };
                 let index = match vocabulary.get(word) {
                     Some(i) => *i,
@@ -564,52 +488,27 @@ columns: [vip, "color=red", "color=green", "color=other", age, size]
         let enc = |name: &str| &s.fields()[s.field_index(name).unwrap()].encoder;
         assert_eq!(
             enc("age").write(Value::Integer(5), &mut row),
-            Err(Reason::OutOfRange {
-                value: 5.0,
-                min: 18.0,
-                max: 120.0
-            })
+            Err(Reason::OutOfRange { value: 5.0, min: 18.0, max: 120.0 })
         );
-        assert_eq!(
-            enc("age").write(Value::Number(30.5), &mut row),
-            Err(Reason::NotInteger(30.5))
-        );
-        assert!(matches!(
-            enc("age").write(Value::Number(f64::NAN), &mut row),
-            Err(Reason::NotFinite(_))
-        ));
-        assert_eq!(
-            enc("size").write(Value::Text("huge"), &mut row),
-            Err(Reason::UnknownCategory("huge".into()))
-        );
+        assert_eq!(enc("age").write(Value::Number(30.5), &mut row), Err(Reason::NotInteger(30.5)));
+        assert!(matches!(enc("age").write(Value::Number(f64::NAN), &mut row), Err(Reason::NotFinite(_))));
+        assert_eq!(enc("size").write(Value::Text("huge"), &mut row), Err(Reason::UnknownCategory("huge".into())));
         assert_eq!(
             enc("vip").write(Value::Integer(1), &mut row),
-            Err(Reason::WrongType {
-                expected: "bool",
-                got: "integer"
-            })
+            Err(Reason::WrongType { expected: "bool", got: "integer" })
         );
     }
 
     #[test]
     fn refuses_inconsistent_schemas() {
         let orphan = SCHEMA.replace("columns: [vip,", "columns: [extra, vip,");
-        assert!(
-            matches!(Schema::parse(&orphan), Err(SchemaError::OrphanColumn(c)) if c == "extra")
-        );
+        assert!(matches!(Schema::parse(&orphan), Err(SchemaError::OrphanColumn(c)) if c == "extra"));
         let missing = SCHEMA.replace(", size]", "]");
-        assert!(matches!(
-            Schema::parse(&missing),
-            Err(SchemaError::MissingColumn { .. })
-        ));
+        assert!(matches!(Schema::parse(&missing), Err(SchemaError::MissingColumn { .. })));
         let bad_default = SCHEMA.replace("default: small", "default: medium");
-        assert!(
-            matches!(Schema::parse(&bad_default), Err(SchemaError::Field { field, .. }) if field == "size")
-        );
+        assert!(matches!(Schema::parse(&bad_default), Err(SchemaError::Field { field, .. }) if field == "size"));
         let bad_fallback = SCHEMA.replace("fallback: other", "fallback: blue");
-        assert!(
-            matches!(Schema::parse(&bad_fallback), Err(SchemaError::Field { field, .. }) if field == "color")
-        );
+        assert!(matches!(Schema::parse(&bad_fallback), Err(SchemaError::Field { field, .. }) if field == "color"));
         let typo = SCHEMA.replace("encoding: ordinal", "encodng: ordinal");
         assert!(matches!(Schema::parse(&typo), Err(SchemaError::Parse(_))));
     }

@@ -62,15 +62,9 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })
-        };
-        Ok(Listeners {
-            grpc: bind(config.grpc_addr).await?,
-            admin: bind(config.admin_addr).await?,
-        })
+        let bind =
+            |addr| async move { TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source }) };
+        Ok(Listeners { grpc: bind(config.grpc_addr).await?, admin: bind(config.admin_addr).await? })
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -83,26 +77,14 @@ impl Listeners {
 ///
 /// Bundles load in the background after the listeners are up: health reports NOT_SERVING
 /// until every task has a live bundle, so probes see the daemon alive but not ready.
-pub async fn run(
-    config: &Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     engine::init(&config.ort_library)?;
     let metrics = Metrics::new();
     let load_options = LoadOptions {
-        engine: EngineOptions {
-            sessions: config.inference_threads,
-            intra_threads: 1,
-        },
+        engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
         ..LoadOptions::default()
     };
-    let registry = Registry::new(
-        config.model_root.clone(),
-        &config.tasks,
-        load_options,
-        metrics.clone(),
-    );
+    let registry = Registry::new(config.model_root.clone(), &config.tasks, load_options, metrics.clone());
     let runner = Runner::new(
         RunnerLimits {
             threads: config.inference_threads,
@@ -116,10 +98,7 @@ pub async fn run(
     let readiness = Readiness::new(registry.clone(), reporter);
     let background = CancellationToken::new();
     let health_sync = readiness.spawn_sync(background.clone());
-    let timing = ReloadTiming {
-        poll: config.poll_interval,
-        debounce: config.reload_debounce,
-    };
+    let timing = ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce };
     let (_reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
 
     // Reflection in both versions: v1 for current tools, v1alpha for the grpcurl releases
@@ -129,16 +108,13 @@ pub async fn run(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let (reflection_v1, reflection_v1alpha) =
-        (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let inference = InferenceService::new(
         registry.clone(),
         runner,
         readiness.clone(),
         metrics.clone(),
-        Limits {
-            max_rows: config.max_rows,
-        },
+        Limits { max_rows: config.max_rows },
     );
     let inference = pb::inference_server::InferenceServer::new(inference)
         .max_decoding_message_size(config.max_message_bytes)
@@ -157,12 +133,9 @@ pub async fn run(
     );
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(
-        axum::serve(
-            listeners.admin,
-            admin::router(registry, readiness.clone(), metrics),
-        )
-        .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-        .into_future(),
+        axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+            .into_future(),
     );
     tracing::info!(tasks = ?config.tasks, root = %config.model_root.display(), "serving; loading bundles");
 
@@ -180,10 +153,7 @@ pub async fn run(
 
     // 1. Not serving: probes and load balancers stop sending new work.
     readiness.begin_drain().await;
-    tracing::info!(
-        grace_ms = config.shutdown_grace.as_millis() as u64,
-        "draining in-flight calls"
-    );
+    tracing::info!(grace_ms = config.shutdown_grace.as_millis() as u64, "draining in-flight calls");
     // 2. Stop accepting (GOAWAY); in-flight calls and streams finish within the grace period.
     //    Done when every call is answered: idle client connections may stay open after GOAWAY,
     //    so waiting for connections to close could use up the whole grace period for nothing.
@@ -199,10 +169,7 @@ pub async fn run(
     .await;
     match answered {
         Ok(()) => tracing::info!("drained: every in-flight call finished"),
-        Err(_) => tracing::warn!(
-            open_calls = tracker.open(),
-            "grace period over: calls still running were cut"
-        ),
+        Err(_) => tracing::warn!(open_calls = tracker.open(), "grace period over: calls still running were cut"),
     }
     // Let connections flush their last frames and close, briefly; then cut what is left.
     if ended.is_none() {

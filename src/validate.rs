@@ -19,25 +19,14 @@ pub fn run(dir: &Path, ort_library: &Path, out: &mut dyn Write) -> std::io::Resu
     }
     let mut lines = Vec::new();
     let result = Bundle::load_reporting(dir, &LoadOptions::default(), &mut |step| {
-        lines.push(format!(
-            "  ok   {:<9} {:>8.1} ms  {}",
-            step.name,
-            step.took.as_secs_f64() * 1e3,
-            step.detail
-        ));
+        lines.push(format!("  ok   {:<9} {:>8.1} ms  {}", step.name, step.took.as_secs_f64() * 1e3, step.detail));
     });
     for line in &lines {
         writeln!(out, "{line}")?;
     }
     match result {
         Ok(bundle) => {
-            writeln!(
-                out,
-                "PASS {} (version {}, manifest {})",
-                dir.display(),
-                bundle.version,
-                bundle.manifest_sha256
-            )?;
+            writeln!(out, "PASS {} (version {}, manifest {})", dir.display(), bundle.version, bundle.manifest_sha256)?;
             Ok(true)
         }
         Err(e) => {

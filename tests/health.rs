@@ -4,24 +4,14 @@ mod common;
 
 use common::*;
 use modeld::service::pb;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-async fn grpc_status(
-    client: &mut HealthClient<tonic::transport::Channel>,
-    service: &str,
-) -> ServingStatus {
-    let resp = client
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap();
+async fn grpc_status(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> ServingStatus {
+    let resp = client.check(HealthCheckRequest { service: service.into() }).await.unwrap();
     resp.into_inner().status()
 }
 
@@ -32,37 +22,18 @@ async fn not_serving_until_a_bundle_is_live_then_serving() {
     let server = TestServer::start(test_config(root.path())).await;
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "modeld.v1.Inference"] {
-        assert_eq!(
-            grpc_status(&mut health, service).await,
-            ServingStatus::NotServing,
-            "service `{service}`"
-        );
+        assert_eq!(grpc_status(&mut health, service).await, ServingStatus::NotServing, "service `{service}`");
     }
-    assert_eq!(
-        http_get(server.admin, "/healthz").await.0,
-        200,
-        "alive while not ready"
-    );
+    assert_eq!(http_get(server.admin, "/healthz").await.0, 200, "alive while not ready");
     let (code, body) = http_get(server.admin, "/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("\"ready\":false"), "{body}");
     let mut client = server.client().await;
-    let err = client
-        .predict(predict_request(vec![to_pb(&golden("v2")[0].row)]))
-        .await
-        .unwrap_err();
+    let err = client.predict(predict_request(vec![to_pb(&golden("v2")[0].row)])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
-    let detail = client
-        .health(pb::HealthRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let detail = client.health(pb::HealthRequest {}).await.unwrap().into_inner();
     assert!(!detail.serving);
-    assert!(
-        detail.tasks[0].last_error.contains("current"),
-        "{:?}",
-        detail.tasks[0]
-    );
+    assert!(detail.tasks[0].last_error.contains("current"), "{:?}", detail.tasks[0]);
 
     point_current(root.path(), "v2");
     let mut h = health.clone();
@@ -71,24 +42,11 @@ async fn not_serving_until_a_bundle_is_live_then_serving() {
         async move { grpc_status(&mut h, "").await == ServingStatus::Serving }
     })
     .await;
-    assert_eq!(
-        grpc_status(&mut h, "modeld.v1.Inference").await,
-        ServingStatus::Serving
-    );
+    assert_eq!(grpc_status(&mut h, "modeld.v1.Inference").await, ServingStatus::Serving);
     assert_eq!(http_get(server.admin, "/readyz").await.0, 200);
-    let detail = client
-        .health(pb::HealthRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let detail = client.health(pb::HealthRequest {}).await.unwrap().into_inner();
     assert!(detail.serving);
-    assert_eq!(
-        (
-            detail.tasks[0].task.as_str(),
-            detail.tasks[0].version.as_str()
-        ),
-        (TASK, "v2")
-    );
+    assert_eq!((detail.tasks[0].task.as_str(), detail.tasks[0].version.as_str()), (TASK, "v2"));
     assert!(detail.tasks[0].serving);
     drop(health);
 }
@@ -102,13 +60,8 @@ async fn reflection_lists_the_inference_service() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        stream.message().await.unwrap().unwrap().message_response
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response
     else {
         panic!("expected a service list");
     };
@@ -121,40 +74,21 @@ async fn reflection_lists_the_inference_service() {
 async fn get_version_and_admin_version_describe_the_live_bundle() {
     let root = model_root(Some("v1"));
     let server = TestServer::start_ready(test_config(root.path())).await;
-    let v = server
-        .client()
-        .await
-        .get_version(pb::GetVersionRequest { task: TASK.into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let v = server.client().await.get_version(pb::GetVersionRequest { task: TASK.into() }).await.unwrap().into_inner();
     assert_eq!(v.version, "v1");
     assert_eq!(v.model_type, "logistic_regression");
-    assert!(
-        v.bundle_path.ends_with("models/credit_risk/v1"),
-        "{}",
-        v.bundle_path
-    );
+    assert!(v.bundle_path.ends_with("models/credit_risk/v1"), "{}", v.bundle_path);
     let manifest = std::fs::read(repo_models().join("credit_risk/v1/MANIFEST.sha256")).unwrap();
-    assert_eq!(
-        v.manifest_sha256,
-        modeld::bundle::manifest::sha256_hex(&manifest)
-    );
+    assert_eq!(v.manifest_sha256, modeld::bundle::manifest::sha256_hex(&manifest));
     assert!(v.loaded_at.is_some());
     let evaluation: serde_json::Value = serde_json::from_str(&v.evaluation_json).unwrap();
-    assert_eq!(
-        v.evaluation["auc"],
-        evaluation["metrics"]["auc"].as_f64().unwrap()
-    );
+    assert_eq!(v.evaluation["auc"], evaluation["metrics"]["auc"].as_f64().unwrap());
 
     let (code, body) = http_get(server.admin, "/model/version").await;
     assert_eq!(code, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["tasks"][0]["version"], "v1");
-    assert_eq!(
-        json["tasks"][0]["manifest_sha256"],
-        v.manifest_sha256.as_str()
-    );
+    assert_eq!(json["tasks"][0]["manifest_sha256"], v.manifest_sha256.as_str());
 }
 
 #[tokio::test]
@@ -164,10 +98,7 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
     let mut client = server.client().await;
     let row = to_pb(&golden("v2")[0].row);
     for _ in 0..7 {
-        client
-            .predict(predict_request(vec![row.clone(), row.clone()]))
-            .await
-            .unwrap();
+        client.predict(predict_request(vec![row.clone(), row.clone()])).await.unwrap();
     }
     for _ in 0..3 {
         client.predict(predict_request(vec![])).await.unwrap_err();
@@ -175,51 +106,15 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
     let (code, text) = http_get(server.admin, "/metrics").await;
     assert_eq!(code, 200);
     check_exposition_format(&text);
-    let ok = [
-        ("task", TASK),
-        ("version", "v2"),
-        ("method", "Predict"),
-        ("code", "OK"),
-    ];
+    let ok = [("task", TASK), ("version", "v2"), ("method", "Predict"), ("code", "OK")];
     assert_eq!(metric_value(&text, "modeld_requests_total", &ok), Some(7.0));
-    let bad = [
-        ("task", TASK),
-        ("method", "Predict"),
-        ("code", "INVALID_ARGUMENT"),
-    ];
-    assert_eq!(
-        metric_value(&text, "modeld_requests_total", &bad),
-        Some(3.0)
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "modeld_rows_total",
-            &[("task", TASK), ("version", "v2")]
-        ),
-        Some(14.0)
-    );
+    let bad = [("task", TASK), ("method", "Predict"), ("code", "INVALID_ARGUMENT")];
+    assert_eq!(metric_value(&text, "modeld_requests_total", &bad), Some(3.0));
+    assert_eq!(metric_value(&text, "modeld_rows_total", &[("task", TASK), ("version", "v2")]), Some(14.0));
     let count = [("task", TASK), ("method", "Predict")];
-    assert_eq!(
-        metric_value(&text, "modeld_request_duration_seconds_count", &count),
-        Some(10.0)
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "modeld_bundle_loads_total",
-            &[("task", TASK), ("result", "success")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            "modeld_live_version_info",
-            &[("task", TASK), ("version", "v2")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(metric_value(&text, "modeld_request_duration_seconds_count", &count), Some(10.0));
+    assert_eq!(metric_value(&text, "modeld_bundle_loads_total", &[("task", TASK), ("result", "success")]), Some(1.0));
+    assert_eq!(metric_value(&text, "modeld_live_version_info", &[("task", TASK), ("version", "v2")]), Some(1.0));
 }
 
 /// The text format's rules that scrapers rely on: every sample belongs to a family declared by
@@ -228,49 +123,27 @@ fn check_exposition_format(text: &str) {
     let mut declared = std::collections::HashMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest
-                .split_once(' ')
-                .expect("TYPE line has a name and a type");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "{line}"
-            );
+            let (name, kind) = rest.split_once(' ').expect("TYPE line has a name and a type");
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
             declared.insert(name.to_owned(), kind.to_owned());
         } else if line.starts_with("# HELP ") || line.is_empty() {
         } else {
-            let (series, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("sample without value: {line}"));
-            value
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("sample without value: {line}"));
+            value.parse::<f64>().unwrap_or_else(|_| panic!("bad value: {line}"));
             let name = series.split('{').next().unwrap();
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-                "bad name: {line}"
-            );
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
                 .filter(|f| declared.get(*f).is_some_and(|k| k == "histogram"))
                 .unwrap_or(name);
-            assert!(
-                declared.contains_key(family),
-                "sample before its TYPE line: {line}"
-            );
+            assert!(declared.contains_key(family), "sample before its TYPE line: {line}");
             if let Some(labels) = series.strip_prefix(name) {
                 if !labels.is_empty() {
-                    assert!(
-                        labels.starts_with('{') && labels.ends_with('}'),
-                        "bad labels: {line}"
-                    );
+                    assert!(labels.starts_with('{') && labels.ends_with('}'), "bad labels: {line}");
                 }
             }
         }
     }
-    assert!(
-        declared.len() >= 5,
-        "expected the modeld families, got {declared:?}"
-    );
+    assert!(declared.len() >= 5, "expected the modeld families, got {declared:?}");
 }

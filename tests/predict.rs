@@ -12,11 +12,7 @@ async fn golden_rows_match(version: &str) {
     for g in golden(version) {
         let mut req = predict_request(vec![to_pb(&g.row)]);
         req.request_id = format!("golden-{}", g.line);
-        let resp = client
-            .predict(req)
-            .await
-            .expect("golden row is valid")
-            .into_inner();
+        let resp = client.predict(req).await.expect("golden row is valid").into_inner();
         assert_eq!(resp.version, version);
         assert_eq!(resp.task, TASK);
         assert_eq!(resp.request_id, format!("golden-{}", g.line));
@@ -24,11 +20,7 @@ async fn golden_rows_match(version: &str) {
         let p = &resp.predictions[0];
         assert_eq!(p.row_id, g.row.row_id);
         assert_eq!(p.label, g.label, "line {}", g.line);
-        assert_close(
-            &p.probabilities,
-            &g.probabilities,
-            &format!("{version} line {}", g.line),
-        );
+        assert_close(&p.probabilities, &g.probabilities, &format!("{version} line {}", g.line));
     }
 }
 
@@ -58,11 +50,7 @@ async fn multi_row_requests_keep_order_and_row_ids() {
             r
         })
         .collect();
-    let resp = client
-        .predict(predict_request(wire))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = client.predict(predict_request(wire)).await.unwrap().into_inner();
     assert_eq!(resp.predictions.len(), rows.len());
     for (i, (p, g)) in resp.predictions.iter().zip(&rows).enumerate() {
         assert_eq!(p.row_id, format!("r{i}"));
@@ -78,14 +66,8 @@ async fn large_requests_run_off_the_async_workers_with_the_same_results() {
     let server = TestServer::start_ready(test_config(root.path())).await;
     let mut client = server.client().await;
     let rows = golden("v1");
-    let wire: Vec<_> = (0..40)
-        .flat_map(|_| rows.iter().map(|g| to_pb(&g.row)))
-        .collect();
-    let resp = client
-        .predict(predict_request(wire))
-        .await
-        .unwrap()
-        .into_inner();
+    let wire: Vec<_> = (0..40).flat_map(|_| rows.iter().map(|g| to_pb(&g.row))).collect();
+    let resp = client.predict(predict_request(wire)).await.unwrap().into_inner();
     assert_eq!(resp.predictions.len(), 40 * rows.len());
     for (p, g) in resp.predictions.iter().zip(rows.iter().cycle()) {
         assert_eq!(p.label, g.label);
@@ -105,12 +87,7 @@ async fn batch_predict_answers_chunks_in_order_with_per_row_errors() {
         // One bad row per chunk: it gets an error, its neighbours their predictions.
         let mut bad = wire[0].clone();
         bad.row_id = format!("bad-{c}");
-        bad.features.insert(
-            "age_in_years".into(),
-            pb::Value {
-                kind: Some(pb::value::Kind::Text("old".into())),
-            },
-        );
+        bad.features.insert("age_in_years".into(), pb::Value { kind: Some(pb::value::Kind::Text("old".into())) });
         wire.insert(1, bad);
         chunks.push(pb::BatchPredictRequest {
             task: if c == 0 { TASK.into() } else { String::new() },
@@ -119,11 +96,7 @@ async fn batch_predict_answers_chunks_in_order_with_per_row_errors() {
         });
     }
     let n_chunks = chunks.len();
-    let mut stream = client
-        .batch_predict(tokio_stream::iter(chunks))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.batch_predict(tokio_stream::iter(chunks)).await.unwrap().into_inner();
     let mut golden_iter = rows.iter();
     let mut answered = 0;
     while let Some(resp) = stream.message().await.unwrap() {
@@ -134,11 +107,7 @@ async fn batch_predict_answers_chunks_in_order_with_per_row_errors() {
                 (1, Outcome::Error(e)) => {
                     assert_eq!(e.row_id, format!("bad-{answered}"));
                     assert_eq!((e.row_index, e.field.as_str()), (1, "age_in_years"));
-                    assert!(
-                        e.reason.contains("expected integer, got text"),
-                        "{}",
-                        e.reason
-                    );
+                    assert!(e.reason.contains("expected integer, got text"), "{}", e.reason);
                 }
                 (_, Outcome::Prediction(p)) => {
                     let g = golden_iter.next().unwrap();

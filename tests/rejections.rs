@@ -27,18 +27,8 @@ async fn each_bad_value_is_rejected_naming_row_and_field() {
     let mut client = server.client().await;
 
     let cases: Vec<(&str, pb::Row, &str, &str)> = vec![
-        (
-            "missing required",
-            without(good_row(), "age_in_years"),
-            "age_in_years",
-            "required field is missing",
-        ),
-        (
-            "explicit null",
-            with(good_row(), "age_in_years", None),
-            "age_in_years",
-            "required field is missing",
-        ),
+        ("missing required", without(good_row(), "age_in_years"), "age_in_years", "required field is missing"),
+        ("explicit null", with(good_row(), "age_in_years", None), "age_in_years", "required field is missing"),
         (
             "wrong type",
             with(good_row(), "age_in_years", Some(Kind::Text("forty".into()))),
@@ -51,19 +41,10 @@ async fn each_bad_value_is_rejected_naming_row_and_field() {
             "age_in_years",
             "expected an integer, got 40.5",
         ),
-        (
-            "NaN",
-            with(good_row(), "credit_amount", Some(Kind::Number(f64::NAN))),
-            "credit_amount",
-            "must be finite",
-        ),
+        ("NaN", with(good_row(), "credit_amount", Some(Kind::Number(f64::NAN))), "credit_amount", "must be finite"),
         (
             "infinite",
-            with(
-                good_row(),
-                "credit_amount",
-                Some(Kind::Number(f64::INFINITY)),
-            ),
+            with(good_row(), "credit_amount", Some(Kind::Number(f64::INFINITY))),
             "credit_amount",
             "must be finite",
         ),
@@ -85,46 +66,28 @@ async fn each_bad_value_is_rejected_naming_row_and_field() {
             "housing",
             "expected text, got integer",
         ),
-        (
-            "unknown field",
-            with(good_row(), "agee", Some(Kind::Integer(40))),
-            "agee",
-            "unknown field",
-        ),
+        ("unknown field", with(good_row(), "agee", Some(Kind::Integer(40))), "agee", "unknown field"),
     ];
     for (case, row, field, reason) in cases {
         let mut bad = row;
         bad.row_id = "applicant-7".into();
         // The bad row is second: the whole request is rejected and the message names row 1.
-        let err = client
-            .predict(predict_request(vec![good_row(), bad]))
-            .await
-            .expect_err(case);
+        let err = client.predict(predict_request(vec![good_row(), bad])).await.expect_err(case);
         assert_eq!(err.code(), Code::InvalidArgument, "{case}: {err:?}");
         let msg = err.message();
-        assert!(
-            msg.contains("row 1 (row_id `applicant-7`)"),
-            "{case}: {msg}"
-        );
+        assert!(msg.contains("row 1 (row_id `applicant-7`)"), "{case}: {msg}");
         assert!(msg.contains(&format!("field `{field}`")), "{case}: {msg}");
         assert!(msg.contains(reason), "{case}: {msg}");
     }
 
     // Still serving, and unseen values of a field with a fallback are accepted.
     let resp = client
-        .predict(predict_request(vec![with(
-            good_row(),
-            "purpose",
-            Some(Kind::Text("yacht".into())),
-        )]))
+        .predict(predict_request(vec![with(good_row(), "purpose", Some(Kind::Text("yacht".into())))]))
         .await
         .expect("fallback category is accepted");
     assert_eq!(resp.get_ref().predictions.len(), 1);
     // Optional fields take their default.
-    let resp = client
-        .predict(predict_request(vec![without(good_row(), "telephone")]))
-        .await
-        .expect("default applies");
+    let resp = client.predict(predict_request(vec![without(good_row(), "telephone")])).await.expect("default applies");
     assert_eq!(resp.get_ref().version, "v1");
 }
 
@@ -141,18 +104,12 @@ async fn malformed_requests_are_rejected_clearly() {
     let mut no_task = predict_request(vec![good_row()]);
     no_task.task.clear();
     let err = client.predict(no_task).await.unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::InvalidArgument, "task: must name a task")
-    );
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "task: must name a task"));
 
     let mut unknown = predict_request(vec![good_row()]);
     unknown.task = "fraud".into();
     let err = client.predict(unknown).await.unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::NotFound, "unknown task `fraud`")
-    );
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "unknown task `fraud`"));
 
     let mut pinned = predict_request(vec![to_pb(&golden("v2")[0].row)]);
     pinned.version = "v9".into();
@@ -160,36 +117,18 @@ async fn malformed_requests_are_rejected_clearly() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("`v9`"));
 
-    let err = client
-        .get_version(pb::GetVersionRequest {
-            task: "fraud".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.get_version(pb::GetVersionRequest { task: "fraud".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Too many rows for one request.
     let mut config = test_config(root.path());
     config.max_rows = 3;
     let small = TestServer::start_ready(config).await;
-    let err = small
-        .client()
-        .await
-        .predict(predict_request(vec![good_row(); 4]))
-        .await
-        .unwrap_err();
+    let err = small.client().await.predict(predict_request(vec![good_row(); 4])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message()
-            .starts_with("rows: 4 rows exceed the limit of 3"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().starts_with("rows: 4 rows exceed the limit of 3"), "{}", err.message());
 
     // The first server still answers good requests after all of that.
-    let ok = client
-        .predict(predict_request(vec![to_pb(&golden("v2")[0].row)]))
-        .await
-        .unwrap();
+    let ok = client.predict(predict_request(vec![to_pb(&golden("v2")[0].row)])).await.unwrap();
     assert_eq!(ok.get_ref().predictions[0].label, golden("v2")[0].label);
 }

@@ -38,28 +38,15 @@ async fn sigterm_lets_in_flight_requests_finish() {
         }
     };
     let log_lines = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
-    eventually("ready", || async move {
-        http_get(admin, "/readyz").await.0 == 200
-    })
-    .await;
+    eventually("ready", || async move { http_get(admin, "/readyz").await.0 == 200 }).await;
 
     // Requests big enough to take a while, all in flight at once on one inference thread.
     const CALLS: usize = 6;
-    let rows: Vec<_> = golden("v1")
-        .iter()
-        .map(|g| to_pb(&g.row))
-        .cycle()
-        .take(4_000)
-        .collect();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let rows: Vec<_> = golden("v1").iter().map(|g| to_pb(&g.row)).cycle().take(4_000).collect();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     let calls: Vec<_> = (0..CALLS)
         .map(|_| {
-            let mut client =
-                InferenceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+            let mut client = InferenceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
             let req = predict_request(rows.clone());
             tokio::spawn(async move { client.predict(req).await })
         })
@@ -67,40 +54,22 @@ async fn sigterm_lets_in_flight_requests_finish() {
     // Every call has reached its handler, and at least one is still running.
     eventually("calls in flight", || async move {
         let text = http_get(admin, "/metrics").await.1;
-        let running = metric_value(&text, "modeld_requests_in_flight", &[("method", "Predict")])
-            .unwrap_or(0.0);
-        let done =
-            metric_value(&text, "modeld_requests_total", &[("method", "Predict")]).unwrap_or(0.0);
+        let running = metric_value(&text, "modeld_requests_in_flight", &[("method", "Predict")]).unwrap_or(0.0);
+        let done = metric_value(&text, "modeld_requests_total", &[("method", "Predict")]).unwrap_or(0.0);
         running >= 1.0 && running + done >= CALLS as f64
     })
     .await;
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
 
     for call in calls {
-        let resp = call
-            .await
-            .unwrap()
-            .expect("an in-flight call completes during drain");
+        let resp = call.await.unwrap().expect("an in-flight call completes during drain");
         assert_eq!(resp.get_ref().predictions.len(), rows.len());
         assert_eq!(resp.get_ref().version, "v1");
     }
     let status = child.wait().unwrap();
     let lines = log_lines.join().unwrap();
-    assert!(
-        status.success(),
-        "exit status {status:?}; log:\n{}",
-        lines.join("\n")
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("drained: every in-flight call finished")),
-        "{}",
-        lines.join("\n")
-    );
+    assert!(status.success(), "exit status {status:?}; log:\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("drained: every in-flight call finished")), "{}", lines.join("\n"));
 }

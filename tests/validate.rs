@@ -8,16 +8,8 @@ use common::*;
 use modeld::bundle::manifest::sha256_hex;
 
 fn validate(dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .arg("validate")
-        .arg(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_modeld")).arg("validate").arg(dir).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -39,15 +31,8 @@ fn reseal(dir: &Path) {
         .filter(|n| n != "MANIFEST.sha256")
         .collect();
     names.sort();
-    let manifest: String = names
-        .iter()
-        .map(|n| {
-            format!(
-                "{}  {n}\n",
-                sha256_hex(&std::fs::read(dir.join(n)).unwrap())
-            )
-        })
-        .collect();
+    let manifest: String =
+        names.iter().map(|n| format!("{}  {n}\n", sha256_hex(&std::fs::read(dir.join(n)).unwrap()))).collect();
     std::fs::write(dir.join("MANIFEST.sha256"), manifest).unwrap();
 }
 
@@ -62,10 +47,7 @@ fn shipped_bundles_pass() {
     for v in ["v1", "v2"] {
         let (ok, out) = validate(&repo_models().join(TASK).join(v));
         assert!(ok, "{v}: {out}");
-        assert!(
-            out.contains("PASS") && out.contains("64 rows match"),
-            "{out}"
-        );
+        assert!(out.contains("PASS") && out.contains("64 rows match"), "{out}");
     }
 }
 
@@ -79,10 +61,7 @@ fn corrupted_model_fails_naming_the_model() {
     reseal(dir.path());
     let (ok, out) = validate(dir.path());
     assert!(!ok);
-    assert!(
-        out.contains("FAIL") && out.contains("model.onnx: cannot open model"),
-        "{out}"
-    );
+    assert!(out.contains("FAIL") && out.contains("model.onnx: cannot open model"), "{out}");
 }
 
 #[test]
@@ -91,10 +70,7 @@ fn manifest_mismatch_fails_naming_the_file() {
     edit(dir.path(), "evaluation.json", |t| t.replace("0.72", "0.99"));
     let (ok, out) = validate(dir.path());
     assert!(!ok);
-    assert!(
-        out.contains("MANIFEST.sha256: evaluation.json: sha256 is"),
-        "{out}"
-    );
+    assert!(out.contains("MANIFEST.sha256: evaluation.json: sha256 is"), "{out}");
 }
 
 #[test]
@@ -121,10 +97,7 @@ fn golden_mismatch_fails_naming_the_line() {
     reseal(dir.path());
     let (ok, out) = validate(dir.path());
     assert!(!ok);
-    assert!(
-        out.contains("golden.jsonl line 3 (row_id `test-2`)") && out.contains("differ from golden"),
-        "{out}"
-    );
+    assert!(out.contains("golden.jsonl line 3 (row_id `test-2`)") && out.contains("differ from golden"), "{out}");
 }
 
 #[test]
@@ -141,8 +114,5 @@ fn schema_width_disagreeing_with_the_model_fails() {
     reseal(dir.path());
     let (ok, out) = validate(dir.path());
     assert!(!ok);
-    assert!(
-        out.contains("feature_schema.yaml declares 19 columns but model.onnx takes 20"),
-        "{out}"
-    );
+    assert!(out.contains("feature_schema.yaml declares 19 columns but model.onnx takes 20"), "{out}");
 }

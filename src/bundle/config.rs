@@ -65,9 +65,6 @@ impl BundleConfig {
     }
 
     pub(crate) fn output_names(&self) -> OutputNames {
-        OutputNames {
-            label: self.outputs.label.clone(),
-            probabilities: self.outputs.probabilities.clone(),
-        }
+        OutputNames { label: self.outputs.label.clone(), probabilities: self.outputs.probabilities.clone() }
     }
 }

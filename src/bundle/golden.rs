@@ -44,16 +44,10 @@ pub fn parse(text: &str) -> Result<Vec<GoldenRow>, GoldenParseError> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let g: GoldenLine = serde_json::from_str(l).map_err(|source| GoldenParseError {
-                line: i + 1,
-                source,
-            })?;
+            let g: GoldenLine = serde_json::from_str(l).map_err(|source| GoldenParseError { line: i + 1, source })?;
             Ok(GoldenRow {
                 line: i + 1,
-                row: OwnedRow {
-                    row_id: g.row_id,
-                    features: g.features.into_iter().collect(),
-                },
+                row: OwnedRow { row_id: g.row_id, features: g.features.into_iter().collect() },
                 label: g.label,
                 probabilities: g.probabilities,
             })

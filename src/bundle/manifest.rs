@@ -11,14 +11,8 @@ use sha2::{Digest, Sha256};
 pub const MANIFEST: &str = "MANIFEST.sha256";
 
 /// Files every bundle must list.
-pub const REQUIRED: [&str; 6] = [
-    "model.onnx",
-    "feature_schema.yaml",
-    "config.yaml",
-    "evaluation.json",
-    "golden.jsonl",
-    "version.txt",
-];
+pub const REQUIRED: [&str; 6] =
+    ["model.onnx", "feature_schema.yaml", "config.yaml", "evaluation.json", "golden.jsonl", "version.txt"];
 
 /// Why a manifest does not hold.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +30,7 @@ pub enum ManifestError {
     #[error("{0} is listed twice")]
     Duplicate(String),
     #[error("{name}: sha256 is {actual}, manifest says {expected}")]
-    Mismatch {
-        name: String,
-        expected: String,
-        actual: String,
-    },
+    Mismatch { name: String, expected: String, actual: String },
 }
 
 /// Verified file contents by name, and the manifest's own sha256 (the bundle's identity).
@@ -53,23 +43,14 @@ pub struct Verified {
 /// Checks every listed file against its checksum and that the required files are listed.
 pub fn verify(dir: &Path) -> Result<Verified, ManifestError> {
     let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|source| ManifestError::Read {
-            name: name.to_owned(),
-            source,
-        })
+        std::fs::read(dir.join(name)).map_err(|source| ManifestError::Read { name: name.to_owned(), source })
     };
     let manifest = read(MANIFEST)?;
     let manifest_sha256 = sha256_hex(&manifest);
     let text = String::from_utf8_lossy(&manifest);
     let mut files = HashMap::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let (expected, name) = line
-            .split_once("  ")
-            .ok_or(ManifestError::Syntax { line: i + 1 })?;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let (expected, name) = line.split_once("  ").ok_or(ManifestError::Syntax { line: i + 1 })?;
         let plain_name = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
         let hex_digest = expected.len() == 64 && expected.bytes().all(|b| b.is_ascii_hexdigit());
         if !plain_name || !hex_digest {
@@ -78,11 +59,7 @@ pub fn verify(dir: &Path) -> Result<Verified, ManifestError> {
         let bytes = read(name)?;
         let actual = sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(expected) {
-            return Err(ManifestError::Mismatch {
-                name: name.to_owned(),
-                expected: expected.to_owned(),
-                actual,
-            });
+            return Err(ManifestError::Mismatch { name: name.to_owned(), expected: expected.to_owned(), actual });
         }
         if files.insert(name.to_owned(), bytes).is_some() {
             return Err(ManifestError::Duplicate(name.to_owned()));
@@ -91,19 +68,14 @@ pub fn verify(dir: &Path) -> Result<Verified, ManifestError> {
     if let Some(missing) = REQUIRED.iter().find(|r| !files.contains_key(**r)) {
         return Err(ManifestError::Unlisted(missing));
     }
-    Ok(Verified {
-        files,
-        manifest_sha256,
-    })
+    Ok(Verified { files, manifest_sha256 })
 }
 
 /// Lower-case hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    Sha256::digest(bytes).iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -59,11 +59,7 @@ pub enum BundleError {
         source: RowError,
     },
     #[error("golden.jsonl line {line} (row_id `{row_id}`): {reason}")]
-    GoldenMismatch {
-        line: usize,
-        row_id: String,
-        reason: String,
-    },
+    GoldenMismatch { line: usize, row_id: String, reason: String },
 }
 
 /// How bundles are loaded.
@@ -76,10 +72,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            engine: EngineOptions::default(),
-            tolerance: 1e-5,
-        }
+        LoadOptions { engine: EngineOptions::default(), tolerance: 1e-5 }
     }
 }
 
@@ -130,43 +123,22 @@ impl Bundle {
     ) -> Result<Bundle, BundleError> {
         let mut timer = Instant::now();
         let mut done = |name, detail: String| {
-            report(Step {
-                name,
-                took: timer.elapsed(),
-                detail,
-            });
+            report(Step { name, took: timer.elapsed(), detail });
             timer = Instant::now();
         };
 
-        let path = dir
-            .canonicalize()
-            .map_err(|source| BundleError::Directory {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let path = dir.canonicalize().map_err(|source| BundleError::Directory { path: dir.to_owned(), source })?;
         let verified = manifest::verify(&path)?;
         done(
             "manifest",
-            format!(
-                "{} files verified, manifest sha256 {}",
-                verified.files.len(),
-                verified.manifest_sha256
-            ),
+            format!("{} files verified, manifest sha256 {}", verified.files.len(), verified.manifest_sha256),
         );
         let file = |name: &'static str| -> Result<&str, BundleError> {
-            std::str::from_utf8(&verified.files[name])
-                .map_err(|_| BundleError::Encoding { file: name })
+            std::str::from_utf8(&verified.files[name]).map_err(|_| BundleError::Encoding { file: name })
         };
 
         let schema = Schema::parse(file("feature_schema.yaml")?)?;
-        done(
-            "schema",
-            format!(
-                "{} fields -> {} columns",
-                schema.fields().len(),
-                schema.width()
-            ),
-        );
+        done("schema", format!("{} fields -> {} columns", schema.fields().len(), schema.width()));
         let config = BundleConfig::parse(file("config.yaml")?)?;
         let evaluation_json = file("evaluation.json")?.to_owned();
         let evaluation = metrics_of(&evaluation_json)?;
@@ -174,10 +146,7 @@ impl Bundle {
         if version.is_empty() {
             return Err(BundleError::EmptyVersion);
         }
-        done(
-            "config",
-            format!("version {version}, classes {:?}", config.class_labels),
-        );
+        done("config", format!("version {version}, classes {:?}", config.class_labels));
 
         let engine = Engine::load(
             &path.join("model.onnx"),
@@ -186,19 +155,9 @@ impl Bundle {
             options.engine,
         )?;
         if engine.width() != schema.width() {
-            return Err(BundleError::Width {
-                schema: schema.width(),
-                model: engine.width(),
-            });
+            return Err(BundleError::Width { schema: schema.width(), model: engine.width() });
         }
-        done(
-            "model",
-            format!(
-                "{} input columns, {} session(s)",
-                engine.width(),
-                options.engine.sessions.max(1)
-            ),
-        );
+        done("model", format!("{} input columns, {} session(s)", engine.width(), options.engine.sessions.max(1)));
 
         let golden = golden::parse(file("golden.jsonl")?)?;
         let bundle = Bundle {
@@ -213,28 +172,19 @@ impl Bundle {
             engine,
         };
         let input = bundle.replay_golden(&golden, options.tolerance)?;
-        done(
-            "golden",
-            format!("{} rows match within {:e}", golden.len(), options.tolerance),
-        );
+        done("golden", format!("{} rows match within {:e}", golden.len(), options.tolerance));
         bundle.engine.warm_up(&input.data, input.rows)?;
         done("warm-up", "every session ran the golden batch".to_owned());
         Ok(bundle)
     }
 
-    fn replay_golden(
-        &self,
-        golden: &[golden::GoldenRow],
-        tolerance: f32,
-    ) -> Result<Input, BundleError> {
+    fn replay_golden(&self, golden: &[golden::GoldenRow], tolerance: f32) -> Result<Input, BundleError> {
         if golden.is_empty() {
             return Err(BundleError::GoldenEmpty);
         }
         let rows: Vec<_> = golden.iter().map(|g| g.row.clone()).collect();
-        let input = self.prepare(&rows).map_err(|e| BundleError::GoldenRow {
-            line: golden[e.row_index].line,
-            source: e,
-        })?;
+        let input =
+            self.prepare(&rows).map_err(|e| BundleError::GoldenRow { line: golden[e.row_index].line, source: e })?;
         let mismatch = self.score(&input, |i, scored| {
             let g = &golden[i];
             let fail = |reason| Some((g.line, g.row.row_id.clone(), reason));
@@ -248,7 +198,8 @@ impl Bundle {
                     g.probabilities.len()
                 ));
             }
-            let worst = scored.probabilities.iter().zip(&g.probabilities).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let worst =
+                scored.probabilities.iter().zip(&g.probabilities).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             // NaN compares as neither, so it fails too.
             if worst.is_nan() || worst > tolerance {
                 return fail(format!(
@@ -259,11 +210,7 @@ impl Bundle {
             None
         })?;
         match mismatch.into_iter().flatten().next() {
-            Some((line, row_id, reason)) => Err(BundleError::GoldenMismatch {
-                line,
-                row_id,
-                reason,
-            }),
+            Some((line, row_id, reason)) => Err(BundleError::GoldenMismatch { line, row_id, reason }),
             None => Ok(input),
         }
     }
@@ -275,11 +222,7 @@ impl Bundle {
 
     /// Runs the model on `input` and calls `emit(row index, outputs)` for each row, collecting
     /// what it returns. Outputs are borrowed from the run: nothing is copied on the way.
-    pub fn score<T>(
-        &self,
-        input: &Input,
-        mut emit: impl FnMut(usize, Scored<'_>) -> T,
-    ) -> Result<Vec<T>, EngineError> {
+    pub fn score<T>(&self, input: &Input, mut emit: impl FnMut(usize, Scored<'_>) -> T) -> Result<Vec<T>, EngineError> {
         if input.rows == 0 {
             return Ok(Vec::new());
         }
@@ -289,37 +232,23 @@ impl Bundle {
             if out.classes != classes.len() {
                 return Err(EngineError::Output {
                     name: self.config.outputs.probabilities.clone(),
-                    reason: format!(
-                        "{} classes, config.yaml names {}",
-                        out.classes,
-                        classes.len()
-                    ),
+                    reason: format!("{} classes, config.yaml names {}", out.classes, classes.len()),
                 });
             }
             let mut results = Vec::with_capacity(input.rows);
-            for (i, (label, probabilities)) in out
-                .labels
-                .iter()
-                .zip(out.probabilities.chunks_exact(out.classes))
-                .enumerate()
+            for (i, (label, probabilities)) in
+                out.labels.iter().zip(out.probabilities.chunks_exact(out.classes)).enumerate()
             {
                 let index = match threshold {
                     Some(t) => usize::from(probabilities[1] >= t),
-                    None => usize::try_from(*label)
-                        .ok()
-                        .filter(|l| *l < classes.len())
-                        .ok_or_else(|| EngineError::Output {
+                    None => usize::try_from(*label).ok().filter(|l| *l < classes.len()).ok_or_else(|| {
+                        EngineError::Output {
                             name: self.config.outputs.label.clone(),
                             reason: format!("label {label} has no class name"),
-                        })?,
+                        }
+                    })?,
                 };
-                results.push(emit(
-                    i,
-                    Scored {
-                        label: &classes[index],
-                        probabilities,
-                    },
-                ));
+                results.push(emit(i, Scored { label: &classes[index], probabilities }));
             }
             Ok(results)
         })?
@@ -337,10 +266,6 @@ fn metrics_of(json: &str) -> Result<BTreeMap<String, f64>, BundleError> {
     Ok(value
         .get("metrics")
         .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
         .unwrap_or_default())
 }

@@ -40,11 +40,7 @@ pub enum RegistryError {
     #[error("unknown task `{0}`")]
     UnknownTask(String),
     #[error("task `{task}` has no version `{version}` loaded (live: `{live}`)")]
-    UnknownVersion {
-        task: String,
-        version: String,
-        live: String,
-    },
+    UnknownVersion { task: String, version: String, live: String },
     #[error("task `{task}` has no live version yet: {reason}")]
     NotReady { task: String, reason: String },
 }
@@ -65,11 +61,7 @@ pub enum ReloadError {
         source: BundleError,
     },
     #[error("{path}: config.yaml is for task `{found}`, not `{task}`")]
-    WrongTask {
-        path: PathBuf,
-        task: String,
-        found: String,
-    },
+    WrongTask { path: PathBuf, task: String, found: String },
     #[error("load task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -82,10 +74,7 @@ pub enum ReloadOutcome {
     /// This candidate already failed and has not changed since.
     KnownBad,
     /// A new bundle is live; `previous` was replaced (None on first load).
-    Swapped {
-        previous: Option<String>,
-        version: String,
-    },
+    Swapped { previous: Option<String>, version: String },
     /// The candidate failed; the live bundle (if any) keeps serving.
     Failed(Arc<ReloadError>),
 }
@@ -135,54 +124,23 @@ struct Inner {
 
 impl Registry {
     /// A registry for `tasks` under `root`, with nothing loaded yet.
-    pub fn new(
-        root: PathBuf,
-        tasks: &[String],
-        options: LoadOptions,
-        metrics: Metrics,
-    ) -> Registry {
+    pub fn new(root: PathBuf, tasks: &[String], options: LoadOptions, metrics: Metrics) -> Registry {
         let tasks = tasks
             .iter()
-            .map(|t| {
-                (
-                    t.clone(),
-                    Task {
-                        live: ArcSwapOption::empty(),
-                        status: Mutex::default(),
-                    },
-                )
-            })
+            .map(|t| (t.clone(), Task { live: ArcSwapOption::empty(), status: Mutex::default() }))
             .collect();
         let (changed_tx, _) = state::channel(0);
-        Registry {
-            inner: Arc::new(Inner {
-                root,
-                tasks,
-                options,
-                metrics,
-                changed_tx,
-            }),
-        }
+        Registry { inner: Arc::new(Inner { root, tasks, options, metrics, changed_tx }) }
     }
 
     /// The live bundle of `task`: one snapshot for the whole request.
     #[inline]
     pub fn get(&self, task: &str) -> Result<Arc<Bundle>, RegistryError> {
-        let slot = self
-            .inner
-            .tasks
-            .get(task)
-            .ok_or_else(|| RegistryError::UnknownTask(task.to_owned()))?;
-        slot.live
-            .load_full()
-            .ok_or_else(|| RegistryError::NotReady {
-                task: task.to_owned(),
-                reason: self
-                    .lock(slot)
-                    .last_error
-                    .as_ref()
-                    .map_or_else(|| "still loading".to_owned(), |e| e.to_string()),
-            })
+        let slot = self.inner.tasks.get(task).ok_or_else(|| RegistryError::UnknownTask(task.to_owned()))?;
+        slot.live.load_full().ok_or_else(|| RegistryError::NotReady {
+            task: task.to_owned(),
+            reason: self.lock(slot).last_error.as_ref().map_or_else(|| "still loading".to_owned(), |e| e.to_string()),
+        })
     }
 
     /// Configured task names, sorted.
@@ -236,9 +194,10 @@ impl Registry {
             Err(source) => return self.fail(task, slot, None, ReloadError::Link { link, source }),
         };
         let live = slot.live.load_full();
-        if live.as_ref().is_some_and(|b| {
-            b.path == identity.path && Some(&b.manifest_sha256) == identity.manifest_sha256.as_ref()
-        }) {
+        if live
+            .as_ref()
+            .is_some_and(|b| b.path == identity.path && Some(&b.manifest_sha256) == identity.manifest_sha256.as_ref())
+        {
             // Back on the live bundle (say, after a bad flip was undone): the error is history.
             self.clear_error(slot);
             return ReloadOutcome::Unchanged;
@@ -252,11 +211,7 @@ impl Registry {
         let options = self.inner.options;
         let loaded = tokio::task::spawn_blocking(move || Bundle::load(&dir, &options)).await;
         let took = started.elapsed();
-        self.inner
-            .metrics
-            .load_seconds
-            .with_label_values(&[task])
-            .observe(took.as_secs_f64());
+        self.inner.metrics.load_seconds.with_label_values(&[task]).observe(took.as_secs_f64());
         let bundle = match loaded {
             Ok(Ok(bundle)) => bundle,
             Ok(Err(source)) => {
@@ -264,20 +219,14 @@ impl Registry {
                     task,
                     slot,
                     Some(identity.clone()),
-                    ReloadError::Bundle {
-                        path: identity.path,
-                        source,
-                    },
+                    ReloadError::Bundle { path: identity.path, source },
                 );
             }
             Err(join) => return self.fail(task, slot, Some(identity), ReloadError::Join(join)),
         };
         if let Some(found) = bundle.config.task.as_deref().filter(|t| *t != task) {
-            let error = ReloadError::WrongTask {
-                path: identity.path.clone(),
-                task: task.to_owned(),
-                found: found.to_owned(),
-            };
+            let error =
+                ReloadError::WrongTask { path: identity.path.clone(), task: task.to_owned(), found: found.to_owned() };
             return self.fail(task, slot, Some(identity), error);
         }
 
@@ -292,16 +241,9 @@ impl Registry {
         let metrics = &self.inner.metrics;
         metrics.reloads.with_label_values(&[task, "success"]).inc();
         if let Some(old) = &previous {
-            let _ = metrics.live_version.remove_label_values(&[
-                task,
-                &old.version,
-                &old.manifest_sha256,
-            ]);
+            let _ = metrics.live_version.remove_label_values(&[task, &old.version, &old.manifest_sha256]);
         }
-        metrics
-            .live_version
-            .with_label_values(&[task, &bundle.version, &bundle.manifest_sha256])
-            .set(1);
+        metrics.live_version.with_label_values(&[task, &bundle.version, &bundle.manifest_sha256]).set(1);
         let old_version = previous.as_ref().map(|b| b.version.clone());
         tracing::info!(
             task,
@@ -313,29 +255,17 @@ impl Registry {
             "bundle live"
         );
         self.inner.changed_tx.send_modify(|n| *n += 1);
-        ReloadOutcome::Swapped {
-            previous: old_version,
-            version: bundle.version.clone(),
-        }
+        ReloadOutcome::Swapped { previous: old_version, version: bundle.version.clone() }
     }
 
-    fn fail(
-        &self,
-        task: &str,
-        slot: &Task,
-        identity: Option<Identity>,
-        error: ReloadError,
-    ) -> ReloadOutcome {
+    fn fail(&self, task: &str, slot: &Task, identity: Option<Identity>, error: ReloadError) -> ReloadOutcome {
         let error = Arc::new(error);
         {
             let mut status = self.lock(slot);
             // A missing link is not a candidate: keep looking without counting it again and again.
             let repeated = identity.is_none()
                 && status.failed.is_none()
-                && status
-                    .last_error
-                    .as_ref()
-                    .is_some_and(|e| e.to_string() == error.to_string());
+                && status.last_error.as_ref().is_some_and(|e| e.to_string() == error.to_string());
             status.last_error = Some(error.clone());
             status.failed = identity;
             status.last_reload = Some(SystemTime::now());
@@ -343,11 +273,7 @@ impl Registry {
                 return ReloadOutcome::KnownBad;
             }
         }
-        self.inner
-            .metrics
-            .reloads
-            .with_label_values(&[task, "failure"])
-            .inc();
+        self.inner.metrics.reloads.with_label_values(&[task, "failure"]).inc();
         let live = slot.live.load();
         tracing::warn!(
             task,
@@ -385,11 +311,7 @@ fn identify(link: &Path) -> std::io::Result<Identity> {
             format!("{} is not a directory", path.display()),
         ));
     }
-    let manifest_sha256 = std::fs::read(path.join(crate::bundle::manifest::MANIFEST))
-        .ok()
-        .map(|bytes| sha256_hex(&bytes));
-    Ok(Identity {
-        path,
-        manifest_sha256,
-    })
+    let manifest_sha256 =
+        std::fs::read(path.join(crate::bundle::manifest::MANIFEST)).ok().map(|bytes| sha256_hex(&bytes));
+    Ok(Identity { path, manifest_sha256 })
 }

@@ -28,11 +28,7 @@ pub fn router(registry: Registry, readiness: Readiness, metrics: Metrics) -> Rou
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/model/version", get(model_version))
-        .with_state(Admin {
-            registry,
-            readiness,
-            metrics,
-        })
+        .with_state(Admin { registry, readiness, metrics })
 }
 
 #[derive(Serialize)]
@@ -77,11 +73,7 @@ fn task_versions(admin: &Admin) -> Vec<TaskVersion> {
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
     let ready = admin.readiness.is_ready();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "ready": ready,
         "draining": admin.readiness.is_draining(),
@@ -94,13 +86,7 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        admin.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], admin.metrics.render())
 }
 
 async fn model_version(State(admin): State<Admin>) -> impl IntoResponse {

@@ -26,16 +26,11 @@ pub struct Readiness {
 }
 
 /// The gRPC service name of the inference API, as health checks name it.
-pub const INFERENCE_SERVICE: &str =
-    <InferenceServer<super::inference::InferenceService> as NamedService>::NAME;
+pub const INFERENCE_SERVICE: &str = <InferenceServer<super::inference::InferenceService> as NamedService>::NAME;
 
 impl Readiness {
     pub fn new(registry: Registry, reporter: HealthReporter) -> Readiness {
-        Readiness {
-            registry,
-            draining: Arc::new(AtomicBool::new(false)),
-            reporter,
-        }
+        Readiness { registry, draining: Arc::new(AtomicBool::new(false)), reporter }
     }
 
     /// True when every task serves and shutdown has not begun.
@@ -54,11 +49,7 @@ impl Readiness {
     }
 
     async fn publish(&self) {
-        let status = if self.is_ready() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = if self.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
         for name in ["", INFERENCE_SERVICE] {
             self.reporter.set_service_status(name, status).await;
         }

@@ -49,33 +49,16 @@ const BATCH_PREDICT: &str = "BatchPredict";
 const STREAM_BUFFER: usize = 2;
 
 impl InferenceService {
-    pub fn new(
-        registry: Registry,
-        runner: Runner,
-        readiness: Readiness,
-        metrics: Metrics,
-        limits: Limits,
-    ) -> Self {
+    pub fn new(registry: Registry, runner: Runner, readiness: Readiness, metrics: Metrics, limits: Limits) -> Self {
         let in_flight = [PREDICT, BATCH_PREDICT].map(|m| metrics.in_flight.with_label_values(&[m]));
-        InferenceService {
-            registry,
-            runner,
-            readiness,
-            metrics,
-            limits,
-            in_flight,
-        }
+        InferenceService { registry, runner, readiness, metrics, limits, in_flight }
     }
 
     fn check_rows(&self, rows: &[pb::Row]) -> Result<(), ServeError> {
         if rows.len() > self.limits.max_rows {
             return Err(ServeError::invalid(
                 "rows",
-                format!(
-                    "{} rows exceed the limit of {} per request",
-                    rows.len(),
-                    self.limits.max_rows
-                ),
+                format!("{} rows exceed the limit of {} per request", rows.len(), self.limits.max_rows),
             ));
         }
         Ok(())
@@ -104,25 +87,19 @@ impl InferenceService {
     fn bundle(&self, task: &str, version: &str) -> Result<Arc<Bundle>, ServeError> {
         let bundle = self.registry.get(task)?;
         if !version.is_empty() && version != bundle.version {
-            return Err(ServeError::Registry(
-                crate::registry::RegistryError::UnknownVersion {
-                    task: task.to_owned(),
-                    version: version.to_owned(),
-                    live: bundle.version.clone(),
-                },
-            ));
+            return Err(ServeError::Registry(crate::registry::RegistryError::UnknownVersion {
+                task: task.to_owned(),
+                version: version.to_owned(),
+                live: bundle.version.clone(),
+            }));
         }
         Ok(bundle)
     }
 
     fn record(&self, task: &str, version: &str, method: &str, code: Code, started: Instant) {
         let m = &self.metrics;
-        m.requests
-            .with_label_values(&[task, version, method, code_name(code)])
-            .inc();
-        m.latency
-            .with_label_values(&[task, method])
-            .observe(started.elapsed().as_secs_f64());
+        m.requests.with_label_values(&[task, version, method, code_name(code)]).inc();
+        m.latency.with_label_values(&[task, method]).observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -152,20 +129,14 @@ impl Drop for InFlight {
 
 #[tonic::async_trait]
 impl pb::inference_server::Inference for InferenceService {
-    async fn predict(
-        &self,
-        request: Request<pb::PredictRequest>,
-    ) -> Result<Response<pb::PredictResponse>, Status> {
+    async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
         let started = Instant::now();
         let _in_flight = InFlight::enter(&self.in_flight[0]);
         let mut req = request.into_inner();
         match self.predict_inner(&mut req).await {
             Ok((bundle, predictions)) => {
                 self.record(&req.task, &bundle.version, PREDICT, Code::Ok, started);
-                self.metrics
-                    .rows
-                    .with_label_values(&[&req.task, &bundle.version])
-                    .inc_by(predictions.len() as u64);
+                self.metrics.rows.with_label_values(&[&req.task, &bundle.version]).inc_by(predictions.len() as u64);
                 Ok(Response::new(pb::PredictResponse {
                     task: req.task,
                     version: bundle.version.clone(),
@@ -175,11 +146,7 @@ impl pb::inference_server::Inference for InferenceService {
                 }))
             }
             Err(e) => {
-                let version = self
-                    .registry
-                    .get(&req.task)
-                    .map(|b| b.version.clone())
-                    .unwrap_or_default();
+                let version = self.registry.get(&req.task).map(|b| b.version.clone()).unwrap_or_default();
                 self.record(&req.task, &version, PREDICT, e.code(), started);
                 tracing::debug!(task = %req.task, request_id = %req.request_id, error = %e, "predict rejected");
                 Err(e.into())
@@ -187,8 +154,7 @@ impl pb::inference_server::Inference for InferenceService {
         }
     }
 
-    type BatchPredictStream =
-        Pin<Box<dyn Stream<Item = Result<pb::BatchPredictResponse, Status>> + Send + 'static>>;
+    type BatchPredictStream = Pin<Box<dyn Stream<Item = Result<pb::BatchPredictResponse, Status>> + Send + 'static>>;
 
     async fn batch_predict(
         &self,
@@ -223,19 +189,12 @@ impl pb::inference_server::Inference for InferenceService {
             loaded_at: Some(bundle.loaded_at.into()),
             model_type: bundle.config.model_type.clone(),
             class_names: bundle.class_labels().to_vec(),
-            evaluation: bundle
-                .evaluation
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            evaluation: bundle.evaluation.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             evaluation_json: bundle.evaluation_json.clone(),
         }))
     }
 
-    async fn health(
-        &self,
-        _: Request<pb::HealthRequest>,
-    ) -> Result<Response<pb::HealthResponse>, Status> {
+    async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
         let draining = self.readiness.is_draining();
         let tasks = self
             .registry
@@ -248,10 +207,7 @@ impl pb::inference_server::Inference for InferenceService {
                 task: r.task,
             })
             .collect();
-        Ok(Response::new(pb::HealthResponse {
-            serving: self.readiness.is_ready(),
-            tasks,
-        }))
+        Ok(Response::new(pb::HealthResponse { serving: self.readiness.is_ready(), tasks }))
     }
 }
 
@@ -272,9 +228,7 @@ impl InferenceService {
                 // The client went away or broke the stream: stop working for it.
                 Err(status) => return (task, version_of(&bundle), status.code()),
             };
-            let result = self
-                .answer_chunk(&mut task, &mut bundle, chunk, chunk_index)
-                .await;
+            let result = self.answer_chunk(&mut task, &mut bundle, chunk, chunk_index).await;
             let failed = result.as_ref().err().map(ServeError::code);
             let sent = out_tx.send(result.map_err(Status::from)).await;
             if let Some(code) = failed {
@@ -307,10 +261,7 @@ impl InferenceService {
             }
             None => {
                 if chunk.task.is_empty() {
-                    return Err(ServeError::invalid(
-                        "task",
-                        "the first chunk must name a task",
-                    ));
+                    return Err(ServeError::invalid("task", "the first chunk must name a task"));
                 }
                 *task = chunk.task.clone();
                 let b = self.bundle(&chunk.task, &chunk.version)?;
@@ -320,11 +271,7 @@ impl InferenceService {
         };
         self.check_rows(&chunk.rows)?;
         let (input, outcomes) = preprocess::encode_each(&bundle.schema, &chunk.rows);
-        let mut scored = self
-            .runner
-            .score(&bundle, input, to_prediction)
-            .await?
-            .into_iter();
+        let mut scored = self.runner.score(&bundle, input, to_prediction).await?.into_iter();
         let results = outcomes
             .into_iter()
             .zip(chunk.rows)
@@ -344,14 +291,8 @@ impl InferenceService {
                 }),
             })
             .collect::<Vec<_>>();
-        let good = results
-            .iter()
-            .filter(|r| matches!(r.outcome, Some(pb::row_result::Outcome::Prediction(_))))
-            .count();
-        self.metrics
-            .rows
-            .with_label_values(&[task.as_str(), &bundle.version])
-            .inc_by(good as u64);
+        let good = results.iter().filter(|r| matches!(r.outcome, Some(pb::row_result::Outcome::Prediction(_)))).count();
+        self.metrics.rows.with_label_values(&[task.as_str(), &bundle.version]).inc_by(good as u64);
         Ok(pb::BatchPredictResponse {
             task: task.clone(),
             version: bundle.version.clone(),
@@ -363,10 +304,7 @@ impl InferenceService {
 }
 
 fn version_of(bundle: &Option<Arc<Bundle>>) -> String {
-    bundle
-        .as_ref()
-        .map(|b| b.version.clone())
-        .unwrap_or_default()
+    bundle.as_ref().map(|b| b.version.clone()).unwrap_or_default()
 }
 
 /// gRPC code names as grpc-status documentation spells them, for metric labels.

@@ -95,10 +95,7 @@ pub struct TrackLayer(CallTracker);
 impl<S> Layer<S> for TrackLayer {
     type Service = Track<S>;
     fn layer(&self, inner: S) -> Track<S> {
-        Track {
-            inner,
-            tracker: self.0.clone(),
-        }
+        Track { inner, tracker: self.0.clone() }
     }
 }
 
@@ -116,8 +113,7 @@ where
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -128,10 +124,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
-            Ok(resp.map(|body| TrackedBody {
-                body,
-                _guard: guard,
-            }))
+            Ok(resp.map(|body| TrackedBody { body, _guard: guard }))
         })
     }
 }
@@ -146,10 +139,7 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

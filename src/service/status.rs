@@ -31,19 +31,16 @@ pub enum ServeError {
 
 impl ServeError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> ServeError {
-        ServeError::InvalidField {
-            field,
-            reason: reason.into(),
-        }
+        ServeError::InvalidField { field, reason: reason.into() }
     }
 
     /// The gRPC code of this error.
     pub fn code(&self) -> Code {
         match self {
             ServeError::InvalidField { .. } | ServeError::Row(_) => Code::InvalidArgument,
-            ServeError::Registry(
-                RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. },
-            ) => Code::NotFound,
+            ServeError::Registry(RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. }) => {
+                Code::NotFound
+            }
             ServeError::Registry(RegistryError::NotReady { .. }) => Code::Unavailable,
             ServeError::Run(RunError::Overloaded) => Code::ResourceExhausted,
             ServeError::Run(RunError::Engine(_) | RunError::Aborted(_)) => Code::Internal,

@@ -4,8 +4,7 @@
 //! global default registry, so several servers in one process (tests) never share counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Log output format.
@@ -17,14 +16,9 @@ pub enum LogFormat {
 }
 
 /// Installs the tracing subscriber. `filter` uses `RUST_LOG` syntax.
-pub fn init_logs(
-    filter: &str,
-    format: LogFormat,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub fn init_logs(filter: &str, format: LogFormat) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -58,22 +52,17 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "modeld_requests_total",
-                "Finished gRPC calls by task, version, method and status code.",
-            ),
+            Opts::new("modeld_requests_total", "Finished gRPC calls by task, version, method and status code."),
             &["task", "version", "method", "code"],
         )
         .expect("static metric definition is valid");
         let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "modeld_request_duration_seconds",
-                "gRPC call latency inside the handler.",
-            )
-            .buckets(vec![
-                0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-                0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
+            HistogramOpts::new("modeld_request_duration_seconds", "gRPC call latency inside the handler.").buckets(
+                vec![
+                    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
             &["task", "method"],
         )
         .expect("static metric definition is valid");
@@ -83,45 +72,28 @@ impl Metrics {
         )
         .expect("static metric definition is valid");
         let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "modeld_requests_in_flight",
-                "gRPC calls being handled now, by method.",
-            ),
+            Opts::new("modeld_requests_in_flight", "gRPC calls being handled now, by method."),
             &["method"],
         )
         .expect("static metric definition is valid");
         let reloads = IntCounterVec::new(
-            Opts::new(
-                "modeld_bundle_loads_total",
-                "Bundle loads by task and result.",
-            ),
+            Opts::new("modeld_bundle_loads_total", "Bundle loads by task and result."),
             &["task", "result"],
         )
         .expect("static metric definition is valid");
         let load_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "modeld_bundle_load_duration_seconds",
-                "Time to load, verify and warm a bundle.",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
+            HistogramOpts::new("modeld_bundle_load_duration_seconds", "Time to load, verify and warm a bundle.")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["task"],
         )
         .expect("static metric definition is valid");
         let live_version = IntGaugeVec::new(
-            Opts::new(
-                "modeld_live_version_info",
-                "The live bundle of each task (value 1).",
-            ),
+            Opts::new("modeld_live_version_info", "The live bundle of each task (value 1)."),
             &["task", "version", "manifest_sha256"],
         )
         .expect("static metric definition is valid");
-        let queued_runs = IntGauge::new(
-            "modeld_inference_queue_depth",
-            "Model runs admitted and not yet finished.",
-        )
-        .expect("static metric definition is valid");
+        let queued_runs = IntGauge::new("modeld_inference_queue_depth", "Model runs admitted and not yet finished.")
+            .expect("static metric definition is valid");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -132,29 +104,15 @@ impl Metrics {
             Box::new(live_version.clone()),
             Box::new(queued_runs.clone()),
         ] {
-            registry
-                .register(c)
-                .expect("each metric is registered once");
+            registry.register(c).expect("each metric is registered once");
         }
-        Metrics {
-            registry,
-            requests,
-            latency,
-            rows,
-            in_flight,
-            reloads,
-            load_seconds,
-            live_version,
-            queued_runs,
-        }
+        Metrics { registry, requests, latency, rows, in_flight, reloads, load_seconds, live_version, queued_runs }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(8 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("writing to a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("writing to a Vec cannot fail");
         String::from_utf8(out).expect("the text encoder writes UTF-8")
     }
 }

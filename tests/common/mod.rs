@@ -88,31 +88,19 @@ impl TestServer {
             })
             .await
         });
-        TestServer {
-            grpc,
-            admin,
-            stop_tx: Some(stop_tx),
-            handle: Some(handle),
-        }
+        TestServer { grpc, admin, stop_tx: Some(stop_tx), handle: Some(handle) }
     }
 
     /// Starts a server and waits until it reports ready.
     pub async fn start_ready(config: Config) -> TestServer {
         let server = TestServer::start(config).await;
         let admin = server.admin;
-        eventually("server ready", || async move {
-            http_get(admin, "/readyz").await.0 == 200
-        })
-        .await;
+        eventually("server ready", || async move { http_get(admin, "/readyz").await.0 == 200 }).await;
         server
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to test server")
+        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.expect("connect to test server")
     }
 
     pub async fn client(&self) -> InferenceClient<Channel> {
@@ -159,19 +147,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, body)
 }
 
@@ -190,8 +168,7 @@ fn dechunk(mut body: &str) -> String {
 
 /// The golden rows of a shipped version.
 pub fn golden(version: &str) -> Vec<GoldenRow> {
-    let text = std::fs::read_to_string(repo_models().join(TASK).join(version).join("golden.jsonl"))
-        .unwrap();
+    let text = std::fs::read_to_string(repo_models().join(TASK).join(version).join("golden.jsonl")).unwrap();
     golden::parse(&text).unwrap()
 }
 
@@ -216,39 +193,27 @@ pub fn to_pb(row: &OwnedRow) -> pb::Row {
 }
 
 pub fn predict_request(rows: Vec<pb::Row>) -> pb::PredictRequest {
-    pb::PredictRequest {
-        task: TASK.into(),
-        rows,
-        request_id: String::new(),
-        version: String::new(),
-    }
+    pb::PredictRequest { task: TASK.into(), rows, request_id: String::new(), version: String::new() }
 }
 
 /// Asserts served probabilities equal the golden ones within 1e-5.
 pub fn assert_close(served: &[f32], golden: &[f32], context: &str) {
     assert_eq!(served.len(), golden.len(), "{context}: class count");
     for (s, g) in served.iter().zip(golden) {
-        assert!(
-            (s - g).abs() <= 1e-5,
-            "{context}: served {served:?}, golden {golden:?}"
-        );
+        assert!((s - g).abs() <= 1e-5, "{context}: served {served:?}, golden {golden:?}");
     }
 }
 
 /// Value of the sample `name{labels}` in Prometheus text, labels given in any order.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            if metric != name {
-                return None;
-            }
-            let body = rest.strip_suffix('}')?;
-            let all = labels
-                .iter()
-                .all(|(k, v)| body.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            return None;
+        }
+        let body = rest.strip_suffix('}')?;
+        let all = labels.iter().all(|(k, v)| body.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
 }
