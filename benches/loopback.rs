@@ -69,12 +69,7 @@ fn main() {
             let g = golden::parse(&text).unwrap().remove(0);
             to_pb(&g.row)
         };
-        let request = pb::PredictRequest {
-            task: "credit_risk".into(),
-            rows: vec![row],
-            request_id: String::new(),
-            version: String::new(),
-        };
+        let request = pb::PredictRequest { task: "credit_risk".into(), rows: vec![row], ..Default::default() };
         wait_ready(&channels[0]).await;
 
         println!(

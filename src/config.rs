@@ -101,6 +101,22 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELD_RELOAD_DEBOUNCE_MS")]
     pub reload_debounce_ms: Option<u64>,
 
+    /// Watch task directories for file events (inotify) besides polling. Turn off on file
+    /// systems that send no events; polling alone then notices changes [default: true].
+    #[arg(long, env = "MODELD_WATCH_EVENTS")]
+    pub watch_events: Option<bool>,
+    /// Version directories to keep loaded besides the live one, for version pins and A/B
+    /// comparison, comma-separated (e.g. v1,v2). Each costs its model's memory [default: none].
+    #[arg(long, env = "MODELD_KEEP_VERSIONS", value_delimiter = ',')]
+    pub keep_versions: Option<Vec<String>>,
+    /// Also keep the N most recent version directories loaded (natural name order) [default: 0].
+    #[arg(long, env = "MODELD_KEEP_RECENT")]
+    pub keep_recent: Option<usize>,
+    /// Exit at start-up if a task has no good bundle, instead of serving NOT_SERVING and
+    /// waiting for one (for those who prefer a crash loop) [default: false].
+    #[arg(long, env = "MODELD_REQUIRE_BUNDLES")]
+    pub require_bundles: Option<bool>,
+
     /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
     #[arg(long, env = "MODELD_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
@@ -147,6 +163,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub poll_interval: Duration,
     pub reload_debounce: Duration,
+    pub watch_events: bool,
+    pub keep_versions: Vec<String>,
+    pub keep_recent: usize,
+    pub require_bundles: bool,
     pub ort_library: PathBuf,
     pub log: String,
     pub log_format: LogFormat,
@@ -206,6 +226,10 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         shutdown_grace: ms(cli.shutdown_grace_ms.or(file.shutdown_grace_ms), 20_000),
         poll_interval: ms(cli.poll_interval_ms.or(file.poll_interval_ms), 2_000),
         reload_debounce: ms(cli.reload_debounce_ms.or(file.reload_debounce_ms), 200),
+        watch_events: cli.watch_events.or(file.watch_events).unwrap_or(true),
+        keep_versions: cli.keep_versions.or(file.keep_versions).unwrap_or_default(),
+        keep_recent: cli.keep_recent.or(file.keep_recent).unwrap_or(0),
+        require_bundles: cli.require_bundles.or(file.require_bundles).unwrap_or(false),
         ort_library: cli.ort_library.or(file.ort_library).unwrap_or_else(default_ort_library),
         log: cli.log.or(file.log).unwrap_or_else(|| "info,ort=warn".to_owned()),
         log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),

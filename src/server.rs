@@ -15,8 +15,8 @@ use crate::{
     config::Config,
     engine::{self, EngineOptions},
     registry::{
-        Registry,
-        watch::{self, ReloadTiming},
+        Registry, RegistryOptions, ReloadError, ReloadOutcome,
+        watch::{self, Reload, ReloadTiming},
     },
     runner::{Runner, RunnerLimits},
     service::{
@@ -49,6 +49,12 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
+    #[error("task `{task}` has no usable bundle at start-up: {error}")]
+    NoBundle {
+        task: String,
+        #[source]
+        error: std::sync::Arc<ReloadError>,
+    },
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -80,11 +86,22 @@ impl Listeners {
 pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     engine::init(&config.ort_library)?;
     let metrics = Metrics::new();
-    let load_options = LoadOptions {
-        engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
-        ..LoadOptions::default()
+    let options = RegistryOptions {
+        load: LoadOptions {
+            engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
+            ..LoadOptions::default()
+        },
+        keep_versions: config.keep_versions.clone(),
+        keep_recent: config.keep_recent,
     };
-    let registry = Registry::new(config.model_root.clone(), &config.tasks, load_options, metrics.clone());
+    let registry = Registry::new(config.model_root.clone(), &config.tasks, options, metrics.clone());
+    if config.require_bundles {
+        for task in &config.tasks {
+            if let ReloadOutcome::Failed(error) = registry.reload(task, true).await {
+                return Err(ServerError::NoBundle { task: task.clone(), error });
+            }
+        }
+    }
     let runner = Runner::new(
         RunnerLimits {
             threads: config.inference_threads,
@@ -98,8 +115,10 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
     let readiness = Readiness::new(registry.clone(), reporter);
     let background = CancellationToken::new();
     let health_sync = readiness.spawn_sync(background.clone());
-    let timing = ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce };
-    let (_reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
+    let timing =
+        ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce, events: config.watch_events };
+    let (reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
+    let hangup = tokio::spawn(forward_hangups(reload_tx, background.clone()));
 
     // Reflection in both versions: v1 for current tools, v1alpha for the grpcurl releases
     // still packaged by distributions and PyPI.
@@ -183,6 +202,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
         let _ = admin.await;
         let _ = reload_loop.await;
         let _ = health_sync.await;
+        let _ = hangup.await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
     match ended {
@@ -190,6 +210,24 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
         None => {
             grpc.abort();
             Ok(())
+        }
+    }
+}
+
+/// SIGHUP asks for a reload now (a polled file system, an impatient operator).
+async fn forward_hangups(reload_tx: tokio::sync::mpsc::Sender<Reload>, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reloads follow events and polling only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(()) = hangup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reload requested");
+                let _ = reload_tx.try_send(Reload);
+            }
         }
     }
 }

@@ -13,6 +13,10 @@
 //!   one, never timestamps, so a rollback to an older directory is a change like any other.
 //! - Loads run on a blocking thread, one at a time (the single reload loop in [`watch`] calls
 //!   them), so they never stall the async workers nor compete with each other for CPU.
+//! - Besides the live bundle a task may keep further versions warm (A/B): listed version
+//!   directories and/or the N most recent ones. They answer version-pinned and comparison
+//!   requests, and flipping `current` to a kept version promotes it without loading it again
+//!   (it passed every check when it was loaded, from the bytes it still holds).
 
 pub mod watch;
 
@@ -23,7 +27,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch as state;
 
 use crate::{
@@ -39,8 +43,8 @@ pub const CURRENT: &str = "current";
 pub enum RegistryError {
     #[error("unknown task `{0}`")]
     UnknownTask(String),
-    #[error("task `{task}` has no version `{version}` loaded (live: `{live}`)")]
-    UnknownVersion { task: String, version: String, live: String },
+    #[error("task `{task}` has no version `{version}` loaded (loaded: {})", loaded.join(", "))]
+    UnknownVersion { task: String, version: String, loaded: Vec<String> },
     #[error("task `{task}` has no live version yet: {reason}")]
     NotReady { task: String, reason: String },
 }
@@ -79,6 +83,16 @@ pub enum ReloadOutcome {
     Failed(Arc<ReloadError>),
 }
 
+/// How the registry loads and which versions it keeps.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    pub load: LoadOptions,
+    /// Version directories to keep loaded besides the live one (A/B), by directory name.
+    pub keep_versions: Vec<String>,
+    /// Also keep the N most recent version directories (natural sort of their names) loaded.
+    pub keep_recent: usize,
+}
+
 /// What a candidate is: where `current` points and what its manifest says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Identity {
@@ -93,10 +107,21 @@ pub struct TaskReport {
     pub live: Option<Arc<Bundle>>,
     pub last_error: Option<Arc<ReloadError>>,
     pub last_reload: Option<SystemTime>,
+    /// Versions kept warm besides the live one.
+    pub kept: Vec<Arc<Bundle>>,
+}
+
+impl TaskReport {
+    /// The live version first, then versions kept warm.
+    pub fn loaded_versions(&self) -> Vec<String> {
+        self.live.iter().chain(&self.kept).map(|b| b.version.clone()).collect()
+    }
 }
 
 struct Task {
     live: ArcSwapOption<Bundle>,
+    /// Versions kept warm besides the live one.
+    kept: ArcSwap<Vec<Arc<Bundle>>>,
     status: Mutex<Status>,
 }
 
@@ -104,6 +129,8 @@ struct Task {
 struct Status {
     last_error: Option<Arc<ReloadError>>,
     failed: Option<Identity>,
+    /// Kept-version candidates that failed, so polls do not reload them again and again.
+    failed_kept: Vec<Identity>,
     last_reload: Option<SystemTime>,
 }
 
@@ -116,7 +143,7 @@ pub struct Registry {
 struct Inner {
     root: PathBuf,
     tasks: BTreeMap<String, Task>,
-    options: LoadOptions,
+    options: RegistryOptions,
     metrics: Metrics,
     /// Bumped after every reload attempt that changed something; readiness watchers follow it.
     changed_tx: state::Sender<u64>,
@@ -124,10 +151,12 @@ struct Inner {
 
 impl Registry {
     /// A registry for `tasks` under `root`, with nothing loaded yet.
-    pub fn new(root: PathBuf, tasks: &[String], options: LoadOptions, metrics: Metrics) -> Registry {
+    pub fn new(root: PathBuf, tasks: &[String], options: RegistryOptions, metrics: Metrics) -> Registry {
         let tasks = tasks
             .iter()
-            .map(|t| (t.clone(), Task { live: ArcSwapOption::empty(), status: Mutex::default() }))
+            .map(|t| {
+                (t.clone(), Task { live: ArcSwapOption::empty(), kept: ArcSwap::default(), status: Mutex::default() })
+            })
             .collect();
         let (changed_tx, _) = state::channel(0);
         Registry { inner: Arc::new(Inner { root, tasks, options, metrics, changed_tx }) }
@@ -140,6 +169,21 @@ impl Registry {
         slot.live.load_full().ok_or_else(|| RegistryError::NotReady {
             task: task.to_owned(),
             reason: self.lock(slot).last_error.as_ref().map_or_else(|| "still loading".to_owned(), |e| e.to_string()),
+        })
+    }
+
+    /// The bundle of `task` with version string `version`: the live one or a kept one.
+    pub fn get_version(&self, task: &str, version: &str) -> Result<Arc<Bundle>, RegistryError> {
+        let live = self.get(task)?;
+        if live.version == version {
+            return Ok(live);
+        }
+        let slot = &self.inner.tasks[task];
+        let kept = slot.kept.load();
+        kept.iter().find(|b| b.version == version).cloned().ok_or_else(|| RegistryError::UnknownVersion {
+            task: task.to_owned(),
+            version: version.to_owned(),
+            loaded: std::iter::once(live.version.clone()).chain(kept.iter().map(|b| b.version.clone())).collect(),
         })
     }
 
@@ -158,6 +202,11 @@ impl Registry {
         self.inner.tasks.values().all(|t| t.live.load().is_some())
     }
 
+    /// The report of one task.
+    pub fn report(&self, task: &str) -> Option<TaskReport> {
+        self.reports().into_iter().find(|r| r.task == task)
+    }
+
     /// Reports for every task, sorted by name.
     pub fn reports(&self) -> Vec<TaskReport> {
         self.inner
@@ -170,6 +219,7 @@ impl Registry {
                     live: t.live.load_full(),
                     last_error: status.last_error.clone(),
                     last_reload: status.last_reload,
+                    kept: t.kept.load().to_vec(),
                 }
             })
             .collect()
@@ -188,16 +238,21 @@ impl Registry {
         let Some(slot) = self.inner.tasks.get(task) else {
             return ReloadOutcome::Unchanged;
         };
+        let outcome = self.reload_live(task, slot, retry_bad).await;
+        if self.inner.options.keep_recent > 0 || !self.inner.options.keep_versions.is_empty() {
+            self.sync_kept(task, slot, retry_bad).await;
+        }
+        outcome
+    }
+
+    async fn reload_live(&self, task: &str, slot: &Task, retry_bad: bool) -> ReloadOutcome {
         let link = self.inner.root.join(task).join(CURRENT);
         let identity = match identify(&link) {
             Ok(identity) => identity,
             Err(source) => return self.fail(task, slot, None, ReloadError::Link { link, source }),
         };
         let live = slot.live.load_full();
-        if live
-            .as_ref()
-            .is_some_and(|b| b.path == identity.path && Some(&b.manifest_sha256) == identity.manifest_sha256.as_ref())
-        {
+        if live.as_ref().is_some_and(|b| identity.matches(b)) {
             // Back on the live bundle (say, after a bad flip was undone): the error is history.
             self.clear_error(slot);
             return ReloadOutcome::Unchanged;
@@ -207,30 +262,15 @@ impl Registry {
         }
 
         let started = Instant::now();
-        let dir = identity.path.clone();
-        let options = self.inner.options;
-        let loaded = tokio::task::spawn_blocking(move || Bundle::load(&dir, &options)).await;
-        let took = started.elapsed();
-        self.inner.metrics.load_seconds.with_label_values(&[task]).observe(took.as_secs_f64());
-        let bundle = match loaded {
-            Ok(Ok(bundle)) => bundle,
-            Ok(Err(source)) => {
-                return self.fail(
-                    task,
-                    slot,
-                    Some(identity.clone()),
-                    ReloadError::Bundle { path: identity.path, source },
-                );
-            }
-            Err(join) => return self.fail(task, slot, Some(identity), ReloadError::Join(join)),
+        let kept = slot.kept.load().iter().find(|b| identity.matches(b)).cloned();
+        let bundle = match kept {
+            Some(bundle) => bundle,
+            None => match self.load(task, &identity).await {
+                Ok(bundle) => bundle,
+                Err(error) => return self.fail(task, slot, Some(identity), error),
+            },
         };
-        if let Some(found) = bundle.config.task.as_deref().filter(|t| *t != task) {
-            let error =
-                ReloadError::WrongTask { path: identity.path.clone(), task: task.to_owned(), found: found.to_owned() };
-            return self.fail(task, slot, Some(identity), error);
-        }
-
-        let bundle = Arc::new(bundle);
+        let took = started.elapsed();
         let previous = slot.live.swap(Some(bundle.clone()));
         {
             let mut status = self.lock(slot);
@@ -255,7 +295,93 @@ impl Registry {
             "bundle live"
         );
         self.inner.changed_tx.send_modify(|n| *n += 1);
+        metrics.loaded_versions.with_label_values(&[task]).set(1 + slot.kept.load().len() as i64);
         ReloadOutcome::Swapped { previous: old_version, version: bundle.version.clone() }
+    }
+
+    /// Loads and checks one candidate on a blocking thread; counts its load time.
+    async fn load(&self, task: &str, identity: &Identity) -> Result<Arc<Bundle>, ReloadError> {
+        let started = Instant::now();
+        let dir = identity.path.clone();
+        let options = self.inner.options.load;
+        let loaded = tokio::task::spawn_blocking(move || Bundle::load(&dir, &options)).await;
+        self.inner.metrics.load_seconds.with_label_values(&[task]).observe(started.elapsed().as_secs_f64());
+        let bundle = loaded?.map_err(|source| ReloadError::Bundle { path: identity.path.clone(), source })?;
+        if let Some(found) = bundle.config.task.as_deref().filter(|t| *t != task) {
+            return Err(ReloadError::WrongTask {
+                path: identity.path.clone(),
+                task: task.to_owned(),
+                found: found.to_owned(),
+            });
+        }
+        Ok(Arc::new(bundle))
+    }
+
+    /// Brings the kept versions of `task` in line with the configuration and the directories
+    /// present. A kept version that fails to load is logged and counted; it never affects the
+    /// live version or readiness.
+    async fn sync_kept(&self, task: &str, slot: &Task, retry_bad: bool) {
+        let wanted = self.wanted_versions(task);
+        let live = slot.live.load_full();
+        let current = slot.kept.load_full();
+        let mut next: Vec<Arc<Bundle>> = Vec::with_capacity(wanted.len());
+        for identity in wanted {
+            if live.as_ref().is_some_and(|b| identity.matches(b)) {
+                continue; // the live bundle answers for this version already
+            }
+            if let Some(b) = current.iter().find(|b| identity.matches(b)) {
+                next.push(b.clone());
+                continue;
+            }
+            if !retry_bad && self.lock(slot).failed_kept.contains(&identity) {
+                continue;
+            }
+            match self.load(task, &identity).await {
+                Ok(bundle) => {
+                    tracing::info!(task, version = %bundle.version, path = %bundle.path.display(), "version kept warm");
+                    self.lock(slot).failed_kept.retain(|i| i != &identity);
+                    next.push(bundle);
+                }
+                Err(error) => {
+                    self.inner.metrics.reloads.with_label_values(&[task, "failure"]).inc();
+                    tracing::warn!(task, error = %error, result = "failure", "version to keep warm rejected");
+                    let mut status = self.lock(slot);
+                    if !status.failed_kept.contains(&identity) {
+                        status.failed_kept.push(identity);
+                    }
+                }
+            }
+        }
+        let same = next.len() == current.len() && next.iter().zip(current.iter()).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            slot.kept.store(Arc::new(next));
+            self.inner.changed_tx.send_modify(|n| *n += 1);
+        }
+        let loaded = i64::from(slot.live.load().is_some()) + slot.kept.load().len() as i64;
+        self.inner.metrics.loaded_versions.with_label_values(&[task]).set(loaded);
+    }
+
+    /// Identities of the version directories the configuration asks to keep, in name order.
+    fn wanted_versions(&self, task: &str) -> Vec<Identity> {
+        let options = &self.inner.options;
+        let dir = self.inner.root.join(task);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != CURRENT && !n.starts_with('.') && !n.ends_with(".tmp"))
+            .filter(|n| dir.join(n).is_dir())
+            .collect();
+        names.sort_by(|a, b| natural_cmp(a, b));
+        let recent_from = names.len().saturating_sub(options.keep_recent);
+        names
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i >= recent_from || options.keep_versions.contains(n))
+            .filter_map(|(_, n)| identify(&dir.join(n)).ok())
+            .collect()
     }
 
     fn fail(&self, task: &str, slot: &Task, identity: Option<Identity>, error: ReloadError) -> ReloadOutcome {
@@ -301,6 +427,40 @@ impl Registry {
     }
 }
 
+impl Identity {
+    fn matches(&self, bundle: &Bundle) -> bool {
+        bundle.path == self.path && self.manifest_sha256.as_deref() == Some(bundle.manifest_sha256.as_str())
+    }
+}
+
+/// Orders version names so that `v2` < `v10`: digit runs compare by value.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut a, mut b) = (a, b);
+    loop {
+        match (a.chars().next(), b.chars().next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let da = a.len() - a.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let db = b.len() - b.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let (na, nb) = (a[..da].trim_start_matches('0'), b[..db].trim_start_matches('0'));
+                let order = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+                if order != std::cmp::Ordering::Equal {
+                    return order;
+                }
+                (a, b) = (&a[da..], &b[db..]);
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(&y);
+                }
+                (a, b) = (&a[x.len_utf8()..], &b[y.len_utf8()..]);
+            }
+        }
+    }
+}
+
 /// Resolves the link and hashes the candidate's manifest (small: one line per file).
 /// A missing manifest is left to the full load to report.
 fn identify(link: &Path) -> std::io::Result<Identity> {
@@ -314,4 +474,16 @@ fn identify(link: &Path) -> std::io::Result<Identity> {
     let manifest_sha256 =
         std::fs::read(path.join(crate::bundle::manifest::MANIFEST)).ok().map(|bytes| sha256_hex(&bytes));
     Ok(Identity { path, manifest_sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn versions_sort_naturally() {
+        let mut v = vec!["v10", "v2", "v1", "v2b", "v02"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, ["v1", "v2", "v02", "v2b", "v10"]);
+    }
 }

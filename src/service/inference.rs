@@ -64,10 +64,7 @@ impl InferenceService {
         Ok(())
     }
 
-    async fn predict_inner(
-        &self,
-        req: &mut pb::PredictRequest,
-    ) -> Result<(Arc<Bundle>, Vec<pb::Prediction>), ServeError> {
+    async fn predict_inner(&self, req: &mut pb::PredictRequest) -> Result<Answer, ServeError> {
         if req.task.is_empty() {
             return Err(ServeError::invalid("task", "must name a task"));
         }
@@ -75,25 +72,33 @@ impl InferenceService {
             return Err(ServeError::invalid("rows", "at least one row is required"));
         }
         self.check_rows(&req.rows)?;
+        // Every snapshot is taken before any scoring: a swap mid-request changes nothing here.
         let bundle = self.bundle(&req.task, &req.version)?;
+        let others = req
+            .compare_versions
+            .iter()
+            .map(|v| self.registry.get_version(&req.task, v))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut comparisons = Vec::with_capacity(others.len());
+        for other in &others {
+            let input = other.prepare(&req.rows)?;
+            let mut predictions = self.runner.score(other, input, to_prediction).await?;
+            for (prediction, row) in predictions.iter_mut().zip(&req.rows) {
+                prediction.row_id.clone_from(&row.row_id);
+            }
+            comparisons.push(pb::Comparison { version: other.version.clone(), predictions });
+        }
         let input = bundle.prepare(&req.rows)?;
         let mut predictions = self.runner.score(&bundle, input, to_prediction).await?;
         for (prediction, row) in predictions.iter_mut().zip(req.rows.iter_mut()) {
             prediction.row_id = std::mem::take(&mut row.row_id);
         }
-        Ok((bundle, predictions))
+        Ok(Answer { bundle, predictions, comparisons })
     }
 
     fn bundle(&self, task: &str, version: &str) -> Result<Arc<Bundle>, ServeError> {
-        let bundle = self.registry.get(task)?;
-        if !version.is_empty() && version != bundle.version {
-            return Err(ServeError::Registry(crate::registry::RegistryError::UnknownVersion {
-                task: task.to_owned(),
-                version: version.to_owned(),
-                live: bundle.version.clone(),
-            }));
-        }
-        Ok(bundle)
+        Ok(if version.is_empty() { self.registry.get(task)? } else { self.registry.get_version(task, version)? })
     }
 
     fn record(&self, task: &str, version: &str, method: &str, code: Code, started: Instant) {
@@ -101,6 +106,13 @@ impl InferenceService {
         m.requests.with_label_values(&[task, version, method, code_name(code)]).inc();
         m.latency.with_label_values(&[task, method]).observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// A Predict call's result: the version that answered, its predictions, and comparisons.
+struct Answer {
+    bundle: Arc<Bundle>,
+    predictions: Vec<pb::Prediction>,
+    comparisons: Vec<pb::Comparison>,
 }
 
 fn to_prediction(_: usize, scored: Scored<'_>) -> pb::Prediction {
@@ -134,7 +146,7 @@ impl pb::inference_server::Inference for InferenceService {
         let _in_flight = InFlight::enter(&self.in_flight[0]);
         let mut req = request.into_inner();
         match self.predict_inner(&mut req).await {
-            Ok((bundle, predictions)) => {
+            Ok(Answer { bundle, predictions, comparisons }) => {
                 self.record(&req.task, &bundle.version, PREDICT, Code::Ok, started);
                 self.metrics.rows.with_label_values(&[&req.task, &bundle.version]).inc_by(predictions.len() as u64);
                 Ok(Response::new(pb::PredictResponse {
@@ -143,6 +155,7 @@ impl pb::inference_server::Inference for InferenceService {
                     request_id: req.request_id,
                     class_names: bundle.class_labels().to_vec(),
                     predictions,
+                    comparisons,
                 }))
             }
             Err(e) => {
@@ -181,7 +194,14 @@ impl pb::inference_server::Inference for InferenceService {
             return Err(ServeError::invalid("task", "must name a task").into());
         }
         let bundle = self.registry.get(&task).map_err(ServeError::from)?;
+        let report = self.registry.report(&task);
         Ok(Response::new(pb::GetVersionResponse {
+            last_reload_error: report
+                .as_ref()
+                .and_then(|r| r.last_error.as_ref())
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            loaded_versions: report.map(|r| r.loaded_versions()).unwrap_or_default(),
             task,
             version: bundle.version.clone(),
             bundle_path: bundle.path.display().to_string(),
@@ -201,6 +221,7 @@ impl pb::inference_server::Inference for InferenceService {
             .reports()
             .into_iter()
             .map(|r| pb::TaskHealth {
+                loaded_versions: r.loaded_versions(),
                 serving: r.live.is_some() && !draining,
                 version: r.live.map(|b| b.version.clone()).unwrap_or_default(),
                 last_error: r.last_error.map(|e| e.to_string()).unwrap_or_default(),

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub live_version: IntGaugeVec,
     /// Model runs waiting for or holding an inference slot.
     pub queued_runs: IntGauge,
+    /// Bundles loaded per task: the live one plus versions kept warm.
+    pub loaded_versions: IntGaugeVec,
 }
 
 impl Metrics {
@@ -94,6 +96,11 @@ impl Metrics {
         .expect("static metric definition is valid");
         let queued_runs = IntGauge::new("modeld_inference_queue_depth", "Model runs admitted and not yet finished.")
             .expect("static metric definition is valid");
+        let loaded_versions = IntGaugeVec::new(
+            Opts::new("modeld_loaded_versions", "Bundles loaded per task (live plus kept warm)."),
+            &["task"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -103,10 +110,22 @@ impl Metrics {
             Box::new(load_seconds.clone()),
             Box::new(live_version.clone()),
             Box::new(queued_runs.clone()),
+            Box::new(loaded_versions.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
-        Metrics { registry, requests, latency, rows, in_flight, reloads, load_seconds, live_version, queued_runs }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            rows,
+            in_flight,
+            reloads,
+            load_seconds,
+            live_version,
+            queued_runs,
+            loaded_versions,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -193,7 +193,7 @@ pub fn to_pb(row: &OwnedRow) -> pb::Row {
 }
 
 pub fn predict_request(rows: Vec<pb::Row>) -> pb::PredictRequest {
-    pb::PredictRequest { task: TASK.into(), rows, request_id: String::new(), version: String::new() }
+    pb::PredictRequest { task: TASK.into(), rows, ..Default::default() }
 }
 
 /// Asserts served probabilities equal the golden ones within 1e-5.
