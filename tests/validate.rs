@@ -5,7 +5,6 @@ mod common;
 use std::{path::Path, process::Command};
 
 use common::*;
-use modeld::bundle::manifest::sha256_hex;
 
 fn validate(dir: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_modeld")).arg("validate").arg(dir).output().unwrap();
@@ -16,30 +15,8 @@ fn validate(dir: &Path) -> (bool, String) {
 /// A writable copy of a shipped version.
 fn copy_of(version: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo_models().join(TASK).join(version)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    copy_version(version, dir.path());
     dir
-}
-
-/// Rewrites MANIFEST.sha256 so that only the intended defect remains.
-fn reseal(dir: &Path) {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n != "MANIFEST.sha256")
-        .collect();
-    names.sort();
-    let manifest: String =
-        names.iter().map(|n| format!("{}  {n}\n", sha256_hex(&std::fs::read(dir.join(n)).unwrap()))).collect();
-    std::fs::write(dir.join("MANIFEST.sha256"), manifest).unwrap();
-}
-
-fn edit(dir: &Path, file: &str, f: impl FnOnce(String) -> String) {
-    let path = dir.join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, f(text)).unwrap();
 }
 
 #[test]

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CURRENT, Registry};
 
+/// Every this many poll ticks, candidates that failed before are loaded again.
+const BAD_RETRY_TICKS: u64 = 15;
+
 /// A request to look at the `current` links now.
 #[derive(Debug, Clone, Copy)]
 pub struct Reload;
@@ -64,6 +67,7 @@ async fn run(
     let mut poll = tokio::time::interval(timing.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.reset();
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             biased;
@@ -79,7 +83,12 @@ async fn run(
                 }
                 reload_all(&registry, true, events.as_mut()).await;
             }
-            _ = poll.tick() => reload_all(&registry, false, events.as_mut()).await,
+            _ = poll.tick() => {
+                ticks += 1;
+                // Now and then a tick retries known-bad candidates: without file events, a bundle
+                // repaired in place (same manifest, fixed file) is only noticed this way.
+                reload_all(&registry, ticks % BAD_RETRY_TICKS == 0, events.as_mut()).await;
+            }
         }
     }
 }

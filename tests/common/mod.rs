@@ -217,3 +217,34 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         all.then(|| value.parse().ok()).flatten()
     })
 }
+
+/// A writable copy of a shipped version directory at `dest`.
+pub fn copy_version(version: &str, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(repo_models().join(TASK).join(version)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dest.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Rewrites MANIFEST.sha256 so that only an intended defect remains.
+pub fn reseal(dir: &Path) {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "MANIFEST.sha256")
+        .collect();
+    names.sort();
+    let manifest: String = names
+        .iter()
+        .map(|n| format!("{}  {n}\n", modeld::bundle::manifest::sha256_hex(&std::fs::read(dir.join(n)).unwrap())))
+        .collect();
+    std::fs::write(dir.join("MANIFEST.sha256"), manifest).unwrap();
+}
+
+/// Replaces text in one file of a bundle directory.
+pub fn edit(dir: &Path, file: &str, f: impl FnOnce(String) -> String) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, f(text)).unwrap();
+}

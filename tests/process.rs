@@ -1,4 +1,4 @@
-//! SIGTERM while requests are in flight: every in-flight request completes, the process exits 0.
+//! The daemon as a process: SIGTERM drains in-flight requests and exits 0; SIGHUP reloads.
 
 mod common;
 
@@ -11,22 +11,27 @@ use std::{
 use common::*;
 use modeld::service::pb::inference_client::InferenceClient;
 
-#[tokio::test]
-async fn sigterm_lets_in_flight_requests_finish() {
-    let root = model_root(Some("v1"));
+/// A running `modeld serve` child, its bound addresses and its remaining log lines.
+struct Daemon {
+    child: std::process::Child,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    log: std::io::Lines<BufReader<std::process::ChildStderr>>,
+}
+
+fn spawn_daemon(root: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_modeld"))
         .arg("serve")
-        .env("MODELD_MODEL_ROOT", root.path())
+        .env("MODELD_MODEL_ROOT", root)
         .env("MODELD_TASKS", TASK)
         .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
         .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
         .env("MODELD_CONFIG", "/dev/null")
-        .env("MODELD_INFERENCE_THREADS", "1")
         .env("MODELD_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-
     // The daemon logs the addresses it bound; read them instead of guessing ports.
     let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
     let (grpc, admin) = loop {
@@ -37,6 +42,39 @@ async fn sigterm_lets_in_flight_requests_finish() {
             break (addr("grpc"), addr("admin"));
         }
     };
+    Daemon { child, grpc, admin, log }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sighup_reloads_when_polling_is_slow_and_events_are_off() {
+    let root = model_root(Some("v2"));
+    let mut daemon =
+        spawn_daemon(root.path(), &[("MODELD_WATCH_EVENTS", "false"), ("MODELD_POLL_INTERVAL_MS", "3600000")]);
+    let admin = daemon.admin;
+    let version = || async move {
+        let body = http_get(admin, "/model/version").await.1;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["tasks"][0]["version"].as_str().map(str::to_owned))
+    };
+    eventually("v2 live", || async { version().await.as_deref() == Some("v2") }).await;
+    point_current(root.path(), "v1");
+    signal(&daemon.child, "HUP");
+    eventually("v1 live after SIGHUP", || async { version().await.as_deref() == Some("v1") }).await;
+    signal(&daemon.child, "TERM");
+    assert!(daemon.child.wait().unwrap().success());
+    drop(daemon.log);
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let root = model_root(Some("v1"));
+    let Daemon { mut child, grpc, admin, log } = spawn_daemon(root.path(), &[("MODELD_INFERENCE_THREADS", "1")]);
     let log_lines = std::thread::spawn(move || log.map_while(Result::ok).collect::<Vec<_>>());
     eventually("ready", || async move { http_get(admin, "/readyz").await.0 == 200 }).await;
 
@@ -60,8 +98,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     })
     .await;
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
 
     for call in calls {
         let resp = call.await.unwrap().expect("an in-flight call completes during drain");
