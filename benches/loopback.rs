@@ -194,22 +194,5 @@ fn report(name: &str, lat: &[Duration], wall: Duration) {
 }
 
 fn to_pb(row: &modeld::preprocess::OwnedRow) -> pb::Row {
-    use modeld::schema::OwnedValue;
-    use pb::value::Kind;
-    pb::Row {
-        row_id: row.row_id.clone(),
-        features: row
-            .features
-            .iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    OwnedValue::Bool(b) => Kind::Flag(*b),
-                    OwnedValue::Integer(i) => Kind::Integer(*i),
-                    OwnedValue::Number(x) => Kind::Number(*x),
-                    OwnedValue::Text(s) => Kind::Text(s.clone()),
-                };
-                (k.clone(), pb::Value { kind: Some(kind) })
-            })
-            .collect(),
-    }
+    row.into()
 }

@@ -368,3 +368,24 @@ impl RowView for pb::Row {
         })
     }
 }
+
+/// Wire form of an owned row (golden files, clients, benchmarks).
+impl From<&crate::preprocess::OwnedRow> for pb::Row {
+    fn from(row: &crate::preprocess::OwnedRow) -> pb::Row {
+        use crate::schema::OwnedValue;
+        let features = row
+            .features
+            .iter()
+            .map(|(name, value)| {
+                let kind = match value {
+                    OwnedValue::Bool(b) => Kind::Flag(*b),
+                    OwnedValue::Integer(i) => Kind::Integer(*i),
+                    OwnedValue::Number(x) => Kind::Number(*x),
+                    OwnedValue::Text(s) => Kind::Text(s.clone()),
+                };
+                (name.clone(), pb::Value { kind: Some(kind) })
+            })
+            .collect();
+        pb::Row { row_id: row.row_id.clone(), features }
+    }
+}

@@ -12,9 +12,8 @@ use modeld::{
     bundle::golden::{self, GoldenRow},
     config::Config,
     preprocess::OwnedRow,
-    schema::OwnedValue,
     server::{self, Listeners},
-    service::pb::{self, inference_client::InferenceClient, value::Kind},
+    service::pb::{self, inference_client::InferenceClient},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -174,22 +173,7 @@ pub fn golden(version: &str) -> Vec<GoldenRow> {
 
 /// A golden (or any owned) row in wire form.
 pub fn to_pb(row: &OwnedRow) -> pb::Row {
-    pb::Row {
-        row_id: row.row_id.clone(),
-        features: row
-            .features
-            .iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    OwnedValue::Bool(b) => Kind::Flag(*b),
-                    OwnedValue::Integer(i) => Kind::Integer(*i),
-                    OwnedValue::Number(x) => Kind::Number(*x),
-                    OwnedValue::Text(s) => Kind::Text(s.clone()),
-                };
-                (k.clone(), pb::Value { kind: Some(kind) })
-            })
-            .collect(),
-    }
+    row.into()
 }
 
 pub fn predict_request(rows: Vec<pb::Row>) -> pb::PredictRequest {

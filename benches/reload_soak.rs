@@ -1,0 +1,211 @@
+//! Reload soak: the release daemon under steady Predict load while `current` flips between v1
+//! and v2 again and again.
+//!
+//! `cargo bench --bench reload_soak` prints failed requests, latency percentiles during the
+//! steady phase and during reloads, and the daemon's RSS before and after the reloads.
+//! Bounded: SOAK_RELOADS flips (default 200), SOAK_STEADY_SECONDS of steady load (default 5),
+//! SOAK_CLIENTS concurrent callers (default 4); every wait has a deadline.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use modeld::{
+    bundle::golden,
+    service::pb::{self, inference_client::InferenceClient},
+};
+use tonic::transport::Channel;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn flip(task_dir: &Path, target: &str) {
+    let tmp = task_dir.join("current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, task_dir.join("current")).unwrap();
+}
+
+#[derive(Default)]
+struct Samples {
+    steady: Vec<Duration>,
+    reloading: Vec<Duration>,
+}
+
+fn main() {
+    let reloads = env_or("SOAK_RELOADS", 200);
+    let steady_secs = env_or("SOAK_STEADY_SECONDS", 5) as u64;
+    let clients = env_or("SOAK_CLIENTS", 4);
+
+    let root = tempfile::tempdir().unwrap();
+    let task_dir = root.path().join("credit_risk");
+    std::fs::create_dir(&task_dir).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/credit_risk");
+    for v in ["v1", "v2"] {
+        std::os::unix::fs::symlink(shipped.join(v), task_dir.join(v)).unwrap();
+    }
+    flip(&task_dir, "v2");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modeld"))
+        .arg("serve")
+        .env("MODELD_MODEL_ROOT", root.path())
+        .env("MODELD_TASKS", "credit_risk")
+        .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
+        .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MODELD_CONFIG", "/dev/null")
+        .env("MODELD_LOG_FORMAT", "json")
+        .env("MODELD_LOG", "info,ort=warn")
+        .env("MODELD_RELOAD_DEBOUNCE_MS", "5")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("release daemon starts");
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let grpc: SocketAddr = loop {
+        let line = log.next().expect("daemon exited before listening").unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if entry["message"] == "listening" {
+            break entry["grpc"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || log.for_each(drop));
+    let pid = child.id();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let report = rt.block_on(async move {
+        let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+        let mut control = InferenceClient::new(channel.clone());
+        let live = |mut c: InferenceClient<Channel>| async move {
+            c.get_version(pb::GetVersionRequest { task: "credit_risk".into() })
+                .await
+                .ok()
+                .map(|r| r.into_inner().version)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while live(control.clone()).await.as_deref() != Some("v2") {
+            assert!(Instant::now() < deadline, "daemon not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = std::fs::read_to_string(shipped.join("v2/golden.jsonl")).unwrap();
+        let rows: Arc<Vec<pb::Row>> = Arc::new(golden::parse(&text).unwrap().iter().map(|g| to_pb(&g.row)).collect());
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let reloading = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let samples = Arc::new(Mutex::new(Samples::default()));
+        let load: Vec<_> = (0..clients)
+            .map(|c| {
+                let (mut client, rows, stop, reloading, failed, samples) = (
+                    InferenceClient::new(channel.clone()),
+                    rows.clone(),
+                    stop.clone(),
+                    reloading.clone(),
+                    failed.clone(),
+                    samples.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i = c;
+                    let (mut steady, mut during) = (Vec::new(), Vec::new());
+                    while !stop.load(Ordering::Relaxed) && i < 50_000_000 {
+                        let req = pb::PredictRequest {
+                            task: "credit_risk".into(),
+                            rows: vec![rows[i % rows.len()].clone()],
+                            ..Default::default()
+                        };
+                        let phase = reloading.load(Ordering::Relaxed);
+                        let t = Instant::now();
+                        if client.predict(req).await.is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if phase {
+                            during.push(t.elapsed())
+                        } else {
+                            steady.push(t.elapsed())
+                        };
+                        i += clients;
+                    }
+                    let mut s = samples.lock().unwrap();
+                    s.steady.extend(steady);
+                    s.reloading.extend(during);
+                })
+            })
+            .collect();
+
+        tokio::time::sleep(Duration::from_secs(steady_secs)).await;
+        let rss_before = rss_kib(pid);
+        reloading.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        for n in 0..reloads {
+            let target = if n % 2 == 0 { "v1" } else { "v2" };
+            flip(&task_dir, target);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while live(control.clone()).await.as_deref() != Some(target) {
+                assert!(Instant::now() < deadline, "flip {n} to {target} not picked up");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let reload_wall = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            t.await.unwrap();
+        }
+        let rss_after = rss_kib(pid);
+        control.health(pb::HealthRequest {}).await.unwrap();
+        let s = Arc::try_unwrap(samples).ok().unwrap().into_inner().unwrap();
+        (s, failed.load(Ordering::Relaxed), rss_before, rss_after, reload_wall)
+    });
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = child.wait();
+
+    let (samples, failed, rss_before, rss_after, wall) = report;
+    println!(
+        "modeld reload soak: {reloads} reloads (v1 <-> v2) in {:.1} s under {clients} concurrent Predict callers",
+        wall.as_secs_f64()
+    );
+    println!("failed requests: {failed}");
+    print_latency("steady", samples.steady);
+    print_latency("during reloads", samples.reloading);
+    println!(
+        "daemon RSS: before reloads {:.1} MiB, after {:.1} MiB, growth {:+.1} MiB",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        (rss_after as f64 - rss_before as f64) / 1024.0
+    );
+}
+
+fn print_latency(name: &str, mut v: Vec<Duration>) {
+    v.sort();
+    if v.is_empty() {
+        println!("{name:<15} no samples");
+        return;
+    }
+    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "{name:<15} calls {:>8}  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        v.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+}
+
+fn to_pb(row: &modeld::preprocess::OwnedRow) -> pb::Row {
+    row.into()
+}
