@@ -4,7 +4,9 @@
 //! `cargo bench --bench reload_soak` prints failed requests, latency percentiles during the
 //! steady phase and during reloads, and the daemon's RSS before and after the reloads.
 //! Bounded: SOAK_RELOADS flips (default 200), SOAK_STEADY_SECONDS of steady load (default 5),
-//! SOAK_CLIENTS concurrent callers (default 4); every wait has a deadline.
+//! SOAK_CLIENTS concurrent callers (default 4), SOAK_INTERVAL_MS pause after each flip goes live
+//! (default 0: back to back); every wait has a deadline. SOAK_SAME=1 re-points `current` at the
+//! live version instead (events and reload passes without loads), as a control run.
 
 use std::{
     io::{BufRead, BufReader},
@@ -54,6 +56,9 @@ fn main() {
     let reloads = env_or("SOAK_RELOADS", 200);
     let steady_secs = env_or("SOAK_STEADY_SECONDS", 5) as u64;
     let clients = env_or("SOAK_CLIENTS", 4);
+    let same_target = env_or("SOAK_SAME", 0) == 1;
+    // Pause between a flip going live and the next flip; 0 flips back to back.
+    let interval = Duration::from_millis(env_or("SOAK_INTERVAL_MS", 0) as u64);
 
     let root = tempfile::tempdir().unwrap();
     let task_dir = root.path().join("credit_risk");
@@ -153,13 +158,19 @@ fn main() {
         reloading.store(true, Ordering::Relaxed);
         let started = Instant::now();
         for n in 0..reloads {
-            let target = if n % 2 == 0 { "v1" } else { "v2" };
+            // SOAK_SAME=1 re-points `current` at the live version: the same events, polls and
+            // reload-loop passes, but no load or swap, to separate their cost from the rest.
+            let target = if n % 2 == 0 && !same_target { "v1" } else { "v2" };
             flip(&task_dir, target);
             let deadline = Instant::now() + Duration::from_secs(30);
             while live(control.clone()).await.as_deref() != Some(target) {
                 assert!(Instant::now() < deadline, "flip {n} to {target} not picked up");
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            if same_target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(interval).await;
         }
         let reload_wall = started.elapsed();
         stop.store(true, Ordering::Relaxed);

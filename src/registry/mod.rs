@@ -11,8 +11,9 @@
 //! - Only [`Registry::reload`] stores, and only a bundle that passed every load check.
 //! - A reload compares the candidate's identity (canonical path + manifest sha256) with the live
 //!   one, never timestamps, so a rollback to an older directory is a change like any other.
-//! - Loads run on a blocking thread, one at a time (the single reload loop in [`watch`] calls
-//!   them), so they never stall the async workers nor compete with each other for CPU.
+//! - Loads run one at a time on a dedicated loader thread at the lowest CPU priority, so a
+//!   candidate's checks and warm-up never stall the async workers and, on a small pod, yield
+//!   the CPU to serving threads (a reload under full load takes longer; requests do not).
 //! - Besides the live bundle a task may keep further versions warm (A/B): listed version
 //!   directories and/or the N most recent ones. They answer version-pinned and comparison
 //!   requests, and flipping `current` to a kept version promotes it without loading it again
@@ -66,8 +67,8 @@ pub enum ReloadError {
     },
     #[error("{path}: config.yaml is for task `{found}`, not `{task}`")]
     WrongTask { path: PathBuf, task: String, found: String },
-    #[error("load task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("the loader thread stopped")]
+    LoaderGone,
 }
 
 /// What a reload did.
@@ -142,6 +143,9 @@ pub struct Registry {
 
 struct Inner {
     root: PathBuf,
+    loader: Loader,
+    /// Replaced bundles waiting for their last request to end.
+    retired: Mutex<Vec<Arc<Bundle>>>,
     tasks: BTreeMap<String, Task>,
     options: RegistryOptions,
     metrics: Metrics,
@@ -159,7 +163,17 @@ impl Registry {
             })
             .collect();
         let (changed_tx, _) = state::channel(0);
-        Registry { inner: Arc::new(Inner { root, tasks, options, metrics, changed_tx }) }
+        Registry {
+            inner: Arc::new(Inner {
+                root,
+                loader: Loader::spawn(),
+                retired: Mutex::default(),
+                tasks,
+                options,
+                metrics,
+                changed_tx,
+            }),
+        }
     }
 
     /// The live bundle of `task`: one snapshot for the whole request.
@@ -296,7 +310,32 @@ impl Registry {
         );
         self.inner.changed_tx.send_modify(|n| *n += 1);
         metrics.loaded_versions.with_label_values(&[task]).set(1 + slot.kept.load().len() as i64);
+        if let Some(old) = previous {
+            self.retire(old);
+        }
         ReloadOutcome::Swapped { previous: old_version, version: bundle.version.clone() }
+    }
+
+    /// Parks a replaced bundle until no request holds it; [`Registry::free_retired`] then frees
+    /// it on the loader thread. Freeing a model (its sessions and arenas) takes a while, and
+    /// must not land on whichever request happened to hold the last reference.
+    fn retire(&self, bundle: Arc<Bundle>) {
+        self.inner.retired.lock().unwrap_or_else(|p| p.into_inner()).push(bundle);
+    }
+
+    /// Frees, off the request path, every retired bundle whose last request has ended.
+    /// Called by the reload loop.
+    pub fn free_retired(&self) {
+        let unused: Vec<Arc<Bundle>> = {
+            let mut retired = self.inner.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let (unused, in_use) = retired.drain(..).partition(|b| Arc::strong_count(b) == 1);
+            *retired = in_use;
+            unused
+        };
+        if !unused.is_empty() {
+            // Fire and forget: the loader drops them between loads.
+            let _ = self.inner.loader.jobs_tx.send(Box::new(move || drop(unused)));
+        }
     }
 
     /// Loads and checks one candidate on a blocking thread; counts its load time.
@@ -304,9 +343,9 @@ impl Registry {
         let started = Instant::now();
         let dir = identity.path.clone();
         let options = self.inner.options.load;
-        let loaded = tokio::task::spawn_blocking(move || Bundle::load(&dir, &options)).await;
+        let loaded = self.inner.loader.run(move || Bundle::load(&dir, &options)).await?;
         self.inner.metrics.load_seconds.with_label_values(&[task]).observe(started.elapsed().as_secs_f64());
-        let bundle = loaded?.map_err(|source| ReloadError::Bundle { path: identity.path.clone(), source })?;
+        let bundle = loaded.map_err(|source| ReloadError::Bundle { path: identity.path.clone(), source })?;
         if let Some(found) = bundle.config.task.as_deref().filter(|t| *t != task) {
             return Err(ReloadError::WrongTask {
                 path: identity.path.clone(),
@@ -329,8 +368,12 @@ impl Registry {
             if live.as_ref().is_some_and(|b| identity.matches(b)) {
                 continue; // the live bundle answers for this version already
             }
-            if let Some(b) = current.iter().find(|b| identity.matches(b)) {
-                next.push(b.clone());
+            let reusable = current.iter().find(|b| identity.matches(b)).cloned().or_else(|| {
+                let retired = self.inner.retired.lock().unwrap_or_else(|p| p.into_inner());
+                retired.iter().find(|b| identity.matches(b)).cloned()
+            });
+            if let Some(b) = reusable {
+                next.push(b);
                 continue;
             }
             if !retry_bad && self.lock(slot).failed_kept.contains(&identity) {
@@ -354,7 +397,10 @@ impl Registry {
         }
         let same = next.len() == current.len() && next.iter().zip(current.iter()).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
-            slot.kept.store(Arc::new(next));
+            let replaced = slot.kept.swap(Arc::new(next));
+            for old in replaced.iter().filter(|b| !slot.kept.load().iter().any(|n| Arc::ptr_eq(n, b))) {
+                self.retire(old.clone());
+            }
             self.inner.changed_tx.send_modify(|n| *n += 1);
         }
         let loaded = i64::from(slot.live.load().is_some()) + slot.kept.load().len() as i64;
@@ -424,6 +470,42 @@ impl Registry {
     fn lock<'a>(&self, slot: &'a Task) -> std::sync::MutexGuard<'a, Status> {
         // Status is plain data; a panic while holding it cannot leave it inconsistent.
         slot.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The loader thread: runs load jobs one at a time at the lowest CPU priority. It ends when
+/// the registry (its only sender) is dropped.
+struct Loader {
+    jobs_tx: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Loader {
+    fn spawn() -> Loader {
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("modeld-loader".into())
+            .spawn(move || {
+                // Nice 19, per thread on Linux: requests win the CPU whenever they want it, yet a
+                // load still progresses on a saturated pod (SCHED_IDLE could starve it for good).
+                use thread_priority::{ThreadPriority, set_current_thread_priority};
+                if let Err(error) = set_current_thread_priority(ThreadPriority::Min) {
+                    tracing::warn!(?error, "cannot lower the loader thread's priority; loads compete with requests");
+                }
+                for job in jobs_rx {
+                    job();
+                }
+            })
+            .expect("spawning the loader thread at start-up cannot fail");
+        Loader { jobs_tx }
+    }
+
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, ReloadError> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _ = done_tx.send(job());
+        });
+        self.jobs_tx.send(job).map_err(|_| ReloadError::LoaderGone)?;
+        done_rx.await.map_err(|_| ReloadError::LoaderGone)
     }
 }
 

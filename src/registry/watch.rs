@@ -99,6 +99,7 @@ async fn reload_all(registry: &Registry, retry_bad: bool, events: Option<&mut Ev
         // Failures are logged and counted by the registry; the other tasks go on regardless.
         registry.reload(task, retry_bad).await;
     }
+    registry.free_retired();
     if let Some(events) = events {
         events.arm(registry.root(), &tasks);
     }
