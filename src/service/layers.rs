@@ -23,6 +23,9 @@ use crate::config::Config;
 /// Most calls handled at once on one connection; more wait in HTTP/2 instead of piling up.
 const CALLS_PER_CONNECTION: usize = 1024;
 
+/// HTTP/2 flow-control window per stream, in bytes.
+const STREAM_WINDOW: u32 = 1 << 20;
+
 /// A server builder with modeld's transport settings and the call tracker.
 pub fn grpc_server(config: &Config, tracker: &CallTracker) -> Server<Stack<TrackLayer, Identity>> {
     Server::builder()
@@ -34,8 +37,10 @@ pub fn grpc_server(config: &Config, tracker: &CallTracker) -> Server<Stack<Track
         .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
         // Liveness of idle connections through load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // Flow control: let bulk streams grow their window instead of stalling on 64 KiB.
-        .http2_adaptive_window(Some(true))
+        // Flow control: static windows large enough for bulk streams, without the BDP pings
+        // that adaptive windows send on busy connections.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(2 * STREAM_WINDOW))
         // Tracking: counts each call until its response body is fully handed to the connection.
         .layer(TrackLayer(tracker.clone()))
 }
