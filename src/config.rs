@@ -30,6 +30,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run every load check on one bundle directory, print a report, exit 0 (pass) or 1 (fail).
     Validate(ValidateArgs),
+    /// Stream a CSV or JSONL file through BatchPredict and write one output record per row.
+    Label(crate::label::LabelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +85,16 @@ pub struct ServeArgs {
     /// Most rows accepted in one Predict request or stream chunk [default: 10000].
     #[arg(long, env = "MODELD_MAX_ROWS")]
     pub max_rows: Option<usize>,
+    /// Most rows per model run in BatchPredict; bigger chunks run as several batches [default: 1024].
+    #[arg(long, env = "MODELD_MAX_BATCH_ROWS")]
+    pub max_batch_rows: Option<usize>,
+    /// Most BatchPredict streams open at once; more get RESOURCE_EXHAUSTED [default: 64].
+    #[arg(long, env = "MODELD_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+    /// Inference threads that bulk streams may use at once, so unary Predict always finds a
+    /// free one [default: inference_threads - 1, at least 1].
+    #[arg(long, env = "MODELD_BULK_THREADS")]
+    pub bulk_threads: Option<usize>,
     /// Largest gRPC message accepted, in bytes [default: 16777216].
     #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -158,6 +170,9 @@ pub struct Config {
     pub max_queued_runs: usize,
     pub inline_max_rows: usize,
     pub max_rows: usize,
+    pub max_batch_rows: usize,
+    pub max_streams: usize,
+    pub bulk_threads: usize,
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -213,14 +228,18 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+    let inference_threads = cli.inference_threads.or(file.inference_threads).unwrap_or(cpus);
     let config = Config {
         tasks,
         grpc_addr: cli.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
         admin_addr: cli.admin_addr.or(file.admin_addr).unwrap_or_else(|| ([127, 0, 0, 1], 9090).into()),
-        inference_threads: cli.inference_threads.or(file.inference_threads).unwrap_or(cpus),
+        inference_threads,
         max_queued_runs: cli.max_queued_runs.or(file.max_queued_runs).unwrap_or(1024),
         inline_max_rows: cli.inline_max_rows.or(file.inline_max_rows).unwrap_or(16),
         max_rows: cli.max_rows.or(file.max_rows).unwrap_or(10_000),
+        max_batch_rows: cli.max_batch_rows.or(file.max_batch_rows).unwrap_or(1024),
+        max_streams: cli.max_streams.or(file.max_streams).unwrap_or(64),
+        bulk_threads: cli.bulk_threads.or(file.bulk_threads).unwrap_or(inference_threads.saturating_sub(1)).max(1),
         max_message_bytes: cli.max_message_bytes.or(file.max_message_bytes).unwrap_or(16 << 20),
         request_timeout: ms(cli.request_timeout_ms.or(file.request_timeout_ms), 10_000),
         shutdown_grace: ms(cli.shutdown_grace_ms.or(file.shutdown_grace_ms), 20_000),
@@ -235,8 +254,12 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
         model_root,
     };
-    if config.inference_threads == 0 || config.max_rows == 0 || config.max_message_bytes == 0 {
-        return invalid("inference_threads, max_rows and max_message_bytes must be at least 1".into());
+    if [config.inference_threads, config.max_rows, config.max_message_bytes, config.max_batch_rows, config.max_streams]
+        .contains(&0)
+    {
+        return invalid(
+            "inference_threads, max_rows, max_batch_rows, max_streams and max_message_bytes must be at least 1".into(),
+        );
     }
     if config.poll_interval.is_zero() {
         return invalid("poll_interval_ms must be at least 1".into());

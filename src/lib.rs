@@ -13,12 +13,14 @@
 //! - [`server`]: wiring of all the above on given listeners, with graceful shutdown.
 //! - [`shutdown`]: the process's SIGTERM/SIGINT future.
 //! - [`validate`]: `modeld validate`, the load checks as a report.
+//! - [`label`]: `modeld label`, a batch-labelling client of BatchPredict.
 
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod config;
 pub mod engine;
+pub mod label;
 pub mod preprocess;
 pub mod registry;
 pub mod runner;

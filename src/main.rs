@@ -21,6 +21,7 @@ fn main() -> ExitCode {
                 _ => ExitCode::FAILURE,
             }
         }
+        Command::Label(args) => label(&args),
         Command::Serve(args) => {
             let check_only = args.check_config;
             let config = match config::load(*args) {
@@ -45,6 +46,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn label(args: &modeld::label::LabelArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime at start-up");
+    match runtime.block_on(modeld::label::run(args)) {
+        Ok(s) => {
+            eprintln!(
+                "labelled {} rows ({} row errors, {} bad input lines) with version {} in {:.1} s ({:.0} rows/s)",
+                s.rows,
+                s.row_errors,
+                s.bad_lines,
+                s.version,
+                s.seconds,
+                s.rows as f64 / s.seconds.max(1e-9)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("modeld label: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct RunnerLimits {
     pub max_queued: usize,
     /// Largest run kept on the async worker.
     pub inline_max_rows: usize,
+    /// Slots that bulk (streaming) runs may hold at once; the rest stay free for unary calls.
+    pub bulk_threads: usize,
 }
 
 /// Shared admission state. Cloning is shallow.
@@ -49,6 +51,7 @@ pub struct Runner {
 
 struct Inner {
     admitted: Arc<Semaphore>,
+    bulk: Arc<Semaphore>,
     slots: Arc<Semaphore>,
     inline_max_rows: usize,
     metrics: Metrics,
@@ -60,11 +63,24 @@ impl Runner {
         Runner {
             inner: Arc::new(Inner {
                 admitted: Arc::new(Semaphore::new(threads + limits.max_queued)),
+                bulk: Arc::new(Semaphore::new(limits.bulk_threads.clamp(1, threads))),
                 slots: Arc::new(Semaphore::new(threads)),
                 inline_max_rows: limits.inline_max_rows,
                 metrics,
             }),
         }
+    }
+
+    /// [`Runner::score`] for bulk work: waits for one of the bulk slots first, so streams never
+    /// hold every inference thread. The wait is bounded by the number of open streams (each has
+    /// at most one chunk in the model at a time).
+    pub async fn score_bulk<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F) -> Result<Vec<T>, RunError>
+    where
+        T: Send + 'static,
+        F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
+    {
+        let _bulk = self.inner.bulk.acquire().await.expect("the bulk semaphore is never closed");
+        self.score(bundle, input, emit).await
     }
 
     /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`].

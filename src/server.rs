@@ -107,6 +107,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
             threads: config.inference_threads,
             max_queued: config.max_queued_runs,
             inline_max_rows: config.inline_max_rows,
+            bulk_threads: config.bulk_threads,
         },
         metrics.clone(),
     );
@@ -133,7 +134,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
         runner,
         readiness.clone(),
         metrics.clone(),
-        Limits { max_rows: config.max_rows },
+        Limits { max_rows: config.max_rows, max_batch_rows: config.max_batch_rows, max_streams: config.max_streams },
     );
     let inference = pb::inference_server::InferenceServer::new(inference)
         .max_decoding_message_size(config.max_message_bytes)

@@ -22,6 +22,7 @@ use crate::registry::Registry;
 pub struct Readiness {
     registry: Registry,
     draining: Arc<AtomicBool>,
+    drain: CancellationToken,
     reporter: HealthReporter,
 }
 
@@ -30,7 +31,7 @@ pub const INFERENCE_SERVICE: &str = <InferenceServer<super::inference::Inference
 
 impl Readiness {
     pub fn new(registry: Registry, reporter: HealthReporter) -> Readiness {
-        Readiness { registry, draining: Arc::new(AtomicBool::new(false)), reporter }
+        Readiness { registry, draining: Arc::new(AtomicBool::new(false)), drain: CancellationToken::new(), reporter }
     }
 
     /// True when every task serves and shutdown has not begun.
@@ -45,7 +46,13 @@ impl Readiness {
     /// Marks the daemon as shutting down and reports NOT_SERVING right away.
     pub async fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
+        self.drain.cancel();
         self.publish().await;
+    }
+
+    /// Resolves when shutdown begins: streams finish the chunk in hand and end.
+    pub async fn drained(&self) {
+        self.drain.cancelled().await
     }
 
     async fn publish(&self) {

@@ -7,7 +7,7 @@ use std::{pin::Pin, sync::Arc, time::Instant};
 
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{
@@ -29,6 +29,10 @@ use crate::{
 pub struct Limits {
     /// Most rows in one request or stream chunk.
     pub max_rows: usize,
+    /// Most rows per model run of a stream chunk.
+    pub max_batch_rows: usize,
+    /// Most streams open at once.
+    pub max_streams: usize,
 }
 
 /// Handler state. Cloning is shallow.
@@ -40,18 +44,21 @@ pub struct InferenceService {
     metrics: Metrics,
     limits: Limits,
     in_flight: [IntGauge; 2],
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 const PREDICT: &str = "Predict";
 const BATCH_PREDICT: &str = "BatchPredict";
-/// Chunks answered but not yet sent, per stream: a slow reader stalls its own stream here,
-/// and HTTP/2 flow control then stalls its writer.
-const STREAM_BUFFER: usize = 2;
+/// Chunks answered but not yet taken by the transport, per stream. With the one chunk being
+/// worked on, a stream holds at most `STREAM_BUFFER + 1` chunks: a slow reader stalls its own
+/// stream here, the server stops reading its chunks, and HTTP/2 flow control stalls its writer.
+pub const STREAM_BUFFER: usize = 2;
 
 impl InferenceService {
     pub fn new(registry: Registry, runner: Runner, readiness: Readiness, metrics: Metrics, limits: Limits) -> Self {
         let in_flight = [PREDICT, BATCH_PREDICT].map(|m| metrics.in_flight.with_label_values(&[m]));
-        InferenceService { registry, runner, readiness, metrics, limits, in_flight }
+        let streams = Arc::new(tokio::sync::Semaphore::new(limits.max_streams));
+        InferenceService { registry, runner, readiness, metrics, limits, in_flight, streams }
     }
 
     fn check_rows(&self, rows: &[pb::Row]) -> Result<(), ServeError> {
@@ -102,6 +109,9 @@ impl InferenceService {
     }
 
     fn record(&self, task: &str, version: &str, method: &str, code: Code, started: Instant) {
+        // Task names come from callers: unknown ones share one label value, so typos and
+        // probes cannot grow the metric series without bound.
+        let task = if self.registry.tasks().any(|t| t == task) { task } else { "-" };
         let m = &self.metrics;
         m.requests.with_label_values(&[task, version, method, code_name(code)]).inc();
         m.latency.with_label_values(&[task, method]).observe(started.elapsed().as_secs_f64());
@@ -173,16 +183,29 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: Request<Streaming<pb::BatchPredictRequest>>,
     ) -> Result<Response<Self::BatchPredictStream>, Status> {
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many open streams (limit {}), retry later",
+                self.limits.max_streams
+            ))
+        })?;
         let mut inbound = request.into_inner();
-        let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
+        let (out_tx, out_rx) =
+            mpsc::channel::<(ChunkInFlight, Result<pb::BatchPredictResponse, Status>)>(STREAM_BUFFER);
         let service = self.clone();
         tokio::spawn(async move {
-            let _in_flight = InFlight::enter(&service.in_flight[1]);
+            let _open =
+                (permit, InFlight::enter(&service.in_flight[1]), InFlight::enter(&service.metrics.streams_open));
             let started = Instant::now();
             let (task, version, code) = service.run_stream(&mut inbound, &out_tx).await;
             service.record(&task, &version, BATCH_PREDICT, code, started);
+            if service.registry.tasks().any(|t| t == task) {
+                service.metrics.stream_seconds.with_label_values(&[&task]).observe(started.elapsed().as_secs_f64());
+            }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        // Each response carries its chunk's in-flight mark until the transport takes it.
+        let outbound = ReceiverStream::new(out_rx).map(|(_in_flight, response)| response);
+        Ok(Response::new(Box::pin(outbound)))
     }
 
     async fn get_version(
@@ -233,49 +256,60 @@ impl pb::inference_server::Inference for InferenceService {
 }
 
 impl InferenceService {
-    /// Answers chunks in order until the client closes its side. Returns what to record.
+    /// Answers chunks in order until the client closes its side, the client goes away, or
+    /// shutdown begins. Returns what to record.
     async fn run_stream(
         &self,
         inbound: &mut Streaming<pb::BatchPredictRequest>,
-        out_tx: &mpsc::Sender<Result<pb::BatchPredictResponse, Status>>,
+        out_tx: &mpsc::Sender<(ChunkInFlight, Result<pb::BatchPredictResponse, Status>)>,
     ) -> (String, String, Code) {
-        let mut task = String::new();
-        let mut bundle: Option<Arc<Bundle>> = None;
+        let mut stream = StreamState::default();
         let mut chunk_index = 0u64;
         loop {
-            let chunk = match inbound.message().await {
+            let next = tokio::select! {
+                // Shutdown: the chunk in hand was answered; stop taking new ones.
+                _ = self.readiness.drained() => {
+                    let status = Status::unavailable("server shutting down: send the remaining chunks again elsewhere");
+                    let _ = out_tx.send((ChunkInFlight::enter(&self.metrics), Err(status))).await;
+                    return (stream.task, version_of(&stream.bundle), Code::Unavailable);
+                }
+                // The client stopping its reads also ends up here: no read until the answer is queued.
+                next = inbound.message() => next,
+                // The client went away: stop working for it.
+                _ = out_tx.closed() => return (stream.task, version_of(&stream.bundle), Code::Cancelled),
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                // The client went away or broke the stream: stop working for it.
-                Err(status) => return (task, version_of(&bundle), status.code()),
+                Err(status) => return (stream.task, version_of(&stream.bundle), status.code()),
             };
-            let result = self.answer_chunk(&mut task, &mut bundle, chunk, chunk_index).await;
+            let in_flight = ChunkInFlight::enter(&self.metrics);
+            let result = self.answer_chunk(&mut stream, chunk, chunk_index).await;
             let failed = result.as_ref().err().map(ServeError::code);
-            let sent = out_tx.send(result.map_err(Status::from)).await;
+            let sent = out_tx.send((in_flight, result.map_err(Status::from))).await;
             if let Some(code) = failed {
-                return (task, version_of(&bundle), code);
+                return (stream.task, version_of(&stream.bundle), code);
             }
             if sent.is_err() {
-                return (task, version_of(&bundle), Code::Cancelled);
+                return (stream.task, version_of(&stream.bundle), Code::Cancelled);
             }
             chunk_index += 1;
         }
-        (task, version_of(&bundle), Code::Ok)
+        (stream.task, version_of(&stream.bundle), Code::Ok)
     }
 
     async fn answer_chunk(
         &self,
-        task: &mut String,
-        bundle: &mut Option<Arc<Bundle>>,
+        stream: &mut StreamState,
         chunk: pb::BatchPredictRequest,
         chunk_index: u64,
     ) -> Result<pb::BatchPredictResponse, ServeError> {
-        let bundle = match bundle {
+        let bundle = match &stream.bundle {
             Some(b) => {
-                if !chunk.task.is_empty() && chunk.task != *task {
+                if !chunk.task.is_empty() && chunk.task != stream.task {
                     return Err(ServeError::invalid(
                         "task",
-                        format!("`{}` differs from the stream's task `{task}`", chunk.task),
+                        format!("`{}` differs from the stream's task `{}`", chunk.task, stream.task),
                     ));
                 }
                 b.clone()
@@ -284,43 +318,87 @@ impl InferenceService {
                 if chunk.task.is_empty() {
                     return Err(ServeError::invalid("task", "the first chunk must name a task"));
                 }
-                *task = chunk.task.clone();
+                // One snapshot for the whole stream: a flip mid-stream does not change its version.
                 let b = self.bundle(&chunk.task, &chunk.version)?;
-                *bundle = Some(b.clone());
+                stream.task.clone_from(&chunk.task);
+                stream.bundle = Some(b.clone());
                 b
             }
         };
-        self.check_rows(&chunk.rows)?;
-        let (input, outcomes) = preprocess::encode_each(&bundle.schema, &chunk.rows);
-        let mut scored = self.runner.score(&bundle, input, to_prediction).await?.into_iter();
-        let results = outcomes
-            .into_iter()
-            .zip(chunk.rows)
-            .map(|(outcome, row)| pb::RowResult {
-                outcome: Some(match outcome {
+        if chunk.rows.len() > self.limits.max_rows {
+            return Err(ServeError::TooLarge(format!(
+                "rows: {} rows exceed the limit of {} per chunk",
+                chunk.rows.len(),
+                self.limits.max_rows
+            )));
+        }
+        let mut results = Vec::with_capacity(chunk.rows.len());
+        let mut errors = 0u64;
+        let mut rows = chunk.rows;
+        let mut offset = 0;
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(self.limits.max_batch_rows));
+            let batch = std::mem::replace(&mut rows, rest);
+            let (input, outcomes) = preprocess::encode_each(&bundle.schema, &batch);
+            let mut scored = self.runner.score_bulk(&bundle, input, to_prediction).await?.into_iter();
+            for (outcome, row) in outcomes.into_iter().zip(batch) {
+                let outcome = match outcome {
                     Ok(_) => {
                         let mut p = scored.next().expect("one prediction per good row");
                         p.row_id = row.row_id;
                         pb::row_result::Outcome::Prediction(p)
                     }
-                    Err(e) => pb::row_result::Outcome::Error(pb::RowError {
-                        row_id: e.row_id,
-                        row_index: e.row_index as u32,
-                        field: e.field,
-                        reason: e.reason.to_string(),
-                    }),
-                }),
-            })
-            .collect::<Vec<_>>();
-        let good = results.iter().filter(|r| matches!(r.outcome, Some(pb::row_result::Outcome::Prediction(_)))).count();
-        self.metrics.rows.with_label_values(&[task.as_str(), &bundle.version]).inc_by(good as u64);
+                    Err(e) => {
+                        errors += 1;
+                        pb::row_result::Outcome::Error(pb::RowError {
+                            row_id: e.row_id,
+                            row_index: (offset + e.row_index) as u32,
+                            field: e.field,
+                            reason: e.reason.to_string(),
+                        })
+                    }
+                };
+                results.push(pb::RowResult { outcome: Some(outcome) });
+            }
+            offset = results.len();
+        }
+        let labels = [stream.task.as_str(), bundle.version.as_str()];
+        self.metrics.rows.with_label_values(&labels).inc_by(results.len() as u64 - errors);
+        self.metrics.stream_chunks.with_label_values(&labels).inc();
+        if errors > 0 {
+            self.metrics.stream_row_errors.with_label_values(&labels).inc_by(errors);
+        }
         Ok(pb::BatchPredictResponse {
-            task: task.clone(),
+            task: stream.task.clone(),
             version: bundle.version.clone(),
             chunk_index,
             class_names: bundle.class_labels().to_vec(),
             results,
         })
+    }
+}
+
+/// What a stream fixes on its first chunk.
+#[derive(Default)]
+struct StreamState {
+    task: String,
+    bundle: Option<Arc<Bundle>>,
+}
+
+/// Counts one chunk in `modeld_stream_chunks_in_flight` from receipt until the transport takes
+/// its answer (or the answer is dropped with a gone client).
+struct ChunkInFlight(IntGauge);
+
+impl ChunkInFlight {
+    fn enter(metrics: &Metrics) -> ChunkInFlight {
+        metrics.stream_chunks_in_flight.inc();
+        ChunkInFlight(metrics.stream_chunks_in_flight.clone())
+    }
+}
+
+impl Drop for ChunkInFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

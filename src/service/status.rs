@@ -4,7 +4,8 @@
 //! |-----------------------------------------|--------------------|
 //! | bad request field, bad row              | INVALID_ARGUMENT   |
 //! | unknown task or version                 | NOT_FOUND          |
-//! | too many queued model runs              | RESOURCE_EXHAUSTED |
+//! | too many queued runs or open streams,   | RESOURCE_EXHAUSTED |
+//! | a stream chunk over the size limit      |                    |
 //! | task not loaded yet, shutting down      | UNAVAILABLE        |
 //! | engine failure                          | INTERNAL           |
 //!
@@ -21,6 +22,9 @@ pub enum ServeError {
     /// A request field that is wrong regardless of the model.
     #[error("{field}: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    /// A request within the wire limits but over a configured size limit.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Row(#[from] RowError),
     #[error(transparent)]
@@ -42,7 +46,7 @@ impl ServeError {
                 Code::NotFound
             }
             ServeError::Registry(RegistryError::NotReady { .. }) => Code::Unavailable,
-            ServeError::Run(RunError::Overloaded) => Code::ResourceExhausted,
+            ServeError::Run(RunError::Overloaded) | ServeError::TooLarge(_) => Code::ResourceExhausted,
             ServeError::Run(RunError::Engine(_) | RunError::Aborted(_)) => Code::Internal,
         }
     }

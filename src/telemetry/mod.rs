@@ -47,6 +47,16 @@ pub struct Metrics {
     pub queued_runs: IntGauge,
     /// Bundles loaded per task: the live one plus versions kept warm.
     pub loaded_versions: IntGaugeVec,
+    /// BatchPredict streams open now.
+    pub streams_open: IntGauge,
+    /// Stream chunks answered, by task and version.
+    pub stream_chunks: IntCounterVec,
+    /// Stream rows answered with a per-row error, by task and version.
+    pub stream_row_errors: IntCounterVec,
+    /// Stream chunks received and not yet handed to the transport: the server's buffered work.
+    pub stream_chunks_in_flight: IntGauge,
+    /// Duration of whole streams, by task.
+    pub stream_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -101,6 +111,29 @@ impl Metrics {
             &["task"],
         )
         .expect("static metric definition is valid");
+        let streams_open = IntGauge::new("modeld_streams_open", "BatchPredict streams open now.")
+            .expect("static metric definition is valid");
+        let stream_chunks = IntCounterVec::new(
+            Opts::new("modeld_stream_chunks_total", "BatchPredict chunks answered, by task and version."),
+            &["task", "version"],
+        )
+        .expect("static metric definition is valid");
+        let stream_row_errors = IntCounterVec::new(
+            Opts::new("modeld_stream_row_errors_total", "BatchPredict rows answered with an error."),
+            &["task", "version"],
+        )
+        .expect("static metric definition is valid");
+        let stream_chunks_in_flight = IntGauge::new(
+            "modeld_stream_chunks_in_flight",
+            "BatchPredict chunks received and not yet handed to the transport.",
+        )
+        .expect("static metric definition is valid");
+        let stream_seconds = HistogramVec::new(
+            HistogramOpts::new("modeld_stream_duration_seconds", "Duration of BatchPredict streams.")
+                .buckets(vec![0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 7200.0]),
+            &["task"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -111,6 +144,11 @@ impl Metrics {
             Box::new(live_version.clone()),
             Box::new(queued_runs.clone()),
             Box::new(loaded_versions.clone()),
+            Box::new(streams_open.clone()),
+            Box::new(stream_chunks.clone()),
+            Box::new(stream_row_errors.clone()),
+            Box::new(stream_chunks_in_flight.clone()),
+            Box::new(stream_seconds.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
@@ -125,6 +163,11 @@ impl Metrics {
             live_version,
             queued_runs,
             loaded_versions,
+            streams_open,
+            stream_chunks,
+            stream_row_errors,
+            stream_chunks_in_flight,
+            stream_seconds,
         }
     }
 

@@ -1,0 +1,418 @@
+//! `modeld label`: streams a CSV or JSONL file of rows through BatchPredict and writes one
+//! output record per input row, in input order.
+//!
+//! Input: CSV with a header of feature names (an optional `row_id` column), or JSONL with one
+//! object per line (`{"row_id": .., "features": {..}}` or a flat object of features). CSV cells
+//! that parse as integers or numbers are sent as such, everything else as text; empty cells are
+//! missing values. A line that cannot be read is reported with its line number and the job goes
+//! on. Output (by extension): JSONL records, or CSV with one probability column per class.
+//!
+//! Three tasks run at once: the reader (file -> chunks), the gRPC stream, and the writer, with
+//! bounded channels between them so memory does not grow with the file.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, IsTerminal, Write},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::service::pb::{self, inference_client::InferenceClient, row_result::Outcome, value::Kind};
+
+/// What `modeld label` needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelArgs {
+    /// Server address, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "MODELD_LABEL_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Task to score with.
+    #[arg(long)]
+    pub task: String,
+    /// Version to pin (default: the live version when the stream opens).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Input file: .csv or .jsonl.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output file: .jsonl or .csv.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Rows per chunk sent to the server.
+    #[arg(long, default_value_t = 512)]
+    pub chunk_rows: usize,
+}
+
+/// Why a labelling job failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: unsupported file type (use .csv or .jsonl)")]
+    Format(PathBuf),
+    #[error("{path}: cannot read the CSV header: {source}")]
+    Header {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("stream ended after {answered} of {sent} chunks")]
+    Incomplete { answered: u64, sent: u64 },
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub rows: u64,
+    pub row_errors: u64,
+    pub bad_lines: u64,
+    pub version: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Csv,
+    Jsonl,
+}
+
+fn format_of(path: &Path) -> Result<Format, LabelError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => Ok(Format::Csv),
+        Some("jsonl" | "ndjson") => Ok(Format::Jsonl),
+        _ => Err(LabelError::Format(path.to_owned())),
+    }
+}
+
+/// One input line's fate, in input order: a row sent to the server, or a line that was bad.
+enum Entry {
+    Row,
+    Bad { line: u64, error: String },
+}
+
+/// Runs a labelling job to the end.
+pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
+    let started = Instant::now();
+    let (in_format, out_format) = (format_of(&args.input)?, format_of(&args.output)?);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LabelError::Io { path, source }
+    };
+    let total_lines = count_lines(&args.input).map_err(io(&args.input))?;
+    let channel = Channel::from_shared(args.addr.clone())
+        .map_err(|_| LabelError::Format(PathBuf::from(&args.addr)))?
+        .connect()
+        .await
+        .map_err(|source| LabelError::Connect { addr: args.addr.clone(), source })?;
+    let mut client = InferenceClient::new(channel).max_decoding_message_size(256 << 20);
+
+    // Reader thread: file -> chunks (to the stream) and entries (to the writer), both bounded.
+    let (chunk_tx, chunk_rx) = mpsc::channel::<pb::BatchPredictRequest>(4);
+    let (entries_tx, mut entries_rx) = mpsc::channel::<Vec<Entry>>(8);
+    let reader = {
+        let (args, path) = (args.clone(), args.input.clone());
+        std::thread::spawn(move || read_chunks(&args, in_format, chunk_tx, entries_tx).map_err(io(&path)))
+    };
+
+    let mut responses = client.batch_predict(tokio_stream::wrappers::ReceiverStream::new(chunk_rx)).await?.into_inner();
+    let mut out = Output::create(&args.output, out_format).map_err(io(&args.output))?;
+    let mut summary = Summary::default();
+    let progress = Progress::new(total_lines);
+    let mut answered = 0u64;
+    loop {
+        let response = responses.message().await?;
+        let Some(response) = response else { break };
+        if summary.version.is_empty() {
+            summary.version.clone_from(&response.version);
+            out.header(&response.class_names).map_err(io(&args.output))?;
+        }
+        let entries = entries_rx.recv().await.unwrap_or_default();
+        let mut results = response.results.into_iter();
+        for entry in entries {
+            match entry {
+                Entry::Row => {
+                    let Some(result) = results.next() else { break };
+                    match result.outcome {
+                        Some(Outcome::Prediction(p)) => out.prediction(&p, &response.version),
+                        Some(Outcome::Error(e)) => {
+                            summary.row_errors += 1;
+                            out.row_error(&e.row_id, &e.field, &e.reason)
+                        }
+                        None => out.row_error("", "", "no outcome"),
+                    }
+                    .map_err(io(&args.output))?;
+                    summary.rows += 1;
+                }
+                Entry::Bad { line, error } => {
+                    summary.bad_lines += 1;
+                    eprintln!("{}:{line}: {error}", args.input.display());
+                    out.bad_line(line, &error).map_err(io(&args.output))?;
+                }
+            }
+        }
+        answered += 1;
+        progress.update(summary.rows + summary.bad_lines, started);
+    }
+    // Bad lines after the last chunk travel alone.
+    while let Some(entries) = entries_rx.recv().await {
+        for entry in entries {
+            if let Entry::Bad { line, error } = entry {
+                summary.bad_lines += 1;
+                eprintln!("{}:{line}: {error}", args.input.display());
+                out.bad_line(line, &error).map_err(io(&args.output))?;
+            }
+        }
+    }
+    progress.finish();
+    let sent = reader.join().expect("the reader thread does not panic")?;
+    out.finish().map_err(io(&args.output))?;
+    if answered != sent {
+        return Err(LabelError::Incomplete { answered, sent });
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    for line in BufReader::new(File::open(path)?).lines() {
+        line?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Reads the input, sends chunks and the per-line entries; returns the number of chunks sent.
+fn read_chunks(
+    args: &LabelArgs,
+    format: Format,
+    chunk_tx: mpsc::Sender<pb::BatchPredictRequest>,
+    entries_tx: mpsc::Sender<Vec<Entry>>,
+) -> std::io::Result<u64> {
+    let mut sent = 0u64;
+    let mut rows = Vec::with_capacity(args.chunk_rows);
+    let mut entries = Vec::with_capacity(args.chunk_rows);
+    // Entries without rows (bad lines after the last row) only occur at the end of the file.
+    let mut flush = |rows: &mut Vec<pb::Row>, entries: &mut Vec<Entry>| -> bool {
+        if !rows.is_empty() {
+            let chunk = pb::BatchPredictRequest {
+                task: if sent == 0 { args.task.clone() } else { String::new() },
+                version: args.version.clone().unwrap_or_default(),
+                rows: std::mem::take(rows),
+            };
+            if chunk_tx.blocking_send(chunk).is_err() {
+                return false;
+            }
+            sent += 1;
+        }
+        entries.is_empty() || entries_tx.blocking_send(std::mem::take(entries)).is_ok()
+    };
+    let mut each = |line: u64, row: Result<pb::Row, String>| -> bool {
+        match row {
+            Ok(mut row) => {
+                if row.row_id.is_empty() {
+                    row.row_id = format!("line-{line}");
+                }
+                rows.push(row);
+                entries.push(Entry::Row);
+            }
+            Err(error) => entries.push(Entry::Bad { line, error }),
+        }
+        rows.len() < args.chunk_rows || flush(&mut rows, &mut entries)
+    };
+    match format {
+        Format::Jsonl => {
+            for (i, line) in BufReader::new(File::open(&args.input)?).lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if !each(i as u64 + 1, json_row(&line)) {
+                    break;
+                }
+            }
+        }
+        Format::Csv => {
+            let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(&args.input)?;
+            let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+            for record in reader.records() {
+                let (line, row) = match record {
+                    Ok(r) => (r.position().map_or(0, |p| p.line()), Ok(csv_row(&header, &r))),
+                    Err(e) => (e.position().map_or(0, |p| p.line()), Err(e.to_string())),
+                };
+                if !each(line, row) {
+                    break;
+                }
+            }
+        }
+    }
+    flush(&mut rows, &mut entries);
+    Ok(sent)
+}
+
+fn csv_row(header: &[String], record: &csv::StringRecord) -> pb::Row {
+    let mut row = pb::Row::default();
+    for (name, cell) in header.iter().zip(record.iter()) {
+        if name == "row_id" {
+            row.row_id = cell.to_owned();
+        } else if !cell.is_empty() {
+            let kind = if let Ok(i) = cell.parse::<i64>() {
+                Kind::Integer(i)
+            } else if let Ok(x) = cell.parse::<f64>() {
+                Kind::Number(x)
+            } else {
+                Kind::Text(cell.to_owned())
+            };
+            row.features.insert(name.clone(), pb::Value { kind: Some(kind) });
+        }
+    }
+    row
+}
+
+fn json_row(line: &str) -> Result<pb::Row, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err("expected a JSON object".into());
+    };
+    let row_id = match object.remove("row_id") {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let features = match object.remove("features") {
+        Some(serde_json::Value::Object(f)) => f,
+        Some(_) => return Err("`features` must be an object".into()),
+        None => object,
+    };
+    let mut row = pb::Row { row_id, ..Default::default() };
+    for (name, value) in features {
+        let kind = match value {
+            serde_json::Value::Null => continue,
+            serde_json::Value::Bool(b) => Kind::Flag(b),
+            serde_json::Value::Number(n) => {
+                n.as_i64().map_or_else(|| Kind::Number(n.as_f64().unwrap_or(f64::NAN)), Kind::Integer)
+            }
+            serde_json::Value::String(s) => Kind::Text(s),
+            other => return Err(format!("feature `{name}`: unsupported value {other}")),
+        };
+        row.features.insert(name, pb::Value { kind: Some(kind) });
+    }
+    Ok(row)
+}
+
+/// The output file in either format.
+struct Output {
+    format: Format,
+    file: BufWriter<File>,
+    classes: usize,
+}
+
+impl Output {
+    fn create(path: &Path, format: Format) -> std::io::Result<Output> {
+        Ok(Output { format, file: BufWriter::new(File::create(path)?), classes: 0 })
+    }
+
+    fn header(&mut self, classes: &[String]) -> std::io::Result<()> {
+        self.classes = classes.len();
+        if self.format == Format::Csv {
+            let probs: Vec<String> = classes.iter().map(|c| format!("p_{c}")).collect();
+            writeln!(self.file, "row_id,label,{},version,error", probs.join(","))?;
+        }
+        Ok(())
+    }
+
+    fn prediction(&mut self, p: &pb::Prediction, version: &str) -> std::io::Result<()> {
+        match self.format {
+            Format::Jsonl => {
+                let record = serde_json::json!({"row_id": p.row_id, "label": p.label, "probabilities": p.probabilities, "version": version});
+                writeln!(self.file, "{record}")
+            }
+            Format::Csv => {
+                let probs: Vec<String> = p.probabilities.iter().map(f32::to_string).collect();
+                writeln!(
+                    self.file,
+                    "{},{},{},{},",
+                    csv_cell(&p.row_id),
+                    csv_cell(&p.label),
+                    probs.join(","),
+                    csv_cell(version)
+                )
+            }
+        }
+    }
+
+    fn row_error(&mut self, row_id: &str, field: &str, reason: &str) -> std::io::Result<()> {
+        match self.format {
+            Format::Jsonl => {
+                writeln!(
+                    self.file,
+                    "{}",
+                    serde_json::json!({"row_id": row_id, "error": {"field": field, "reason": reason}})
+                )
+            }
+            Format::Csv => {
+                let empty = ",".repeat(self.classes);
+                writeln!(self.file, "{},{empty},,{}", csv_cell(row_id), csv_cell(&format!("field `{field}`: {reason}")))
+            }
+        }
+    }
+
+    fn bad_line(&mut self, line: u64, error: &str) -> std::io::Result<()> {
+        match self.format {
+            Format::Jsonl => writeln!(self.file, "{}", serde_json::json!({"line": line, "error": {"reason": error}})),
+            Format::Csv => {
+                let empty = ",".repeat(self.classes);
+                writeln!(self.file, "line-{line},{empty},,{}", csv_cell(&format!("bad input line {line}: {error}")))
+            }
+        }
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+/// Rows/s and ETA on a terminal; silent when stderr is a file or pipe.
+struct Progress {
+    total: u64,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        Progress { total, tty: std::io::stderr().is_terminal() }
+    }
+
+    fn update(&self, done: u64, started: Instant) {
+        if !self.tty {
+            return;
+        }
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let eta = self.total.saturating_sub(done) as f64 / rate.max(1e-9);
+        eprint!("\r{done}/{} rows  {rate:.0} rows/s  ETA {eta:.0} s   ", self.total);
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
