@@ -85,6 +85,16 @@ fn main() {
     rt.block_on(async move {
         let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
         let wire: Vec<pb::Row> = golden_rows.iter().map(pb::Row::from).collect();
+        // Bulk form for the stream: positional values, names sent once.
+        let columns: Vec<String> = golden_rows[0].features.iter().map(|(k, _)| k.clone()).collect();
+        let positional: Vec<pb::Row> = wire
+            .iter()
+            .map(|r| pb::Row {
+                row_id: r.row_id.clone(),
+                values: columns.iter().map(|c| r.features[c].clone()).collect(),
+                ..Default::default()
+            })
+            .collect();
         let mut unary = InferenceClient::new(channel.clone());
         let one = pb::PredictRequest { task: "credit_risk".into(), rows: vec![wire[0].clone()], ..Default::default() };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -94,7 +104,7 @@ fn main() {
         }
         let idle_latency = probe(&mut unary, &one, 2_000).await;
         // Warm the stream path, then measure from a steady RSS.
-        stream(&channel, &wire, chunk, 50_000).await;
+        stream(&channel, &columns, &positional, chunk, 50_000).await;
         let rss_before = rss_mib(pid);
 
         let prober = {
@@ -105,7 +115,7 @@ fn main() {
             })
         };
         let started = Instant::now();
-        let rows = stream(&channel, &wire, chunk, total).await;
+        let rows = stream(&channel, &columns, &positional, chunk, total).await;
         let took = started.elapsed();
         let busy_latency = prober.await.unwrap();
         let rss_after = rss_mib(pid);
@@ -123,9 +133,9 @@ fn main() {
 }
 
 /// Streams `total` rows and checks that every one came back; returns the rows answered.
-async fn stream(channel: &Channel, wire: &[pb::Row], chunk: usize, total: usize) -> usize {
+async fn stream(channel: &Channel, columns: &[String], wire: &[pb::Row], chunk: usize, total: usize) -> usize {
     let (tx, rx) = mpsc::channel(8);
-    let wire = wire.to_vec();
+    let (columns, wire) = (columns.to_vec(), wire.to_vec());
     let producer = tokio::spawn(async move {
         let mut sent = 0;
         let mut first = true;
@@ -133,8 +143,9 @@ async fn stream(channel: &Channel, wire: &[pb::Row], chunk: usize, total: usize)
             let n = chunk.min(total - sent);
             let rows = wire.iter().cycle().skip(sent % wire.len()).take(n).cloned().collect();
             let task = if first { "credit_risk".into() } else { String::new() };
+            let columns = if first { columns.clone() } else { Vec::new() };
             first = false;
-            if tx.send(pb::BatchPredictRequest { task, version: String::new(), rows }).await.is_err() {
+            if tx.send(pb::BatchPredictRequest { task, rows, columns, ..Default::default() }).await.is_err() {
                 break;
             }
             sent += n;

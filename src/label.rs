@@ -204,15 +204,29 @@ fn read_chunks(
     entries_tx: mpsc::Sender<Vec<Entry>>,
 ) -> std::io::Result<u64> {
     let mut sent = 0u64;
+    // CSV rows travel positionally: the header's names go once, in the first chunk.
+    let mut columns: Vec<String> = Vec::new();
+    let mut csv_reader = match format {
+        Format::Csv => {
+            let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(&args.input)?;
+            columns = reader.headers()?.iter().map(str::to_owned).collect();
+            Some(reader)
+        }
+        Format::Jsonl => None,
+    };
+    let header = columns.clone();
+    columns.retain(|c| c != "row_id");
     let mut rows = Vec::with_capacity(args.chunk_rows);
     let mut entries = Vec::with_capacity(args.chunk_rows);
     // Entries without rows (bad lines after the last row) only occur at the end of the file.
     let mut flush = |rows: &mut Vec<pb::Row>, entries: &mut Vec<Entry>| -> bool {
         if !rows.is_empty() {
+            let first = sent == 0;
             let chunk = pb::BatchPredictRequest {
-                task: if sent == 0 { args.task.clone() } else { String::new() },
+                task: if first { args.task.clone() } else { String::new() },
                 version: args.version.clone().unwrap_or_default(),
                 rows: std::mem::take(rows),
+                columns: if first { columns.clone() } else { Vec::new() },
             };
             if chunk_tx.blocking_send(chunk).is_err() {
                 return false;
@@ -247,8 +261,7 @@ fn read_chunks(
             }
         }
         Format::Csv => {
-            let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(&args.input)?;
-            let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+            let reader = csv_reader.as_mut().expect("opened above for CSV");
             for record in reader.records() {
                 let (line, row) = match record {
                     Ok(r) => (r.position().map_or(0, |p| p.line()), Ok(csv_row(&header, &r))),
@@ -264,21 +277,24 @@ fn read_chunks(
     Ok(sent)
 }
 
+/// A CSV record as a positional row (values in header order, `row_id` taken out).
 fn csv_row(header: &[String], record: &csv::StringRecord) -> pb::Row {
-    let mut row = pb::Row::default();
+    let mut row = pb::Row { values: Vec::with_capacity(header.len()), ..Default::default() };
     for (name, cell) in header.iter().zip(record.iter()) {
         if name == "row_id" {
             row.row_id = cell.to_owned();
-        } else if !cell.is_empty() {
-            let kind = if let Ok(i) = cell.parse::<i64>() {
-                Kind::Integer(i)
-            } else if let Ok(x) = cell.parse::<f64>() {
-                Kind::Number(x)
-            } else {
-                Kind::Text(cell.to_owned())
-            };
-            row.features.insert(name.clone(), pb::Value { kind: Some(kind) });
+            continue;
         }
+        let kind = if cell.is_empty() {
+            None
+        } else if let Ok(i) = cell.parse::<i64>() {
+            Some(Kind::Integer(i))
+        } else if let Ok(x) = cell.parse::<f64>() {
+            Some(Kind::Number(x))
+        } else {
+            Some(Kind::Text(cell.to_owned()))
+        };
+        row.values.push(pb::Value { kind });
     }
     row
 }

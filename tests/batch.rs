@@ -17,7 +17,21 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 fn chunk(task: &str, rows: Vec<pb::Row>) -> pb::BatchPredictRequest {
-    pb::BatchPredictRequest { task: task.into(), version: String::new(), rows }
+    pb::BatchPredictRequest { task: task.into(), rows, ..Default::default() }
+}
+
+/// The golden rows in positional form, and their column names.
+fn positional(golden: &[modeld::bundle::golden::GoldenRow]) -> (Vec<String>, Vec<pb::Row>) {
+    let columns: Vec<String> = golden[0].row.features.iter().map(|(k, _)| k.clone()).collect();
+    let rows = golden
+        .iter()
+        .map(|g| {
+            let wire = to_pb(&g.row);
+            let values = columns.iter().map(|c| wire.features[c].clone()).collect();
+            pb::Row { row_id: g.row.row_id.clone(), values, ..Default::default() }
+        })
+        .collect();
+    (columns, rows)
 }
 
 async fn metric(server: &TestServer, name: &str) -> f64 {
@@ -36,18 +50,24 @@ async fn a_long_stream_returns_every_row_once_in_order_equal_to_unary_predict() 
     let unary =
         client.predict(predict_request(golden.iter().map(|g| to_pb(&g.row)).collect())).await.unwrap().into_inner();
 
+    // Bulk form: positional values named once by `columns`.
+    let (columns, wire) = positional(&golden);
     let (tx, rx) = mpsc::channel(4);
     let producer = tokio::spawn(async move {
         let mut i = 0;
         while i < ROWS {
             let rows = (i..(i + CHUNK).min(ROWS))
                 .map(|n| {
-                    let mut r = to_pb(&golden[n % golden.len()].row);
+                    let mut r = wire[n % wire.len()].clone();
                     r.row_id = format!("r{n}");
                     r
                 })
                 .collect();
-            tx.send(chunk(if i == 0 { TASK } else { "" }, rows)).await.unwrap();
+            let mut c = chunk(if i == 0 { TASK } else { "" }, rows);
+            if i == 0 {
+                c.columns.clone_from(&columns);
+            }
+            tx.send(c).await.unwrap();
             i += CHUNK;
         }
     });
@@ -72,6 +92,21 @@ async fn a_long_stream_returns_every_row_once_in_order_equal_to_unary_predict() 
         Some((ROWS + 64) as f64)
     );
     assert_eq!(metric_value(&text, "modeld_stream_chunks_total", &[("task", TASK)]), Some(ROWS.div_ceil(CHUNK) as f64));
+}
+
+#[tokio::test]
+async fn positional_rows_with_a_wrong_value_count_end_the_stream_clearly() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let mut client = server.client().await;
+    let (columns, mut rows) = positional(&common::golden("v2"));
+    rows[3].values.pop();
+    let mut first = chunk(TASK, rows);
+    first.columns = columns;
+    let mut stream = client.batch_predict(tokio_stream::iter([first])).await.unwrap().into_inner();
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "values: row 3 has 19 values for 20 columns");
 }
 
 #[tokio::test]

@@ -91,8 +91,8 @@ async fn batch_predict_answers_chunks_in_order_with_per_row_errors() {
         wire.insert(1, bad);
         chunks.push(pb::BatchPredictRequest {
             task: if c == 0 { TASK.into() } else { String::new() },
-            version: String::new(),
             rows: wire,
+            ..Default::default()
         });
     }
     let n_chunks = chunks.len();

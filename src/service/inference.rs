@@ -325,6 +325,17 @@ impl InferenceService {
                 b
             }
         };
+        if !chunk.columns.is_empty() {
+            stream.columns = chunk.columns;
+        }
+        if let Some((i, row)) =
+            chunk.rows.iter().enumerate().find(|(_, r)| !r.values.is_empty() && r.values.len() != stream.columns.len())
+        {
+            return Err(ServeError::invalid(
+                "values",
+                format!("row {i} has {} values for {} columns", row.values.len(), stream.columns.len()),
+            ));
+        }
         if chunk.rows.len() > self.limits.max_rows {
             return Err(ServeError::TooLarge(format!(
                 "rows: {} rows exceed the limit of {} per chunk",
@@ -339,7 +350,9 @@ impl InferenceService {
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(self.limits.max_batch_rows));
             let batch = std::mem::replace(&mut rows, rest);
-            let (input, outcomes) = preprocess::encode_each(&bundle.schema, &batch);
+            let views: Vec<_> = batch.iter().map(|row| Positional { columns: &stream.columns, row }).collect();
+            let (input, outcomes) = preprocess::encode_each(&bundle.schema, &views);
+            drop(views);
             let mut scored = self.runner.score_bulk(&bundle, input, to_prediction).await?.into_iter();
             for (outcome, row) in outcomes.into_iter().zip(batch) {
                 let outcome = match outcome {
@@ -378,11 +391,30 @@ impl InferenceService {
     }
 }
 
-/// What a stream fixes on its first chunk.
+/// What a stream fixes on its first chunk, and the column names its positional rows use.
 #[derive(Default)]
 struct StreamState {
     task: String,
     bundle: Option<Arc<Bundle>>,
+    columns: Vec<String>,
+}
+
+/// A stream row read through its stream's column names.
+struct Positional<'a> {
+    columns: &'a [String],
+    row: &'a pb::Row,
+}
+
+impl RowView for Positional<'_> {
+    fn row_id(&self) -> &str {
+        &self.row.row_id
+    }
+
+    fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
+        let positional =
+            self.columns.iter().zip(&self.row.values).map(|(name, value)| (name.as_str(), value_of(value)));
+        self.row.features().chain(positional)
+    }
 }
 
 /// Counts one chunk in `modeld_stream_chunks_in_flight` from receipt until the transport takes
@@ -435,16 +467,18 @@ impl RowView for pb::Row {
     }
 
     fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
-        self.features.iter().map(|(name, value)| {
-            let value = value.kind.as_ref().map(|kind| match kind {
-                Kind::Number(x) => Value::Number(*x),
-                Kind::Integer(i) => Value::Integer(*i),
-                Kind::Text(s) => Value::Text(s),
-                Kind::Flag(b) => Value::Bool(*b),
-            });
-            (name.as_str(), value)
-        })
+        self.features.iter().map(|(name, value)| (name.as_str(), value_of(value)))
     }
+}
+
+/// A wire value as preprocessing reads it; an unset kind is a missing value.
+fn value_of(value: &pb::Value) -> Option<Value<'_>> {
+    value.kind.as_ref().map(|kind| match kind {
+        Kind::Number(x) => Value::Number(*x),
+        Kind::Integer(i) => Value::Integer(*i),
+        Kind::Text(s) => Value::Text(s),
+        Kind::Flag(b) => Value::Bool(*b),
+    })
 }
 
 /// Wire form of an owned row (golden files, clients, benchmarks).
@@ -464,6 +498,6 @@ impl From<&crate::preprocess::OwnedRow> for pb::Row {
                 (name.clone(), pb::Value { kind: Some(kind) })
             })
             .collect();
-        pb::Row { row_id: row.row_id.clone(), features }
+        pb::Row { row_id: row.row_id.clone(), features, values: Vec::new() }
     }
 }
