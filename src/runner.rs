@@ -72,15 +72,16 @@ impl Runner {
     }
 
     /// [`Runner::score`] for bulk work: waits for one of the bulk slots first, so streams never
-    /// hold every inference thread. The wait is bounded by the number of open streams (each has
-    /// at most one chunk in the model at a time).
+    /// hold every inference thread, then runs on the calling thread whatever the size: bulk
+    /// callers run on the bulk runtime, whose threads exist for exactly this work. The wait is
+    /// bounded by the number of open streams (each has one chunk in the model at a time).
     pub async fn score_bulk<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F) -> Result<Vec<T>, RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
     {
         let _bulk = self.inner.bulk.acquire().await.expect("the bulk semaphore is never closed");
-        self.score(bundle, input, emit).await
+        self.run(bundle, input, emit, true).await
     }
 
     /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`].
@@ -89,11 +90,19 @@ impl Runner {
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
     {
+        self.run(bundle, input, emit, false).await
+    }
+
+    async fn run<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F, on_caller: bool) -> Result<Vec<T>, RunError>
+    where
+        T: Send + 'static,
+        F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
+    {
         let inner = &self.inner;
         let admitted = inner.admitted.clone().try_acquire_owned().map_err(|_| RunError::Overloaded)?;
         let queued = QueueGauge::enter(&inner.metrics);
         let slot = inner.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
-        if input.rows <= inner.inline_max_rows {
+        if on_caller || input.rows <= inner.inline_max_rows {
             let out = bundle.score(&input, emit);
             drop((slot, admitted, queued));
             return Ok(out?);

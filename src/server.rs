@@ -55,6 +55,8 @@ pub enum ServerError {
         #[source]
         error: std::sync::Arc<ReloadError>,
     },
+    #[error("cannot start the bulk runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -129,13 +131,15 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let bulk = BulkRuntime::start(config.bulk_threads)?;
     let inference = InferenceService::new(
         registry.clone(),
         runner,
         readiness.clone(),
         metrics.clone(),
         Limits { max_rows: config.max_rows, max_batch_rows: config.max_batch_rows, max_streams: config.max_streams },
-    );
+    )
+    .with_bulk_runtime(bulk.handle());
     let inference = pb::inference_server::InferenceServer::new(inference)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -211,6 +215,40 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
         None => {
             grpc.abort();
             Ok(())
+        }
+    }
+}
+
+/// The runtime BatchPredict streams work on, apart from the one serving unary calls.
+struct BulkRuntime(Option<tokio::runtime::Runtime>);
+
+impl BulkRuntime {
+    fn start(threads: usize) -> Result<BulkRuntime, ServerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("modeld-bulk")
+            // Lowest priority: unary calls take the CPU whenever they need it; bulk work gets
+            // the rest, which on an idle pod is all of it.
+            .on_thread_start(|| {
+                let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
+            })
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?;
+        Ok(BulkRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("present until drop").handle().clone()
+    }
+}
+
+impl Drop for BulkRuntime {
+    fn drop(&mut self) {
+        // Dropped inside the serving runtime, where a blocking shutdown is not allowed; streams
+        // were drained by then.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct InferenceService {
     limits: Limits,
     in_flight: [IntGauge; 2],
     streams: Arc<tokio::sync::Semaphore>,
+    /// Where streams do their work (decode, preprocess, model, encode).
+    bulk: tokio::runtime::Handle,
 }
 
 const PREDICT: &str = "Predict";
@@ -58,7 +60,16 @@ impl InferenceService {
     pub fn new(registry: Registry, runner: Runner, readiness: Readiness, metrics: Metrics, limits: Limits) -> Self {
         let in_flight = [PREDICT, BATCH_PREDICT].map(|m| metrics.in_flight.with_label_values(&[m]));
         let streams = Arc::new(tokio::sync::Semaphore::new(limits.max_streams));
-        InferenceService { registry, runner, readiness, metrics, limits, in_flight, streams }
+        let bulk = tokio::runtime::Handle::current();
+        InferenceService { registry, runner, readiness, metrics, limits, in_flight, streams, bulk }
+    }
+
+    /// Runs streams on `bulk` instead of the runtime that serves unary calls. Tokio does not
+    /// preempt: a worker decoding and scoring a 1,000-row chunk delays every unary call queued
+    /// behind it, while separate threads let the OS share the CPU between the two.
+    pub fn with_bulk_runtime(mut self, bulk: tokio::runtime::Handle) -> Self {
+        self.bulk = bulk;
+        self
     }
 
     fn check_rows(&self, rows: &[pb::Row]) -> Result<(), ServeError> {
@@ -193,7 +204,7 @@ impl pb::inference_server::Inference for InferenceService {
         let (out_tx, out_rx) =
             mpsc::channel::<(ChunkInFlight, Result<pb::BatchPredictResponse, Status>)>(STREAM_BUFFER);
         let service = self.clone();
-        tokio::spawn(async move {
+        self.bulk.spawn(async move {
             let _open =
                 (permit, InFlight::enter(&service.in_flight[1]), InFlight::enter(&service.metrics.streams_open));
             let started = Instant::now();
