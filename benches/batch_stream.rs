@@ -5,11 +5,10 @@
 //! `cargo bench --bench batch_stream`. Bounded: BATCH_ROWS rows (default 2,000,000) in chunks
 //! of BATCH_CHUNK (default 256); BATCH_VERSION v1|v2 (default v2).
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,16 +23,6 @@ use tonic::transport::Channel;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }
 
 fn main() {
@@ -60,29 +49,11 @@ fn main() {
     let task_dir = root.path().join("credit_risk");
     std::fs::create_dir(&task_dir).unwrap();
     std::os::unix::fs::symlink(shipped.join(&version), task_dir.join("current")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .arg("serve")
-        .env("MODELD_MODEL_ROOT", root.path())
-        .env("MODELD_TASKS", "credit_risk")
-        .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
-        .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
-        .env("MODELD_CONFIG", "/dev/null")
-        .env("MODELD_LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("release daemon starts");
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let grpc: SocketAddr = loop {
-        let entry: serde_json::Value = serde_json::from_str(&log.next().expect("daemon log").unwrap()).unwrap();
-        if entry["message"] == "listening" {
-            break entry["grpc"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || log.for_each(drop));
-    let pid = child.id();
+    let daemon = common::Daemon::spawn(root.path(), &[]);
+    let grpc = daemon.grpc;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async move {
+    rt.block_on(async {
         let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
         let wire: Vec<pb::Row> = golden_rows.iter().map(pb::Row::from).collect();
         // Bulk form for the stream: positional values, names sent once.
@@ -105,7 +76,7 @@ fn main() {
         let idle_latency = probe(&mut unary, &one, 2_000).await;
         // Warm the stream path, then measure from a steady RSS.
         stream(&channel, &columns, &positional, chunk, 50_000).await;
-        let rss_before = rss_mib(pid);
+        let rss_before = daemon.rss_mib();
 
         let prober = {
             let (mut unary, one) = (unary.clone(), one.clone());
@@ -118,7 +89,7 @@ fn main() {
         let rows = stream(&channel, &columns, &positional, chunk, total).await;
         let took = started.elapsed();
         let busy_latency = prober.await.unwrap();
-        let rss_after = rss_mib(pid);
+        let rss_after = daemon.rss_mib();
 
         let rate = rows as f64 / took.as_secs_f64();
         println!("modeld BatchPredict bench: model {version}, {rows} rows in chunks of {chunk}, client and daemon on this machine");
@@ -128,8 +99,6 @@ fn main() {
         println!("unary Predict while idle:          p50 {:.3} ms  p99 {:.3} ms", idle_latency.0, idle_latency.1);
         println!("unary Predict during the stream:   p50 {:.3} ms  p99 {:.3} ms", busy_latency.0, busy_latency.1);
     });
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = child.wait();
 }
 
 /// Streams `total` rows and checks that every one came back; returns the rows answered.

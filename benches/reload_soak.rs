@@ -8,11 +8,10 @@
 //! (default 0: back to back); every wait has a deadline. SOAK_SAME=1 re-points `current` at the
 //! live version instead (events and reload passes without loads), as a control run.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -28,15 +27,6 @@ use tonic::transport::Channel;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn flip(task_dir: &Path, target: &str) {
@@ -69,32 +59,13 @@ fn main() {
     }
     flip(&task_dir, "v2");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .arg("serve")
-        .env("MODELD_MODEL_ROOT", root.path())
-        .env("MODELD_TASKS", "credit_risk")
-        .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
-        .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
-        .env("MODELD_CONFIG", "/dev/null")
-        .env("MODELD_LOG_FORMAT", "json")
-        .env("MODELD_LOG", "info,ort=warn")
-        .env("MODELD_RELOAD_DEBOUNCE_MS", "5")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("release daemon starts");
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let grpc: SocketAddr = loop {
-        let line = log.next().expect("daemon exited before listening").unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if entry["message"] == "listening" {
-            break entry["grpc"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || log.for_each(drop));
-    let pid = child.id();
+    // Log at info so the daemon's "listening" line is there to read.
+    let daemon =
+        common::Daemon::spawn(root.path(), &[("MODELD_LOG", "info,ort=warn"), ("MODELD_RELOAD_DEBOUNCE_MS", "5")]);
+    let grpc = daemon.grpc;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let report = rt.block_on(async move {
+    let report = rt.block_on(async {
         let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
         let mut control = InferenceClient::new(channel.clone());
         let live = |mut c: InferenceClient<Channel>| async move {
@@ -154,7 +125,7 @@ fn main() {
             .collect();
 
         tokio::time::sleep(Duration::from_secs(steady_secs)).await;
-        let rss_before = rss_kib(pid);
+        let rss_before = daemon.rss_mib();
         reloading.store(true, Ordering::Relaxed);
         let started = Instant::now();
         for n in 0..reloads {
@@ -177,13 +148,12 @@ fn main() {
         for t in load {
             t.await.unwrap();
         }
-        let rss_after = rss_kib(pid);
+        let rss_after = daemon.rss_mib();
         control.health(pb::HealthRequest {}).await.unwrap();
         let s = Arc::try_unwrap(samples).ok().unwrap().into_inner().unwrap();
         (s, failed.load(Ordering::Relaxed), rss_before, rss_after, reload_wall)
     });
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = child.wait();
+    drop(daemon);
 
     let (samples, failed, rss_before, rss_after, wall) = report;
     println!(
@@ -195,9 +165,9 @@ fn main() {
     print_latency("during reloads", samples.reloading);
     println!(
         "daemon RSS: before reloads {:.1} MiB, after {:.1} MiB, growth {:+.1} MiB",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        (rss_after as f64 - rss_before as f64) / 1024.0
+        rss_before,
+        rss_after,
+        rss_after - rss_before
     );
 }
 

@@ -16,7 +16,7 @@ use crate::{
     bundle::{Bundle, Scored},
     engine::EngineError,
     preprocess::Input,
-    telemetry::Metrics,
+    telemetry::{GaugeGuard, Metrics},
 };
 
 /// Why a run did not produce outputs.
@@ -100,7 +100,7 @@ impl Runner {
     {
         let inner = &self.inner;
         let admitted = inner.admitted.clone().try_acquire_owned().map_err(|_| RunError::Overloaded)?;
-        let queued = QueueGauge::enter(&inner.metrics);
+        let queued = GaugeGuard::enter(&inner.metrics.queued_runs);
         let slot = inner.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
         if on_caller || input.rows <= inner.inline_max_rows {
             let out = bundle.score(&input, emit);
@@ -114,21 +114,5 @@ impl Runner {
         })
         .await?;
         Ok(out?)
-    }
-}
-
-/// Keeps `modeld_inference_queue_depth` in step with admitted runs, whatever path they end on.
-struct QueueGauge(prometheus::IntGauge);
-
-impl QueueGauge {
-    fn enter(metrics: &Metrics) -> QueueGauge {
-        metrics.queued_runs.inc();
-        QueueGauge(metrics.queued_runs.clone())
-    }
-}
-
-impl Drop for QueueGauge {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     registry::Registry,
     runner::Runner,
     schema::Value,
-    telemetry::Metrics,
+    telemetry::{GaugeGuard, Metrics},
 };
 
 /// Request limits the service enforces before any model work.
@@ -144,27 +144,11 @@ fn to_prediction(_: usize, scored: Scored<'_>) -> pb::Prediction {
     }
 }
 
-/// Keeps an in-flight gauge up for as long as a call is handled.
-struct InFlight(IntGauge);
-
-impl InFlight {
-    fn enter(gauge: &IntGauge) -> InFlight {
-        gauge.inc();
-        InFlight(gauge.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 #[tonic::async_trait]
 impl pb::inference_server::Inference for InferenceService {
     async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
         let started = Instant::now();
-        let _in_flight = InFlight::enter(&self.in_flight[0]);
+        let _in_flight = GaugeGuard::enter(&self.in_flight[0]);
         let mut req = request.into_inner();
         match self.predict_inner(&mut req).await {
             Ok(Answer { bundle, predictions, comparisons }) => {
@@ -201,12 +185,11 @@ impl pb::inference_server::Inference for InferenceService {
             ))
         })?;
         let mut inbound = request.into_inner();
-        let (out_tx, out_rx) =
-            mpsc::channel::<(ChunkInFlight, Result<pb::BatchPredictResponse, Status>)>(STREAM_BUFFER);
+        let (out_tx, out_rx) = mpsc::channel::<(GaugeGuard, Result<pb::BatchPredictResponse, Status>)>(STREAM_BUFFER);
         let service = self.clone();
         self.bulk.spawn(async move {
             let _open =
-                (permit, InFlight::enter(&service.in_flight[1]), InFlight::enter(&service.metrics.streams_open));
+                (permit, GaugeGuard::enter(&service.in_flight[1]), GaugeGuard::enter(&service.metrics.streams_open));
             let started = Instant::now();
             let (task, version, code) = service.run_stream(&mut inbound, &out_tx).await;
             service.record(&task, &version, BATCH_PREDICT, code, started);
@@ -272,7 +255,7 @@ impl InferenceService {
     async fn run_stream(
         &self,
         inbound: &mut Streaming<pb::BatchPredictRequest>,
-        out_tx: &mpsc::Sender<(ChunkInFlight, Result<pb::BatchPredictResponse, Status>)>,
+        out_tx: &mpsc::Sender<(GaugeGuard, Result<pb::BatchPredictResponse, Status>)>,
     ) -> (String, String, Code) {
         let mut stream = StreamState::default();
         let mut chunk_index = 0u64;
@@ -281,7 +264,7 @@ impl InferenceService {
                 // Shutdown: the chunk in hand was answered; stop taking new ones.
                 _ = self.readiness.drained() => {
                     let status = Status::unavailable("server shutting down: send the remaining chunks again elsewhere");
-                    let _ = out_tx.send((ChunkInFlight::enter(&self.metrics), Err(status))).await;
+                    let _ = out_tx.send((GaugeGuard::enter(&self.metrics.stream_chunks_in_flight), Err(status))).await;
                     return (stream.task, version_of(&stream.bundle), Code::Unavailable);
                 }
                 // The client stopping its reads also ends up here: no read until the answer is queued.
@@ -294,7 +277,7 @@ impl InferenceService {
                 Ok(None) => break,
                 Err(status) => return (stream.task, version_of(&stream.bundle), status.code()),
             };
-            let in_flight = ChunkInFlight::enter(&self.metrics);
+            let in_flight = GaugeGuard::enter(&self.metrics.stream_chunks_in_flight);
             let result = self.answer_chunk(&mut stream, chunk, chunk_index).await;
             let failed = result.as_ref().err().map(ServeError::code);
             let sent = out_tx.send((in_flight, result.map_err(Status::from))).await;
@@ -425,23 +408,6 @@ impl RowView for Positional<'_> {
         let positional =
             self.columns.iter().zip(&self.row.values).map(|(name, value)| (name.as_str(), value_of(value)));
         self.row.features().chain(positional)
-    }
-}
-
-/// Counts one chunk in `modeld_stream_chunks_in_flight` from receipt until the transport takes
-/// its answer (or the answer is dropped with a gone client).
-struct ChunkInFlight(IntGauge);
-
-impl ChunkInFlight {
-    fn enter(metrics: &Metrics) -> ChunkInFlight {
-        metrics.stream_chunks_in_flight.inc();
-        ChunkInFlight(metrics.stream_chunks_in_flight.clone())
-    }
-}
-
-impl Drop for ChunkInFlight {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

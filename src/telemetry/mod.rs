@@ -184,3 +184,21 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+/// Holds a gauge one higher for as long as it lives: in-flight calls, queued runs, open
+/// streams. Whatever path the work ends on (success, error, a dropped future), the gauge
+/// comes back down.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn enter(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
