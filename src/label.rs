@@ -62,6 +62,8 @@ pub enum LabelError {
         #[source]
         source: csv::Error,
     },
+    #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
+    Address(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -114,7 +116,7 @@ pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
     };
     let total_lines = count_lines(&args.input).map_err(io(&args.input))?;
     let channel = Channel::from_shared(args.addr.clone())
-        .map_err(|_| LabelError::Format(PathBuf::from(&args.addr)))?
+        .map_err(|_| LabelError::Address(args.addr.clone()))?
         .connect()
         .await
         .map_err(|source| LabelError::Connect { addr: args.addr.clone(), source })?;
