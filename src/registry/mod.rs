@@ -25,7 +25,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -107,7 +107,6 @@ pub struct TaskReport {
     pub task: String,
     pub live: Option<Arc<Bundle>>,
     pub last_error: Option<Arc<ReloadError>>,
-    pub last_reload: Option<SystemTime>,
     /// Versions kept warm besides the live one.
     pub kept: Vec<Arc<Bundle>>,
 }
@@ -132,7 +131,6 @@ struct Status {
     failed: Option<Identity>,
     /// Kept-version candidates that failed, so polls do not reload them again and again.
     failed_kept: Vec<Identity>,
-    last_reload: Option<SystemTime>,
 }
 
 /// Handle to the live bundles. Cloning is shallow: every clone sees the same tasks.
@@ -232,7 +230,6 @@ impl Registry {
                     task: name.clone(),
                     live: t.live.load_full(),
                     last_error: status.last_error.clone(),
-                    last_reload: status.last_reload,
                     kept: t.kept.load().to_vec(),
                 }
             })
@@ -290,7 +287,6 @@ impl Registry {
             let mut status = self.lock(slot);
             status.last_error = None;
             status.failed = None;
-            status.last_reload = Some(SystemTime::now());
         }
         let metrics = &self.inner.metrics;
         metrics.reloads.with_label_values(&[task, "success"]).inc();
@@ -440,7 +436,6 @@ impl Registry {
                 && status.last_error.as_ref().is_some_and(|e| e.to_string() == error.to_string());
             status.last_error = Some(error.clone());
             status.failed = identity;
-            status.last_reload = Some(SystemTime::now());
             if repeated {
                 return ReloadOutcome::KnownBad;
             }

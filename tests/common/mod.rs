@@ -232,3 +232,15 @@ pub fn edit(dir: &Path, file: &str, f: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, f(text)).unwrap();
 }
+
+/// Makes a copy of v2 one column short of its model: drops the last numeric field (ordinal
+/// encoding, so one field is one column) and its column, then reseals the manifest.
+pub fn drop_one_column(dir: &Path) {
+    let field = "number_of_people_being_liable_to_provide_maintenance_for";
+    edit(dir, "feature_schema.yaml", |t| {
+        let start = t.find(&format!("  - name: \"{field}\"")).unwrap();
+        let end = start + t[start..].find("  - name: \"telephone\"").unwrap();
+        format!("{}{}", &t[..start], &t[end..]).replace(&format!("  - \"{field}\"\n"), "")
+    });
+    reseal(dir);
+}
