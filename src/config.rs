@@ -32,6 +32,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Stream a CSV or JSONL file through BatchPredict and write one output record per row.
     Label(crate::label::LabelArgs),
+    /// Check a running server: wait until it serves a bundle's version, then replay the bundle's
+    /// golden rows through Predict; exit 0 (all equal) or 1.
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@
 //! - [`shutdown`]: the process's SIGTERM/SIGINT future.
 //! - [`validate`]: `modeld validate`, the load checks as a report.
 //! - [`label`]: `modeld label`, a batch-labelling client of BatchPredict.
+//! - [`verify`]: `modeld verify`, the release gate: a running server serves a bundle and matches its golden rows.
 
 #![forbid(unsafe_code)]
 
@@ -30,3 +31,4 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validate;
+pub mod verify;

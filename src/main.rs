@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Label(args) => label(&args),
+        Command::Verify(args) => verify(&args),
         Command::Serve(args) => {
             let check_only = args.check_config;
             let config = match config::load(*args) {
@@ -72,6 +73,22 @@ fn label(args: &modeld::label::LabelArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("modeld label: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(args: &modeld::verify::VerifyArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime at start-up");
+    match runtime.block_on(modeld::verify::run(args)) {
+        Ok(verified) => {
+            for v in verified {
+                println!("PASS {}: version {} live, {} golden rows equal", v.addr, v.version, v.rows);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("FAIL {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,207 @@
+//! `modeld verify`: the release pipeline's last gate. It checks a running server, not a bundle
+//! on disk: wait until the server is SERVING and its live version of the task is the bundle's
+//! version, then send every golden row of the bundle through `Predict` (no version pin, as a
+//! caller would) and compare the answers with what training produced.
+//!
+//! A bundle that passed `modeld validate` can still fail here: the wrong version went live, the
+//! deployment points at another model root, an old replica still answers.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::{
+    bundle::golden::{self, GoldenRow},
+    service::{
+        health::INFERENCE_SERVICE,
+        pb::{self, inference_client::InferenceClient},
+    },
+};
+
+/// The largest difference from a golden probability that still counts as equal; the same
+/// tolerance bundle loading applies.
+const TOLERANCE: f32 = 1e-5;
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// What `modeld verify` needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Server address; repeat to check several replicas (e.g. one port-forward per pod).
+    #[arg(long = "addr", required = true)]
+    pub addrs: Vec<String>,
+    /// The bundle's version directory: its version.txt is the version expected live and its
+    /// golden.jsonl the rows replayed.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Task name [default: the name of the bundle directory's parent].
+    #[arg(long)]
+    pub task: Option<String>,
+    /// How long to wait for the server to be SERVING with the bundle's version live, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait_secs: u64,
+}
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: golden.jsonl has no rows")]
+    NoGolden(PathBuf),
+    #[error("{path}: golden.jsonl {source}")]
+    Golden {
+        path: PathBuf,
+        #[source]
+        source: golden::GoldenParseError,
+    },
+    #[error("cannot tell the task from {0}; pass --task")]
+    Task(PathBuf),
+    #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
+    Address(String),
+    #[error("{addr}: not serving {task} version {expected} after {waited_secs} s (last seen: {last})")]
+    NotLive { addr: String, task: String, expected: String, waited_secs: u64, last: String },
+    #[error("{addr}: Predict failed: {status}")]
+    Predict { addr: String, status: tonic::Status },
+    #[error("{addr}: {0}", .mismatches.join("; "))]
+    Mismatch { addr: String, mismatches: Vec<String> },
+}
+
+/// What one server answered.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub addr: String,
+    pub version: String,
+    pub rows: usize,
+}
+
+/// Checks every address in turn and stops at the first that fails.
+pub async fn run(args: &VerifyArgs) -> Result<Vec<Verified>, VerifyError> {
+    let task = match &args.task {
+        Some(t) => t.clone(),
+        None => task_of(&args.bundle).ok_or_else(|| VerifyError::Task(args.bundle.clone()))?,
+    };
+    let read = |name: &str| {
+        let path = args.bundle.join(name);
+        std::fs::read_to_string(&path).map_err(|source| VerifyError::Read { path, source })
+    };
+    let expected = read("version.txt")?.trim().to_owned();
+    let rows = golden::parse(&read("golden.jsonl")?)
+        .map_err(|source| VerifyError::Golden { path: args.bundle.clone(), source })?;
+    if rows.is_empty() {
+        return Err(VerifyError::NoGolden(args.bundle.clone()));
+    }
+    let wait = Duration::from_secs(args.wait_secs);
+    let mut verified = Vec::with_capacity(args.addrs.len());
+    for addr in &args.addrs {
+        verified.push(verify_one(addr, &task, &expected, &rows, wait).await?);
+    }
+    Ok(verified)
+}
+
+fn task_of(bundle: &Path) -> Option<String> {
+    let absolute = std::path::absolute(bundle).ok()?;
+    Some(absolute.parent()?.file_name()?.to_str()?.to_owned())
+}
+
+async fn verify_one(
+    addr: &str,
+    task: &str,
+    expected: &str,
+    rows: &[GoldenRow],
+    wait: Duration,
+) -> Result<Verified, VerifyError> {
+    // Lazy: a server that is not up yet is one more reason to retry, not a failure.
+    let channel = Channel::from_shared(addr.to_owned())
+        .map_err(|_| VerifyError::Address(addr.to_owned()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    wait_until_live(channel.clone(), addr, task, expected, wait).await?;
+
+    let request = pb::PredictRequest {
+        task: task.to_owned(),
+        rows: rows.iter().map(|g| (&g.row).into()).collect(),
+        request_id: format!("modeld-verify-{expected}"),
+        ..Default::default()
+    };
+    let response = InferenceClient::new(channel)
+        .predict(request)
+        .await
+        .map_err(|status| VerifyError::Predict { addr: addr.to_owned(), status })?
+        .into_inner();
+    let mismatches = compare(expected, rows, &response);
+    if !mismatches.is_empty() {
+        return Err(VerifyError::Mismatch { addr: addr.to_owned(), mismatches });
+    }
+    Ok(Verified { addr: addr.to_owned(), version: response.version, rows: rows.len() })
+}
+
+/// Polls grpc.health.v1 and GetVersion until the task is SERVING with `expected` live.
+async fn wait_until_live(
+    channel: Channel,
+    addr: &str,
+    task: &str,
+    expected: &str,
+    wait: Duration,
+) -> Result<(), VerifyError> {
+    let mut health = HealthClient::new(channel.clone());
+    let mut inference = InferenceClient::new(channel);
+    let started = Instant::now();
+    loop {
+        let last = match health.check(HealthCheckRequest { service: INFERENCE_SERVICE.to_owned() }).await {
+            Err(status) => format!("health check failed: {}", status.message()),
+            Ok(r) if r.get_ref().status != ServingStatus::Serving as i32 => "NOT_SERVING".to_owned(),
+            Ok(_) => match inference.get_version(pb::GetVersionRequest { task: task.to_owned() }).await {
+                Err(status) => format!("GetVersion failed: {}", status.message()),
+                Ok(v) if v.get_ref().version == expected => return Ok(()),
+                Ok(v) => {
+                    let v = v.into_inner();
+                    match v.last_reload_error.as_str() {
+                        "" => format!("version {}", v.version),
+                        error => format!("version {}, last reload error: {error}", v.version),
+                    }
+                }
+            },
+        };
+        if started.elapsed() >= wait {
+            return Err(VerifyError::NotLive {
+                addr: addr.to_owned(),
+                task: task.to_owned(),
+                expected: expected.to_owned(),
+                waited_secs: wait.as_secs(),
+                last,
+            });
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+/// Every way the answer differs from the golden rows, one line each.
+fn compare(expected: &str, rows: &[GoldenRow], response: &pb::PredictResponse) -> Vec<String> {
+    let mut mismatches = Vec::new();
+    if response.version != expected {
+        mismatches.push(format!("answered with version {}, expected {expected}", response.version));
+    }
+    if response.predictions.len() != rows.len() {
+        mismatches.push(format!("{} predictions for {} rows", response.predictions.len(), rows.len()));
+        return mismatches;
+    }
+    for (g, p) in rows.iter().zip(&response.predictions) {
+        let close = p.probabilities.len() == g.probabilities.len()
+            && p.probabilities.iter().zip(&g.probabilities).all(|(s, e)| (s - e).abs() <= TOLERANCE);
+        if p.label != g.label || !close {
+            mismatches.push(format!(
+                "golden line {}: served {} {:?}, expected {} {:?}",
+                g.line, p.label, p.probabilities, g.label, g.probabilities
+            ));
+        }
+    }
+    mismatches
+}
