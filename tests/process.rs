@@ -2,25 +2,14 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
 use common::*;
 use modeld::service::pb::inference_client::InferenceClient;
 
-/// A running `modeld serve` child, its bound addresses and its remaining log lines.
-struct Daemon {
-    child: std::process::Child,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    log: std::io::Lines<BufReader<std::process::ChildStderr>>,
-}
-
 fn spawn_daemon(root: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modeld"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modeld"));
+    command
         .arg("serve")
         .env("MODELD_MODEL_ROOT", root)
         .env("MODELD_TASKS", TASK)
@@ -28,26 +17,8 @@ fn spawn_daemon(root: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
         .env("MODELD_CONFIG", "/dev/null")
         .env("MODELD_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The daemon logs the addresses it bound; read them instead of guessing ports.
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (grpc, admin) = loop {
-        let line = log.next().expect("daemon exited before listening").unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if entry["message"] == "listening" {
-            let addr = |k: &str| entry[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
-            break (addr("grpc"), addr("admin"));
-        }
-    };
-    Daemon { child, grpc, admin, log }
-}
-
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+        .envs(env.iter().copied());
+    Daemon::spawn(command)
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -119,6 +120,40 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// A running `modeld serve` child process, its bound addresses and its remaining log lines.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: std::io::Lines<BufReader<std::process::ChildStderr>>,
+}
+
+impl Daemon {
+    /// Starts `command` (a `serve` with JSON logs) and waits for its "listening" line: the
+    /// daemon logs the addresses it bound, so tests read them instead of guessing ports.
+    pub fn spawn(mut command: std::process::Command) -> Daemon {
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().expect("start modeld");
+        let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (grpc, admin) = loop {
+            let line = log.next().expect("daemon exited before listening").unwrap();
+            let entry: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            if entry["message"] == "listening" {
+                let addr = |k: &str| entry[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                break (addr("grpc"), addr("admin"));
+            }
+        };
+        Daemon { child, grpc, admin, log }
+    }
+}
+
+/// Sends a signal (HUP, TERM, ...) to a child process.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status =
+        std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
 }
 
 /// Awaits `check` until it holds, failing the test after 20 s. No fixed sleeps in tests:
