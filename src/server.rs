@@ -115,7 +115,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future<Ou
     );
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let readiness = Readiness::new(registry.clone(), reporter);
+    let readiness = Readiness::new(registry.clone(), reporter).await;
     let background = CancellationToken::new();
     let health_sync = readiness.spawn_sync(background.clone());
     let timing =

@@ -25,6 +25,7 @@ async fn not_serving_until_a_bundle_is_live_then_serving() {
         assert_eq!(grpc_status(&mut health, service).await, ServingStatus::NotServing, "service `{service}`");
     }
     assert_eq!(http_get(server.admin, "/healthz").await.0, 200, "alive while not ready");
+    assert_eq!(grpc_status(&mut health, "liveness").await, ServingStatus::Serving, "alive while not ready");
     let (code, body) = http_get(server.admin, "/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("\"ready\":false"), "{body}");

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use common::*;
 use modeld::service::pb::inference_client::InferenceClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 fn spawn_daemon(root: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_modeld"));
@@ -69,7 +70,15 @@ async fn sigterm_lets_in_flight_requests_finish() {
     })
     .await;
 
+    // Opened before the signal: a draining server takes no new connections, and after the
+    // NOT_SERVING answer no new calls either.
+    let health = HealthClient::new(channel.clone());
     signal(&child, "TERM");
+    eventually("readiness NOT_SERVING once draining", || {
+        let mut health = health.clone();
+        async move { status_of(&mut health, "").await == Some(ServingStatus::NotServing) }
+    })
+    .await;
 
     for call in calls {
         let resp = call.await.unwrap().expect("an in-flight call completes during drain");
@@ -80,4 +89,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let lines = log_lines.join().unwrap();
     assert!(status.success(), "exit status {status:?}; log:\n{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.contains("drained: every in-flight call finished")), "{}", lines.join("\n"));
+}
+
+async fn status_of(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> Option<ServingStatus> {
+    let resp = health.check(HealthCheckRequest { service: service.into() }).await.ok()?;
+    Some(resp.into_inner().status())
 }

@@ -3,6 +3,9 @@
 //! Ready = every configured task has a live bundle and shutdown has not begun. The gRPC health
 //! statuses (for "" and for `modeld.v1.Inference`) follow registry changes through a small
 //! owned task; shutdown flips them to NOT_SERVING at once.
+//!
+//! Liveness is a separate name, [`LIVENESS_SERVICE`], SERVING from start-up on: a process
+//! waiting for its first good bundle is alive, and restarting it would not help.
 
 use std::sync::{
     Arc,
@@ -29,8 +32,13 @@ pub struct Readiness {
 /// The gRPC service name of the inference API, as health checks name it.
 pub const INFERENCE_SERVICE: &str = <InferenceServer<super::inference::InferenceService> as NamedService>::NAME;
 
+/// The grpc.health.v1 service name for liveness probes.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 impl Readiness {
-    pub fn new(registry: Registry, reporter: HealthReporter) -> Readiness {
+    /// Readiness starts NOT_SERVING; liveness is SERVING before this returns.
+    pub async fn new(registry: Registry, reporter: HealthReporter) -> Readiness {
+        reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
         Readiness { registry, draining: Arc::new(AtomicBool::new(false)), drain: CancellationToken::new(), reporter }
     }
 
