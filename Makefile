@@ -1,14 +1,17 @@
 # The two commands a newcomer needs: `make run` serves the bundled example, `make test` runs the tests.
 ORT_LIB := .ort/libonnxruntime.so.1.31.1
 VENV    := .venv
+DELIVERY_VENV := .venv-delivery
 
-.PHONY: run test lint bench models models-check ort
+.PHONY: run test lint bench models models-check ort delivery-check
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
 
+# Every test and check: the crate's tests, then the delivery checks.
 test: $(ORT_LIB)
 	cargo test --locked
+	$(MAKE) delivery-check
 
 lint:
 	cargo fmt --check
@@ -37,3 +40,15 @@ models-check: $(VENV)/bin/python
 	rm -rf target/models-check
 	$(VENV)/bin/python training/export_bundle.py --out target/models-check
 	diff -r models target/models-check
+
+$(DELIVERY_VENV)/bin/python: deploy/lint-requirements.txt
+	python3 -m venv $(DELIVERY_VENV)
+	$(DELIVERY_VENV)/bin/pip install --quiet -r deploy/lint-requirements.txt
+	touch $@
+
+# Dockerfile, chart, workflows and scripts: linters, renderers, schema validation, and the
+# image contract against the release binary.
+delivery-check: $(DELIVERY_VENV)/bin/python $(ORT_LIB)
+	cargo build --release --locked
+	cargo test --release --locked --test image_contract
+	$(DELIVERY_VENV)/bin/python scripts/check_delivery.py target/release/modeld

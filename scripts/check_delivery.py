@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Checks of everything that ships besides the crate: Dockerfile, Helm chart, workflows, scripts.
+
+Run through `make delivery-check`, which installs the pinned tools (deploy/lint-requirements.txt)
+into .venv-delivery and builds the release binary first. Usage:
+
+    check_delivery.py MODELD_BINARY
+
+Each check prints one line; the script exits 1 if any failed, after running all of them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from helm_python import Chart, lint
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "modeld"
+BIN = Path(sys.executable).parent
+# Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema at hand.
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]
+# (name, values files layered in order): the default values and every documented example.
+SCENARIOS = [
+    ("default", []),
+    ("credit_risk", ["values/credit_risk.yaml"]),
+    ("credit_risk-canary", ["values/credit_risk.yaml", "values/credit_risk-canary.yaml"]),
+    ("credit_risk-volume", ["values/credit_risk-volume.yaml"]),
+]
+
+failures: list[str] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f"\n{detail.rstrip()}" if detail and not ok else ""))
+    if not ok:
+        failures.append(name)
+
+
+def run(name: str, argv: list[str], **kw) -> None:
+    p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, **kw)
+    check(name, p.returncode == 0, p.stdout + p.stderr)
+
+
+def tool(name: str) -> str:
+    return str(BIN / name)
+
+
+def merged_values(files: list[str]) -> dict:
+    """Layers values files like repeated `helm -f`: maps merge deeply, everything else replaces."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    values: dict = {}
+    for f in files:
+        values = merge(values, yaml.safe_load((CHART / f).read_text()) or {})
+    return values
+
+
+def documents(rendered: dict[str, str]) -> list[dict]:
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def cpu_count(quantity: str) -> int:
+    """A CPU quantity rounded up to whole CPUs, as resourceFieldRef with divisor 1 does."""
+    q = str(quantity)
+    return math.ceil(int(q[:-1]) / 1000) if q.endswith("m") else math.ceil(float(q))
+
+
+def check_consistency(scenario: str, docs: list[dict]) -> None:
+    """What a cluster would only reveal at run time: selectors, ports, grace periods, config."""
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    spec = pod["spec"]
+    (modeld,) = [c for c in spec["containers"] if c["name"] == "modeld"]
+    env = {e["name"]: e for e in modeld.get("env", [])}
+    ports = {p["name"]: p["containerPort"] for p in modeld["ports"]}
+
+    problems = []
+    if not selects(deploy["spec"]["selector"]["matchLabels"], labels):
+        problems.append("Deployment selector does not match its pod labels")
+    for kind in ["Service", "PodDisruptionBudget"]:
+        for d in by_kind(docs, kind):
+            sel = d["spec"]["selector"]
+            sel = sel.get("matchLabels", sel)
+            if not selects(sel, labels):
+                problems.append(f"{kind} {d['metadata']['name']} does not select the pods")
+    services = by_kind(docs, "Service")
+    for sm in by_kind(docs, "ServiceMonitor"):
+        targets = [s for s in services if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        wanted = {e["port"] for e in sm["spec"]["endpoints"]}
+        if not any(wanted <= {p["name"] for p in s["spec"]["ports"]} for s in targets):
+            problems.append("ServiceMonitor selects no Service with an admin port")
+    for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
+        if hpa["spec"]["scaleTargetRef"]["name"] != deploy["metadata"]["name"]:
+            problems.append("HPA targets another Deployment")
+        if "replicas" in deploy["spec"]:
+            problems.append("Deployment sets replicas while an HPA owns them")
+
+    # Probes: grpc.health.v1 on the port modeld listens on.
+    grpc_port = int(env["MODELD_GRPC_ADDR"]["value"].rsplit(":", 1)[1])
+    if grpc_port != ports["grpc"]:
+        problems.append("MODELD_GRPC_ADDR is not the grpc containerPort")
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
+        if modeld.get(probe, {}).get("grpc", {}).get("port") != grpc_port:
+            problems.append(f"{probe} is not a gRPC probe on the gRPC port")
+
+    # Shutdown: the kubelet must not kill a pod that is still draining.
+    pre_stop = modeld["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = int(env["MODELD_SHUTDOWN_GRACE_MS"]["value"]) / 1000
+    if spec["terminationGracePeriodSeconds"] <= pre_stop + drain:
+        problems.append("terminationGracePeriodSeconds is not longer than preStop + drain grace")
+
+    # Security: non-root, read-only root file system, nothing escalates, no capabilities.
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        if not (
+            sc.get("readOnlyRootFilesystem")
+            and sc.get("allowPrivilegeEscalation") is False
+            and sc.get("capabilities", {}).get("drop") == ["ALL"]
+        ):
+            problems.append(f"container {c['name']} is not locked down")
+    if not spec["securityContext"].get("runAsNonRoot"):
+        problems.append("pod may run as root")
+
+    # Threads follow the CPU limit.
+    ref = env["MODELD_INFERENCE_THREADS"].get("valueFrom", {}).get("resourceFieldRef", {})
+    if ref.get("resource") != "limits.cpu" or "cpu" not in modeld["resources"].get("limits", {}):
+        problems.append("inference threads do not follow a CPU limit")
+    check(f"chart {scenario}: selectors, ports, probes, grace, security", not problems, "\n".join(problems))
+
+    # The rendered service.yaml and environment are accepted by `modeld serve`, as the pod runs it.
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if "service.yaml" in d.get("data", {})]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "service.yaml"
+        config.write_text(config_map["data"]["service.yaml"])
+        child_env = {"PATH": os.environ.get("PATH", "")}
+        for name, e in env.items():
+            if "value" in e:
+                child_env[name] = e["value"]
+            elif e["valueFrom"].get("resourceFieldRef", {}).get("resource") == "limits.cpu":
+                child_env[name] = str(cpu_count(modeld["resources"]["limits"]["cpu"]))
+        child_env["MODELD_CONFIG"] = str(config)
+        child_env["MODELD_MODEL_ROOT"] = str(REPO / "models")
+        p = subprocess.run([MODELD, "serve", "--check-config"], env=child_env, capture_output=True, text=True)
+        check(f"chart {scenario}: modeld serve --check-config accepts the rendered config", p.returncode == 0, p.stderr)
+
+
+def check_chart() -> None:
+    chart = Chart.load(CHART)
+    for scenario, files in SCENARIOS:
+        values = merged_values(files)
+        report = lint(str(CHART), values or None, strict=True)
+        bad = [m for m in report.get("messages", []) if m["severity"] >= 2] + [
+            {"error": e} for e in report.get("errors", []) or []
+        ]
+        check(f"helm lint --strict ({scenario})", not bad, json.dumps(bad, indent=1))
+        try:
+            rendered = chart.render(values or None, name="modeld-credit-risk", namespace="ml", is_install=True)
+        except Exception as e:  # noqa: BLE001 - report any render error as a failed check
+            check(f"helm template ({scenario})", False, str(e))
+            continue
+        check(f"helm template ({scenario})", True)
+        docs = documents(rendered)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / f"{scenario}.yaml"
+            out.write_text(yaml.safe_dump_all(docs))
+            for version in KUBE_VERSIONS:
+                p = subprocess.run(
+                    [tool("kubernetes-validate"), "--strict", "-k", version, str(out)], capture_output=True, text=True
+                )
+                # Only the Prometheus Operator's CRD (ServiceMonitor) has no schema here; checked above instead.
+                unknown = [
+                    line for line in p.stdout.splitlines() if "Couldn't find schema" in line and "ServiceMonitor" not in line
+                ]
+                check(
+                    f"kubernetes-validate --strict -k {version} ({scenario})",
+                    p.returncode == 0 and not unknown,
+                    p.stdout + p.stderr,
+                )
+        check_consistency(scenario, docs)
+
+
+def main() -> int:
+    run("hadolint Dockerfile", [tool("hadolint"), "Dockerfile"])
+    shell = [".ci/run", *glob.glob("scripts/*.sh", root_dir=REPO), *glob.glob("deploy/*.sh", root_dir=REPO)]
+    shell.append("charts/modeld/files/modeld-sync.sh")
+    run("shellcheck", [tool("shellcheck"), "-s", "bash", *shell])
+    yaml_files = [
+        "charts/modeld/Chart.yaml",
+        "charts/modeld/values.yaml",
+        *glob.glob("charts/modeld/values/*.yaml", root_dir=REPO),
+        *glob.glob(".github/workflows/*.yml", root_dir=REPO),
+        *glob.glob("deploy/**/*.yaml", root_dir=REPO, recursive=True),
+        "config/service.yaml",
+    ]
+    run("yamllint", [tool("yamllint"), "--strict", *yaml_files])
+    workflows = glob.glob(".github/workflows/*.yml", root_dir=REPO)
+    run("actionlint", [tool("actionlint"), *workflows])
+    run(
+        "GitHub workflow schema",
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *workflows],
+    )
+    run("GitLab CI schema", [tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci", "deploy/gitlab-ci.yml"])
+    check_chart()
+    if failures:
+        print(f"\n{len(failures)} delivery check(s) failed: {', '.join(failures)}")
+        return 1
+    print("\nall delivery checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    MODELD = sys.argv[1]
+    sys.exit(main())
