@@ -207,6 +207,25 @@ def check_chart() -> None:
         check_consistency(scenario, docs)
 
 
+def check_gitops() -> None:
+    """Argo CD Applications (no CRD schema here): the chart path and values files they name exist
+    and render."""
+    for path in sorted(glob.glob("deploy/argocd/*.yaml", root_dir=REPO)):
+        app = yaml.safe_load((REPO / path).read_text())
+        source = app["spec"]["source"]
+        chart_dir = REPO / source["path"]
+        files = source.get("helm", {}).get("valueFiles", [])
+        missing = [f for f in files if not (chart_dir / f).exists()]
+        ok = chart_dir == CHART and not missing
+        detail = f"chart {source['path']}, missing values files {missing}"
+        if ok:
+            try:
+                Chart.load(chart_dir).render(merged_values(files) or None, name=source["helm"]["releaseName"])
+            except Exception as e:  # noqa: BLE001
+                ok, detail = False, str(e)
+        check(f"Argo CD application {path} renders", ok, detail)
+
+
 def main() -> int:
     run("hadolint Dockerfile", [tool("hadolint"), "Dockerfile"])
     shell = [".ci/run", *glob.glob("scripts/*.sh", root_dir=REPO), *glob.glob("deploy/*.sh", root_dir=REPO)]
@@ -222,13 +241,14 @@ def main() -> int:
     ]
     run("yamllint", [tool("yamllint"), "--strict", *yaml_files])
     workflows = glob.glob(".github/workflows/*.yml", root_dir=REPO)
-    run("actionlint", [tool("actionlint"), *workflows])
+    run("actionlint", [tool("actionlint"), "-shellcheck", tool("shellcheck"), *workflows])
     run(
         "GitHub workflow schema",
         [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *workflows],
     )
     run("GitLab CI schema", [tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci", "deploy/gitlab-ci.yml"])
     check_chart()
+    check_gitops()
     if failures:
         print(f"\n{len(failures)} delivery check(s) failed: {', '.join(failures)}")
         return 1
