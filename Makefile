@@ -8,9 +8,11 @@ DELIVERY_VENV := .venv-delivery
 run: $(ORT_LIB)
 	cargo run --release -- serve
 
-# Every test and check: the crate's tests, then the delivery checks.
-test: $(ORT_LIB)
+# Every test and check: the crate's tests, the release flow over S3 (an S3-compatible server
+# on loopback, from the tools venv), then the delivery checks.
+test: $(ORT_LIB) $(DELIVERY_VENV)/bin/python
 	cargo test --locked
+	PATH="$(CURDIR)/$(DELIVERY_VENV)/bin:$$PATH" cargo test --locked --test release -- --ignored
 	$(MAKE) delivery-check
 
 lint:
@@ -41,9 +43,9 @@ models-check: $(VENV)/bin/python
 	$(VENV)/bin/python training/export_bundle.py --out target/models-check
 	diff -r models target/models-check
 
-$(DELIVERY_VENV)/bin/python: deploy/lint-requirements.txt
+$(DELIVERY_VENV)/bin/python: deploy/tools-requirements.txt
 	python3 -m venv $(DELIVERY_VENV)
-	$(DELIVERY_VENV)/bin/pip install --quiet -r deploy/lint-requirements.txt
+	$(DELIVERY_VENV)/bin/pip install --quiet -r deploy/tools-requirements.txt
 	touch $@
 
 # Dockerfile, chart, workflows and scripts: linters, renderers, schema validation, and the

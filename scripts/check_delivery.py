@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks of everything that ships besides the crate: Dockerfile, Helm chart, workflows, scripts.
 
-Run through `make delivery-check`, which installs the pinned tools (deploy/lint-requirements.txt)
+Run through `make delivery-check`, which installs the pinned tools (deploy/tools-requirements.txt)
 into .venv-delivery and builds the release binary first. Usage:
 
     check_delivery.py MODELD_BINARY

@@ -2,14 +2,19 @@
 //! validates and publishes a bundle to storage and writes the `CURRENT` pointer; the chart's
 //! sync sidecar script (`charts/modeld/files/modeld-sync.sh`) pulls it into the model root and
 //! flips `current`; a real server hot-swaps; `modeld verify` gates the release; a failed
-//! release is rolled back. Storage is a local directory here (the scripts' S3 branch is the
-//! same flow through `aws s3 cp`).
+//! release is rolled back.
+//!
+//! Storage is a local directory, or S3: the AWS CLI against an S3-compatible server (moto) on
+//! 127.0.0.1. The S3 tests are `#[ignore]`d because they need those two programs on PATH;
+//! `make test` installs them (deploy/tools-requirements.txt) and runs the ignored tests.
 
 mod common;
 
 use std::{
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::Arc,
 };
 
 use common::*;
@@ -18,69 +23,151 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The storage bucket, the pod's model root, and the release record, in one temp dir.
-struct Site {
-    dir: tempfile::TempDir,
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
+enum Storage {
+    Dir,
+    S3 { endpoint: String, _server: KillOnDrop },
+}
+
+/// Storage, the pod's model root and the release record, in one temp dir.
+struct Site {
+    dir: tempfile::TempDir,
+    storage: Storage,
+}
+
+const BUCKET: &str = "modeld-releases";
+
 impl Site {
-    fn new() -> Site {
-        let site = Site { dir: tempfile::tempdir().unwrap() };
-        std::fs::create_dir_all(site.bucket()).unwrap();
+    fn with_dir() -> Site {
+        let site = Site { dir: tempfile::tempdir().unwrap(), storage: Storage::Dir };
+        std::fs::create_dir_all(site.dir.path().join("bucket")).unwrap();
+        site.prepare()
+    }
+
+    /// An S3-compatible server on a free loopback port, with an empty bucket.
+    fn with_s3() -> Site {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (make test installs it)");
+        let storage = Storage::S3 { endpoint: format!("http://127.0.0.1:{port}"), _server: KillOnDrop(server) };
+        let site = Site { dir: tempfile::tempdir().unwrap(), storage };
+        // Bounded: the server takes about a second to start.
+        let made = (0..100).any(|_| {
+            let ok = site.aws(&["s3", "mb", &format!("s3://{BUCKET}")]).status.success();
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(made, "S3 server did not come up");
+        site.prepare()
+    }
+
+    fn prepare(self) -> Site {
         // As in the pod, where the sidecar creates it before modeld starts.
-        std::fs::create_dir_all(site.models().join(TASK)).unwrap();
-        site
+        std::fs::create_dir_all(self.models().join(TASK)).unwrap();
+        self
     }
-    fn bucket(&self) -> PathBuf {
-        self.dir.path().join("bucket")
-    }
+
     fn models(&self) -> PathBuf {
         self.dir.path().join("models")
     }
-    fn pointer(&self) -> String {
-        std::fs::read_to_string(self.bucket().join(TASK).join("CURRENT")).unwrap_or_default().trim().to_owned()
+
+    fn storage_url(&self) -> String {
+        match &self.storage {
+            Storage::Dir => self.dir.path().join("bucket").display().to_string(),
+            Storage::S3 { .. } => format!("s3://{BUCKET}/modeld"),
+        }
     }
+
+    /// What the scripts need to reach the storage.
+    fn storage_env(&self, command: &mut Command) {
+        if let Storage::S3 { endpoint, .. } = &self.storage {
+            command
+                .env("AWS_ENDPOINT_URL", endpoint)
+                .env("AWS_ACCESS_KEY_ID", "modeld-test")
+                .env("AWS_SECRET_ACCESS_KEY", "modeld-test")
+                .env("AWS_DEFAULT_REGION", "us-east-1");
+        }
+    }
+
+    fn aws(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("aws");
+        command.args(args);
+        self.storage_env(&mut command);
+        command.output().expect("aws on PATH (make test installs it)")
+    }
+
+    /// An object of the task's storage, or None when it does not exist.
+    fn object(&self, key: &str) -> Option<String> {
+        let url = format!("{}/{TASK}/{key}", self.storage_url());
+        match self.storage {
+            Storage::Dir => std::fs::read_to_string(url).ok(),
+            Storage::S3 { .. } => {
+                let out = self.aws(&["s3", "cp", &url, "-"]);
+                out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+            }
+        }
+    }
+
+    fn pointer(&self) -> String {
+        self.object("CURRENT").unwrap_or_default().trim().to_owned()
+    }
+
     fn record(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("release.env")).unwrap_or_default()
     }
 
     /// Runs the release script for `bundle` against the server at `grpc`.
     fn release(&self, bundle: &Path, version: &str, grpc: std::net::SocketAddr, wait_secs: u32) -> Output {
-        Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg(repo().join("deploy/release-model.sh"))
             .args([TASK, version])
-            .env("STORAGE_URL", self.bucket())
+            .env("STORAGE_URL", self.storage_url())
             .env("MODELD", env!("CARGO_BIN_EXE_modeld"))
             .env("BUNDLE_DIR", bundle)
             .env("VERIFY_ADDRS", format!("http://{grpc}"))
             .env("WAIT_SECS", wait_secs.to_string())
             .env("RELEASE_RECORD", self.dir.path().join("release.env"))
-            .current_dir(repo())
-            .output()
-            .unwrap()
+            .current_dir(repo());
+        self.storage_env(&mut command);
+        command.output().unwrap()
+    }
+
+    fn sync_command(&self) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(repo().join("charts/modeld/files/modeld-sync.sh"))
+            .env("SYNC_URL", self.storage_url())
+            .env("TASK", TASK)
+            .env("MODEL_ROOT", self.models());
+        self.storage_env(&mut command);
+        command
     }
 
     /// The sync sidecar, polling every second until dropped.
-    fn sidecar(&self) -> Sidecar {
-        let child = Command::new("bash")
-            .arg(repo().join("charts/modeld/files/modeld-sync.sh"))
-            .env("SYNC_URL", self.bucket())
-            .env("TASK", TASK)
-            .env("MODEL_ROOT", self.models())
-            .env("SYNC_INTERVAL_SECONDS", "1")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Sidecar(child)
+    fn sidecar(&self) -> KillOnDrop {
+        let child =
+            self.sync_command().env("SYNC_INTERVAL_SECONDS", "1").stderr(Stdio::null()).spawn().expect("sync sidecar");
+        KillOnDrop(child)
     }
-}
 
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    /// One pass of the sync sidecar.
+    fn sync_once(&self) -> Output {
+        self.sync_command().env("SYNC_ONCE", "true").output().unwrap()
     }
 }
 
@@ -92,56 +179,45 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Runs blocking work (a child process) without stalling the test server's runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
+/// Runs a release in a blocking thread, so the test server's runtime keeps serving.
+async fn release(site: &Arc<Site>, bundle: PathBuf, version: &str, grpc: std::net::SocketAddr, wait: u32) -> Output {
+    let (site, version) = (site.clone(), version.to_owned());
+    tokio::task::spawn_blocking(move || site.release(&bundle, &version, grpc, wait)).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn releases_go_live_through_storage_and_the_sync_sidecar() {
-    let site = std::sync::Arc::new(Site::new());
+async fn releases_go_live_through_storage_and_the_sync_sidecar(site: Site) {
+    let site = Arc::new(site);
     let server = TestServer::start(test_config(&site.models())).await;
     let _sidecar = site.sidecar();
-    let grpc = server.grpc;
 
     // First release: nothing was live before.
-    let s = site.clone();
-    let out = blocking(move || s.release(&shipped("v1"), "v1", grpc, 60)).await;
+    let out = release(&site, shipped("v1"), "v1", server.grpc, 60).await;
     assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
     assert_eq!(site.pointer(), "v1");
-    assert!(
-        site.record().contains("LIVE_VERSION=v1\n") && site.record().contains("RESULT=released"),
-        "{}",
-        site.record()
-    );
+    assert!(site.record().contains("LIVE_VERSION=v1\nRESULT=released"), "{}", site.record());
 
     // Second release: v2 is published beside v1, the pointer moves, the pod hot-swaps.
-    let s = site.clone();
-    let out = blocking(move || s.release(&shipped("v2"), "v2", grpc, 60)).await;
+    let out = release(&site, shipped("v2"), "v2", server.grpc, 60).await;
     assert!(out.status.success(), "release v2 failed:\n{}", stderr(&out));
     assert_eq!(site.pointer(), "v2");
     assert!(site.record().contains("PREVIOUS_VERSION=v1\nLIVE_VERSION=v2\n"), "{}", site.record());
-    assert!(site.bucket().join(TASK).join("v1/MANIFEST.sha256").exists(), "v1 stays published for rollback");
+    assert!(site.object("v1/MANIFEST.sha256").is_some(), "v1 stays published for rollback");
     assert_eq!(std::fs::read_link(site.models().join(TASK).join("current")).unwrap(), Path::new("v2"));
     let mut client = server.client().await;
     let live = client.get_version(modeld::service::pb::GetVersionRequest { task: TASK.into() }).await.unwrap();
     assert_eq!(live.into_inner().version, "v2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_that_never_goes_live_is_rolled_back() {
-    let site = std::sync::Arc::new(Site::new());
+async fn a_release_that_never_goes_live_is_rolled_back(site: Site) {
+    let site = Arc::new(site);
     let server = TestServer::start(test_config(&site.models())).await;
-    let grpc = server.grpc;
     {
         let _sidecar = site.sidecar();
-        let s = site.clone();
-        let out = blocking(move || s.release(&shipped("v1"), "v1", grpc, 60)).await;
+        let out = release(&site, shipped("v1"), "v1", server.grpc, 60).await;
         assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
     }
     // The sidecar is gone: v2 is published and pointed at, but no pod ever serves it.
-    let s = site.clone();
-    let out = blocking(move || s.release(&shipped("v2"), "v2", grpc, 2)).await;
+    let out = release(&site, shipped("v2"), "v2", server.grpc, 2).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not serving credit_risk version v2"), "{}", stderr(&out));
     assert_eq!(site.pointer(), "v1", "the pointer is restored");
@@ -149,14 +225,36 @@ async fn a_release_that_never_goes_live_is_rolled_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_storage_releases_go_live() {
+    releases_go_live_through_storage_and_the_sync_sidecar(Site::with_dir()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_storage_failed_release_is_rolled_back() {
+    a_release_that_never_goes_live_is_rolled_back(Site::with_dir()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs aws and moto_server on PATH; make test runs it"]
+async fn s3_storage_releases_go_live() {
+    let site = tokio::task::spawn_blocking(Site::with_s3).await.unwrap();
+    releases_go_live_through_storage_and_the_sync_sidecar(site).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs aws and moto_server on PATH; make test runs it"]
+async fn s3_storage_failed_release_is_rolled_back() {
+    let site = tokio::task::spawn_blocking(Site::with_s3).await.unwrap();
+    a_release_that_never_goes_live_is_rolled_back(site).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_or_conflicting_bundles_are_stopped_before_anything_changes() {
-    let site = std::sync::Arc::new(Site::new());
+    let site = Arc::new(Site::with_dir());
     let server = TestServer::start(test_config(&site.models())).await;
-    let grpc = server.grpc;
     {
         let _sidecar = site.sidecar();
-        let s = site.clone();
-        let out = blocking(move || s.release(&shipped("v1"), "v1", grpc, 60)).await;
+        let out = release(&site, shipped("v1"), "v1", server.grpc, 60).await;
         assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
     }
 
@@ -167,20 +265,17 @@ async fn bad_or_conflicting_bundles_are_stopped_before_anything_changes() {
     std::fs::write(broken.join("version.txt"), "v3\n").unwrap();
     edit(&broken, "golden.jsonl", |t| t.replacen("\"label\": \"", "\"label\": \"x", 1));
     reseal(&broken);
-    let s = site.clone();
-    let b = broken.clone();
-    let out = blocking(move || s.release(&b, "v3", grpc, 2)).await;
+    let out = release(&site, broken, "v3", server.grpc, 2).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("failed validation"), "{}", stderr(&out));
-    assert!(!site.bucket().join(TASK).join("v3").exists(), "nothing published");
+    assert!(site.object("v3/MANIFEST.sha256").is_none(), "nothing published");
 
     // Different bytes under a version name already published are refused.
     let impostor = scratch.path().join("v1");
     copy_version("v2", &impostor);
     std::fs::write(impostor.join("version.txt"), "v1\n").unwrap();
     reseal(&impostor);
-    let s = site.clone();
-    let out = blocking(move || s.release(&impostor, "v1", grpc, 2)).await;
+    let out = release(&site, impostor, "v1", server.grpc, 2).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("already holds a different bundle"), "{}", stderr(&out));
     assert_eq!(site.pointer(), "v1");
@@ -188,26 +283,16 @@ async fn bad_or_conflicting_bundles_are_stopped_before_anything_changes() {
 
 #[test]
 fn the_sidecar_refuses_a_download_that_does_not_match_its_manifest() {
-    let site = Site::new();
-    let task = site.bucket().join(TASK);
+    let site = Site::with_dir();
+    let task = PathBuf::from(site.storage_url()).join(TASK);
     copy_version("v1", &task.join("v1"));
     std::fs::write(task.join("CURRENT"), "v1\n").unwrap();
-    let once = |site: &Site| {
-        Command::new("bash")
-            .arg(repo().join("charts/modeld/files/modeld-sync.sh"))
-            .env("SYNC_URL", site.bucket())
-            .env("TASK", TASK)
-            .env("MODEL_ROOT", site.models())
-            .env("SYNC_ONCE", "true")
-            .output()
-            .unwrap()
-    };
-    assert!(once(&site).status.success());
+    assert!(site.sync_once().status.success());
     // A torn or tampered upload: a file differs from the manifest published with it.
     copy_version("v2", &task.join("v2"));
     std::fs::write(task.join("v2").join("evaluation.json"), "{}").unwrap();
     std::fs::write(task.join("CURRENT"), "v2\n").unwrap();
-    let out = once(&site);
+    let out = site.sync_once();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not match its MANIFEST.sha256"), "{}", stderr(&out));
     assert_eq!(std::fs::read_link(site.models().join(TASK).join("current")).unwrap(), Path::new("v1"));
