@@ -22,9 +22,6 @@ use crate::{
     },
 };
 
-/// The largest difference from a golden probability that still counts as equal; the same
-/// tolerance bundle loading applies.
-const TOLERANCE: f32 = 1e-5;
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// What `modeld verify` needs.
@@ -194,13 +191,8 @@ fn compare(expected: &str, rows: &[GoldenRow], response: &pb::PredictResponse) -
         return mismatches;
     }
     for (g, p) in rows.iter().zip(&response.predictions) {
-        let close = p.probabilities.len() == g.probabilities.len()
-            && p.probabilities.iter().zip(&g.probabilities).all(|(s, e)| (s - e).abs() <= TOLERANCE);
-        if p.label != g.label || !close {
-            mismatches.push(format!(
-                "golden line {}: served {} {:?}, expected {} {:?}",
-                g.line, p.label, p.probabilities, g.label, g.probabilities
-            ));
+        if let Some(reason) = g.mismatch(&p.label, &p.probabilities, golden::TOLERANCE) {
+            mismatches.push(format!("golden line {}: {reason}", g.line));
         }
     }
     mismatches

@@ -19,6 +19,10 @@ struct GoldenLine {
     probabilities: Vec<f32>,
 }
 
+/// Largest absolute difference from a golden probability that still counts as equal, for
+/// bundle loading and for `modeld verify`.
+pub const TOLERANCE: f32 = 1e-5;
+
 /// One golden row and its expected outputs.
 #[derive(Debug, Clone)]
 pub struct GoldenRow {
@@ -27,6 +31,27 @@ pub struct GoldenRow {
     pub row: OwnedRow,
     pub label: String,
     pub probabilities: Vec<f32>,
+}
+
+impl GoldenRow {
+    /// Why a served output differs from this row's golden output, or None when it matches.
+    pub fn mismatch(&self, label: &str, probabilities: &[f32], tolerance: f32) -> Option<String> {
+        if label != self.label {
+            return Some(format!("label `{label}`, golden `{}`", self.label));
+        }
+        if probabilities.len() != self.probabilities.len() {
+            return Some(format!("{} probabilities, golden has {}", probabilities.len(), self.probabilities.len()));
+        }
+        let worst = probabilities.iter().zip(&self.probabilities).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        // NaN compares as neither, so it fails too.
+        if worst.is_nan() || worst > tolerance {
+            return Some(format!(
+                "probabilities {probabilities:?} differ from golden {:?} by {worst:e} (tolerance {tolerance:e})",
+                self.probabilities
+            ));
+        }
+        None
+    }
 }
 
 /// A golden line that cannot be read.

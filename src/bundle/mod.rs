@@ -72,7 +72,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { engine: EngineOptions::default(), tolerance: 1e-5 }
+        LoadOptions { engine: EngineOptions::default(), tolerance: golden::TOLERANCE }
     }
 }
 
@@ -187,27 +187,8 @@ impl Bundle {
             self.prepare(&rows).map_err(|e| BundleError::GoldenRow { line: golden[e.row_index].line, source: e })?;
         let mismatch = self.score(&input, |i, scored| {
             let g = &golden[i];
-            let fail = |reason| Some((g.line, g.row.row_id.clone(), reason));
-            if scored.label != g.label {
-                return fail(format!("label `{}`, golden `{}`", scored.label, g.label));
-            }
-            if scored.probabilities.len() != g.probabilities.len() {
-                return fail(format!(
-                    "{} probabilities, golden has {}",
-                    scored.probabilities.len(),
-                    g.probabilities.len()
-                ));
-            }
-            let worst =
-                scored.probabilities.iter().zip(&g.probabilities).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            // NaN compares as neither, so it fails too.
-            if worst.is_nan() || worst > tolerance {
-                return fail(format!(
-                    "probabilities {:?} differ from golden {:?} by {worst:e} (tolerance {tolerance:e})",
-                    scored.probabilities, g.probabilities
-                ));
-            }
-            None
+            g.mismatch(scored.label, scored.probabilities, tolerance)
+                .map(|reason| (g.line, g.row.row_id.clone(), reason))
         })?;
         match mismatch.into_iter().flatten().next() {
             Some((line, row_id, reason)) => Err(BundleError::GoldenMismatch { line, row_id, reason }),
