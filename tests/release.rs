@@ -185,6 +185,15 @@ async fn release(site: &Arc<Site>, bundle: PathBuf, version: &str, grpc: std::ne
     tokio::task::spawn_blocking(move || site.release(&bundle, &version, grpc, wait)).await.unwrap()
 }
 
+/// A server with v1 released and live, and no sync sidecar running any more.
+async fn serving_v1_without_sidecar(site: &Arc<Site>) -> TestServer {
+    let server = TestServer::start(test_config(&site.models())).await;
+    let _sidecar = site.sidecar();
+    let out = release(site, shipped("v1"), "v1", server.grpc, 60).await;
+    assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
+    server
+}
+
 async fn releases_go_live_through_storage_and_the_sync_sidecar(site: Site) {
     let site = Arc::new(site);
     let server = TestServer::start(test_config(&site.models())).await;
@@ -210,12 +219,7 @@ async fn releases_go_live_through_storage_and_the_sync_sidecar(site: Site) {
 
 async fn a_release_that_never_goes_live_is_rolled_back(site: Site) {
     let site = Arc::new(site);
-    let server = TestServer::start(test_config(&site.models())).await;
-    {
-        let _sidecar = site.sidecar();
-        let out = release(&site, shipped("v1"), "v1", server.grpc, 60).await;
-        assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
-    }
+    let server = serving_v1_without_sidecar(&site).await;
     // The sidecar is gone: v2 is published and pointed at, but no pod ever serves it.
     let out = release(&site, shipped("v2"), "v2", server.grpc, 2).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -251,12 +255,7 @@ async fn s3_storage_failed_release_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_or_conflicting_bundles_are_stopped_before_anything_changes() {
     let site = Arc::new(Site::with_dir());
-    let server = TestServer::start(test_config(&site.models())).await;
-    {
-        let _sidecar = site.sidecar();
-        let out = release(&site, shipped("v1"), "v1", server.grpc, 60).await;
-        assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
-    }
+    let server = serving_v1_without_sidecar(&site).await;
 
     // A bundle failing validation is never published.
     let scratch = tempfile::tempdir().unwrap();
