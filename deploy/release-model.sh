@@ -11,7 +11,8 @@
 #   MODELD          the modeld binary                                     [modeld]
 #   BUNDLE_DIR      the bundle to release                                 [models/TASK/VERSION]
 #   ROLLOUT         pointer: write TASK/CURRENT; every pod's sync sidecar flips `current`
-#                   helm:    helm upgrade --atomic pinning model.objectStorage.version [pointer]
+#                   helm:    helm upgrade --atomic pinning model.objectStorage.version
+#                   none:    validate and publish only                         [pointer]
 #   HELM_RELEASE    release name for ROLLOUT=helm; also names the pods to verify
 #   HELM_CHART      chart for ROLLOUT=helm                                [charts/modeld]
 #   KUBE_NAMESPACE  namespace of the release                              [default]
@@ -139,7 +140,9 @@ rollback() {
 step "validate $BUNDLE_DIR"
 [[ $version =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "version '$version' is not a plain directory name"
 [[ -d $BUNDLE_DIR ]] || die "no bundle at $BUNDLE_DIR"
-[[ -n $VERIFY_ADDRS || -n $HELM_RELEASE ]] || die "set HELM_RELEASE (the pods to verify) or VERIFY_ADDRS"
+case $ROLLOUT in pointer | helm | none) ;; *) die "ROLLOUT must be pointer, helm or none, not $ROLLOUT" ;; esac
+[[ $ROLLOUT == none || -n $VERIFY_ADDRS || -n $HELM_RELEASE ]] ||
+  die "set HELM_RELEASE (the pods to verify) or VERIFY_ADDRS"
 [[ $(tr -d '[:space:]' <"$BUNDLE_DIR/version.txt") == "$version" ]] || die "$BUNDLE_DIR/version.txt does not say $version"
 "$MODELD" validate "$BUNDLE_DIR" || die "$BUNDLE_DIR failed validation; nothing was published"
 
@@ -156,13 +159,17 @@ fi
 
 previous=
 case $ROLLOUT in
+  none)
+    record "" "published"
+    step "published $task $version; not rolled out"
+    exit 0
+    ;;
   pointer) previous=$(read_object CURRENT 2>/dev/null | tr -d '[:space:]') || previous= ;;
   helm)
     [[ -n $HELM_RELEASE ]] || die "ROLLOUT=helm needs HELM_RELEASE"
     previous=$(helm get values "$HELM_RELEASE" --namespace "$KUBE_NAMESPACE" --all --output json |
       python3 -c 'import json,sys; print(json.load(sys.stdin).get("model",{}).get("objectStorage",{}).get("version") or "")')
     ;;
-  *) die "ROLLOUT must be pointer or helm, not $ROLLOUT" ;;
 esac
 
 step "roll out $task $version (was ${previous:-none}) by $ROLLOUT"

@@ -130,8 +130,8 @@ impl Site {
         std::fs::read_to_string(self.dir.path().join("release.env")).unwrap_or_default()
     }
 
-    /// Runs the release script for `bundle` against the server at `grpc`.
-    fn release(&self, bundle: &Path, version: &str, grpc: std::net::SocketAddr, wait_secs: u32) -> Output {
+    /// The release script for `bundle`, with storage set.
+    fn release_command(&self, bundle: &Path, version: &str) -> Command {
         let mut command = Command::new("bash");
         command
             .arg(repo().join("deploy/release-model.sh"))
@@ -139,11 +139,16 @@ impl Site {
             .env("STORAGE_URL", self.storage_url())
             .env("MODELD", env!("CARGO_BIN_EXE_modeld"))
             .env("BUNDLE_DIR", bundle)
-            .env("VERIFY_ADDRS", format!("http://{grpc}"))
-            .env("WAIT_SECS", wait_secs.to_string())
             .env("RELEASE_RECORD", self.dir.path().join("release.env"))
             .current_dir(repo());
         self.storage_env(&mut command);
+        command
+    }
+
+    /// Runs the release script for `bundle` against the server at `grpc`.
+    fn release(&self, bundle: &Path, version: &str, grpc: std::net::SocketAddr, wait_secs: u32) -> Output {
+        let mut command = self.release_command(bundle, version);
+        command.env("VERIFY_ADDRS", format!("http://{grpc}")).env("WAIT_SECS", wait_secs.to_string());
         command.output().unwrap()
     }
 
@@ -278,6 +283,13 @@ async fn bad_or_conflicting_bundles_are_stopped_before_anything_changes() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("already holds a different bundle"), "{}", stderr(&out));
     assert_eq!(site.pointer(), "v1");
+
+    // Publish only: the version is stored for a later release, nothing moves.
+    let out = site.release_command(&shipped("v2"), "v2").env("ROLLOUT", "none").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(site.object("v2/MANIFEST.sha256").is_some());
+    assert_eq!(site.pointer(), "v1");
+    assert!(site.record().contains("RESULT=published"), "{}", site.record());
 }
 
 #[test]
