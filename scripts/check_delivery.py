@@ -174,6 +174,13 @@ def check_consistency(scenario: str, docs: list[dict]) -> None:
 
 def check_chart() -> None:
     chart = Chart.load(CHART)
+    # values.schema.json: a misspelt key or an unusable task name fails the install.
+    for bad in [{"model": {"sourc": "volume"}}, {"task": "../etc"}]:
+        try:
+            chart.render(bad, name="modeld-credit-risk")
+            check(f"values schema rejects {bad}", False, "it rendered")
+        except Exception:  # noqa: BLE001 - any refusal counts
+            check(f"values schema rejects {bad}", True)
     for scenario, files in SCENARIOS:
         values = merged_values(files)
         report = lint(str(CHART), values or None, strict=True)
