@@ -91,10 +91,6 @@ fn runtime_stage(text: &str) -> Runtime {
     rt
 }
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// What each runtime COPY puts into the image, from this checkout: the build stage's binary is
 /// the binary under test, the ONNX Runtime stage's library is the one `make ort` fetched (so the
 /// file names, hence the versions, must agree), context paths are the repository's.

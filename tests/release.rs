@@ -19,10 +19,6 @@ use std::{
 
 use common::*;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {

@@ -26,9 +26,14 @@ use tonic::transport::Channel;
 
 pub const TASK: &str = "credit_risk";
 
+/// The repository's root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The repository's shipped bundles.
 pub fn repo_models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    repo().join("models")
 }
 
 /// A model root in a temp dir with `credit_risk/{v1,v2}` linked to the shipped bundles and
