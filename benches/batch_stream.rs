@@ -5,6 +5,7 @@
 //! `cargo bench --bench batch_stream`. Bounded: BATCH_ROWS rows (default 2,000,000) in chunks
 //! of BATCH_CHUNK (default 256); BATCH_VERSION v1|v2 (default v2).
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 use modeld::{
     bundle::{Bundle, LoadOptions, golden},
     config, engine,
-    service::pb::{self, inference_client::InferenceClient, row_result::Outcome},
+    pb::{self, inference_client::InferenceClient, row_result::Outcome},
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,11 +46,9 @@ fn main() {
     }
     let in_process = done as f64 / started.elapsed().as_secs_f64();
 
-    let root = tempfile::tempdir().unwrap();
-    let task_dir = root.path().join("credit_risk");
-    std::fs::create_dir(&task_dir).unwrap();
-    std::os::unix::fs::symlink(shipped.join(&version), task_dir.join("current")).unwrap();
-    let daemon = common::Daemon::spawn(root.path(), &[]);
+    let root = common::model_root(Some(&version));
+    let mut daemon = common::Daemon::serve(root.path(), &[]);
+    let _log = daemon.collect_log();
     let grpc = daemon.grpc;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -8,18 +8,12 @@
 //! LOOPBACK_CONCURRENCY (default 32), LOOPBACK_CONNECTIONS (default 4), LOOPBACK_SECONDS (default 10),
 //! LOOPBACK_VERSION (v1|v2, default v2).
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use modeld::{
-    bundle::golden,
-    config::Config,
-    server::{self, Listeners},
-    service::pb::{self, inference_client::InferenceClient},
-};
-use tokio::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use modeld::pb::{self, inference_client::InferenceClient};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -40,39 +34,18 @@ fn main() {
     let version = std::env::var("LOOPBACK_VERSION").unwrap_or_else(|_| "v2".into());
 
     // The server gets its own runtime with two workers, like the daemon on a 2-core pod.
-    let root = tempfile::tempdir().unwrap();
-    let task_dir = root.path().join("credit_risk");
-    std::fs::create_dir(&task_dir).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/credit_risk");
-    std::os::unix::fs::symlink(shipped.join(&version), task_dir.join("current")).unwrap();
-    let mut config = Config::for_model_root(root.path()).unwrap();
-    config.tasks = vec!["credit_risk".into()];
+    let root = common::model_root(Some(&version));
+    // Production defaults, as `modeld serve` would run with no configuration file.
+    let mut config = modeld::config::Config::for_model_root(root.path()).unwrap();
+    config.tasks = vec![common::TASK.into()];
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let addr = server_rt.block_on(async {
-        let listeners = Listeners {
-            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let (grpc, _) = listeners.local_addrs().unwrap();
-        tokio::spawn(async move {
-            server::run(&config, listeners, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap()
-        });
-        grpc
-    });
+    let server = server_rt.block_on(common::TestServer::start(config));
+    let addr = server.grpc;
 
     let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     client_rt.block_on(async move {
         let channels = connect(addr, connections).await;
-        let row = {
-            let text = std::fs::read_to_string(shipped.join(&version).join("golden.jsonl")).unwrap();
-            let g = golden::parse(&text).unwrap().remove(0);
-            to_pb(&g.row)
-        };
+        let row = common::to_pb(&common::golden(&version)[0].row);
         let request = pb::PredictRequest { task: "credit_risk".into(), rows: vec![row], ..Default::default() };
         wait_ready(&channels[0]).await;
 
@@ -90,7 +63,7 @@ fn main() {
             report(&format!("{name}, {concurrency} concurrent over {connections} connections"), &conc.0, conc.1);
         }
     });
-    let _ = stop_tx.send(());
+    drop(server);
     drop(server_rt);
 }
 
@@ -195,8 +168,4 @@ fn report(name: &str, lat: &[Duration], wall: Duration) {
         v.last().unwrap().as_secs_f64() * 1e3,
         v.len() as f64 / wall.as_secs_f64()
     );
-}
-
-fn to_pb(row: &modeld::preprocess::OwnedRow) -> pb::Row {
-    row.into()
 }

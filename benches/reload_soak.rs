@@ -8,10 +8,10 @@
 //! (default 0: back to back); every wait has a deadline. SOAK_SAME=1 re-points `current` at the
 //! live version instead (events and reload passes without loads), as a control run.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -21,19 +21,12 @@ use std::{
 
 use modeld::{
     bundle::golden,
-    service::pb::{self, inference_client::InferenceClient},
+    pb::{self, inference_client::InferenceClient},
 };
 use tonic::transport::Channel;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn flip(task_dir: &Path, target: &str) {
-    let tmp = task_dir.join("current.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, task_dir.join("current")).unwrap();
 }
 
 #[derive(Default)]
@@ -50,18 +43,13 @@ fn main() {
     // Pause between a flip going live and the next flip; 0 flips back to back.
     let interval = Duration::from_millis(env_or("SOAK_INTERVAL_MS", 0) as u64);
 
-    let root = tempfile::tempdir().unwrap();
-    let task_dir = root.path().join("credit_risk");
-    std::fs::create_dir(&task_dir).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/credit_risk");
-    for v in ["v1", "v2"] {
-        std::os::unix::fs::symlink(shipped.join(v), task_dir.join(v)).unwrap();
-    }
-    flip(&task_dir, "v2");
+    let root = common::model_root(Some("v2"));
+    let shipped = common::repo_models().join(common::TASK);
 
     // Log at info so the daemon's "listening" line is there to read.
-    let daemon =
-        common::Daemon::spawn(root.path(), &[("MODELD_LOG", "info,ort=warn"), ("MODELD_RELOAD_DEBOUNCE_MS", "5")]);
+    let mut daemon =
+        common::Daemon::serve(root.path(), &[("MODELD_LOG", "info,ort=warn"), ("MODELD_RELOAD_DEBOUNCE_MS", "5")]);
+    let _log = daemon.collect_log();
     let grpc = daemon.grpc;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -132,7 +120,7 @@ fn main() {
             // SOAK_SAME=1 re-points `current` at the live version: the same events, polls and
             // reload-loop passes, but no load or swap, to separate their cost from the rest.
             let target = if n % 2 == 0 && !same_target { "v1" } else { "v2" };
-            flip(&task_dir, target);
+            common::point_current(root.path(), target);
             let deadline = Instant::now() + Duration::from_secs(30);
             while live(control.clone()).await.as_deref() != Some(target) {
                 assert!(Instant::now() < deadline, "flip {n} to {target} not picked up");

@@ -7,44 +7,12 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use serde::Deserialize;
-
-use crate::telemetry::LogFormat;
 
 /// Default location of the ONNX Runtime library, as `scripts/fetch-onnxruntime.sh` leaves it.
 const DEFAULT_ORT_LIBRARY: &str = ".ort/libonnxruntime.so.1.31.1";
 const DEFAULT_CONFIG: &str = "config/service.yaml";
-
-/// modeld: serves tabular ONNX model bundles over gRPC and hot-swaps them when `current` moves.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve the configured tasks until SIGTERM or SIGINT.
-    Serve(Box<ServeArgs>),
-    /// Run every load check on one bundle directory, print a report, exit 0 (pass) or 1 (fail).
-    Validate(ValidateArgs),
-    /// Stream a CSV or JSONL file through BatchPredict and write one output record per row.
-    Label(crate::label::LabelArgs),
-    /// Check a running server: wait until it serves a bundle's version, then replay the bundle's
-    /// golden rows through Predict; exit 0 (all equal) or 1.
-    Verify(crate::verify::VerifyArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ValidateArgs {
-    /// The bundle's version directory (the one holding MANIFEST.sha256).
-    pub bundle: PathBuf,
-    /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
-    #[arg(long, env = "MODELD_ORT_LIBRARY")]
-    pub ort_library: Option<PathBuf>,
-}
 
 /// Flags and environment for `serve`; every field may also come from the YAML file.
 #[derive(Debug, Default, Args, Deserialize)]
@@ -141,6 +109,14 @@ pub struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "MODELD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A configuration that cannot be used.

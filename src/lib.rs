@@ -1,34 +1,38 @@
 //! modeld: a gRPC model-serving daemon for tabular ONNX models with hot-swappable bundles.
 //!
 //! # Layout
-//! - [`config`]: the typed configuration (YAML, `MODELD_*` environment, flags); the only reader of the environment.
-//! - [`telemetry`]: log set-up and the Prometheus metrics, in a registry passed down.
-//! - [`schema`]: the feature schema of a bundle, parsed, checked and compiled for preprocessing.
+//! Floors from the top; a module imports only modules listed below it (`tests/layers.rs`
+//! checks this, and that no two files import each other).
+//! - [`clients`]: `modeld label` and `modeld verify`, clients of the public gRPC API.
+//! - [`app`]: the wired application: build every part, serve on given listeners, drain on shutdown.
+//! - [`service`]: the faces (gRPC inference, health, reflection, admin HTTP): wire <-> core, one status table.
+//! - [`pb`]: the generated `modeld.v1` protobuf code, for the faces and the clients only.
+//! - [`predict`]: the protocol-neutral core: request -> snapshot -> preprocess -> run -> results; errors, metrics.
+//! - [`registry`]: the live bundle of each task, swapped atomically; the reload loop.
+//! - [`runner`]: admission and placement of model runs (bounded queue, inline or blocking thread), bulk runtime.
+//! - [`validate`]: `modeld validate`, the load checks as a report.
+//! - [`bundle`]: one version directory loaded and checked (manifest and identity, schema, model, golden rows).
 //! - [`preprocess`]: rows of named raw features -> the model's float32 input, per the schema.
 //! - [`engine`]: ONNX Runtime sessions of one model and the reading of their outputs.
-//! - [`bundle`]: one version directory loaded and checked (manifest, schema, model, golden rows, warm-up).
-//! - [`registry`]: the live bundle of each task, swapped atomically; the reload loop.
-//! - [`runner`]: admission and placement of model runs (bounded queue, inline or blocking thread).
-//! - [`service`]: gRPC inference, health and reflection, admin HTTP; the wire <-> domain edge.
-//! - [`server`]: wiring of all the above on given listeners, with graceful shutdown.
-//! - [`shutdown`]: the process's SIGTERM/SIGINT future.
-//! - [`validate`]: `modeld validate`, the load checks as a report.
-//! - [`label`]: `modeld label`, a batch-labelling client of BatchPredict.
-//! - [`verify`]: `modeld verify`, the release gate: a running server serves a bundle and matches its golden rows.
+//! - [`schema`]: the feature schema of a bundle, parsed, checked and compiled for preprocessing.
+//! - [`telemetry`]: log set-up and the Prometheus metrics, in a registry passed down.
+//! - [`config`]: the typed configuration (YAML, `MODELD_*` environment, flags); the only reader of the environment.
+//! - [`shutdown`]: the process's signals (SIGTERM/SIGINT to stop, SIGHUP to reload).
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod bundle;
+pub mod clients;
 pub mod config;
 pub mod engine;
-pub mod label;
+pub mod pb;
+pub mod predict;
 pub mod preprocess;
 pub mod registry;
 pub mod runner;
 pub mod schema;
-pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validate;
-pub mod verify;

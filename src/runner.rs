@@ -7,8 +7,11 @@
 //! Small runs (at most `inline_max_rows` rows) execute on the async worker that received them:
 //! a German Credit row takes a few microseconds, less than a hand-off to another thread would
 //! cost. Larger runs move to tokio's blocking pool so they never hold an async worker.
+//!
+//! Bulk work (BatchPredict streams) runs on its own low-priority runtime, [`BulkRuntime`], and
+//! may hold only some of the slots, so unary calls always find one.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::Semaphore;
 
@@ -24,6 +27,9 @@ use crate::{
 pub enum RunError {
     #[error("server overloaded: too many model runs queued, retry later")]
     Overloaded,
+    /// The caller's deadline passed while the run waited for a slot.
+    #[error("deadline exceeded while waiting for a model slot")]
+    Deadline,
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("model run aborted: {0}")]
@@ -75,25 +81,45 @@ impl Runner {
     /// hold every inference thread, then runs on the calling thread whatever the size: bulk
     /// callers run on the bulk runtime, whose threads exist for exactly this work. The wait is
     /// bounded by the number of open streams (each has one chunk in the model at a time).
-    pub async fn score_bulk<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F) -> Result<Vec<T>, RunError>
+    pub async fn score_bulk<T, F>(
+        &self,
+        bundle: &Arc<Bundle>,
+        input: Input,
+        deadline: Option<Instant>,
+        emit: F,
+    ) -> Result<Vec<T>, RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
     {
-        let _bulk = self.inner.bulk.acquire().await.expect("the bulk semaphore is never closed");
-        self.run(bundle, input, emit, true).await
+        let _bulk = until(deadline, self.inner.bulk.acquire()).await?.expect("the bulk semaphore is never closed");
+        self.run(bundle, input, deadline, emit, true).await
     }
 
-    /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`].
-    pub async fn score<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F) -> Result<Vec<T>, RunError>
+    /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`]. A run
+    /// still waiting for a slot when `deadline` passes is given up with [`RunError::Deadline`].
+    pub async fn score<T, F>(
+        &self,
+        bundle: &Arc<Bundle>,
+        input: Input,
+        deadline: Option<Instant>,
+        emit: F,
+    ) -> Result<Vec<T>, RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
     {
-        self.run(bundle, input, emit, false).await
+        self.run(bundle, input, deadline, emit, false).await
     }
 
-    async fn run<T, F>(&self, bundle: &Arc<Bundle>, input: Input, emit: F, on_caller: bool) -> Result<Vec<T>, RunError>
+    async fn run<T, F>(
+        &self,
+        bundle: &Arc<Bundle>,
+        input: Input,
+        deadline: Option<Instant>,
+        emit: F,
+        on_caller: bool,
+    ) -> Result<Vec<T>, RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
@@ -101,7 +127,8 @@ impl Runner {
         let inner = &self.inner;
         let admitted = inner.admitted.clone().try_acquire_owned().map_err(|_| RunError::Overloaded)?;
         let queued = GaugeGuard::enter(&inner.metrics.queued_runs);
-        let slot = inner.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
+        let slot =
+            until(deadline, inner.slots.clone().acquire_owned()).await?.expect("the slot semaphore is never closed");
         if on_caller || input.rows <= inner.inline_max_rows {
             let out = bundle.score(&input, emit);
             drop((slot, admitted, queued));
@@ -114,5 +141,53 @@ impl Runner {
         })
         .await?;
         Ok(out?)
+    }
+}
+
+/// Awaits `wait`, or gives up with [`RunError::Deadline`] once `deadline` passes. A wait that is
+/// ready at once (a free slot: the usual case) never arms a timer.
+async fn until<T>(deadline: Option<Instant>, wait: impl Future<Output = T>) -> Result<T, RunError> {
+    match deadline {
+        None => Ok(wait.await),
+        Some(at) => {
+            tokio::time::timeout_at(tokio::time::Instant::from_std(at), wait).await.map_err(|_| RunError::Deadline)
+        }
+    }
+}
+
+/// The runtime BatchPredict streams work on, apart from the one serving unary calls. Tokio
+/// does not preempt: a worker decoding and scoring a 1,000-row chunk would delay every unary
+/// call queued behind it, while separate threads let the OS share the CPU between the two.
+pub struct BulkRuntime(Option<tokio::runtime::Runtime>);
+
+impl BulkRuntime {
+    /// Starts `threads` (at least one) lowest-priority worker threads.
+    pub fn start(threads: usize) -> std::io::Result<BulkRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("modeld-bulk")
+            // Lowest priority: unary calls take the CPU whenever they need it; bulk work gets
+            // the rest, which on an idle pod is all of it.
+            .on_thread_start(|| {
+                let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
+            })
+            .enable_all()
+            .build()?;
+        Ok(BulkRuntime(Some(runtime)))
+    }
+
+    /// Where bulk work is spawned.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("present until drop").handle().clone()
+    }
+}
+
+impl Drop for BulkRuntime {
+    fn drop(&mut self) {
+        // Dropped inside the serving runtime, where a blocking shutdown is not allowed; streams
+        // were drained by then.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }

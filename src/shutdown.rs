@@ -1,4 +1,7 @@
-//! The process's shutdown signal: the first SIGTERM or SIGINT.
+//! The process's signals: the first SIGTERM or SIGINT starts the shutdown; SIGHUP asks for a
+//! reload.
+
+use tokio_util::sync::CancellationToken;
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
 pub async fn signal() {
@@ -7,5 +10,24 @@ pub async fn signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
         _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    }
+}
+
+/// Calls `reload` on every SIGHUP (a polled file system, an impatient operator) until `cancel`
+/// fires.
+pub async fn on_hangup(cancel: CancellationToken, reload: impl Fn()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reloads follow events and polling only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(()) = hangup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reload requested");
+                reload();
+            }
+        }
     }
 }

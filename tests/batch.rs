@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use modeld::service::pb::{self, row_result::Outcome};
+use modeld::pb::{self, row_result::Outcome};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -161,7 +161,7 @@ async fn a_client_that_stops_reading_holds_a_bounded_amount_of_server_work() {
     let stream = client.batch_predict(requests).await.unwrap().into_inner();
 
     // Nobody reads `stream`. The server fills its per-stream buffer and stops reading chunks.
-    let cap = (modeld::service::inference::STREAM_BUFFER + 1) as f64;
+    let cap = (modeld::service::grpc::stream::STREAM_BUFFER + 1) as f64;
     eventually("server buffer full", || async { metric(&server, "modeld_stream_chunks_in_flight").await >= cap }).await;
     // From here on, across many observations, the server never holds more than the cap while
     // the client keeps offering chunks; what it answered sits in transport windows, and the
@@ -194,7 +194,7 @@ async fn cancelling_a_stream_releases_it() {
 }
 
 #[tokio::test]
-async fn limits_on_streams_and_chunk_size_answer_resource_exhausted() {
+async fn too_many_streams_is_resource_exhausted_and_too_many_rows_is_invalid_argument() {
     let root = model_root(Some("v2"));
     let mut config = test_config(root.path());
     config.max_streams = 1;
@@ -214,8 +214,9 @@ async fn limits_on_streams_and_chunk_size_answer_resource_exhausted() {
 
     let mut big = client.batch_predict(tokio_stream::iter([chunk(TASK, vec![row; 101])])).await.unwrap().into_inner();
     let err = big.message().await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert!(err.message().contains("101 rows exceed the limit of 100 per chunk"), "{}", err.message());
+    // Not retryable as sent, so the same code as in Predict.
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "rows: 101 rows exceed the limit of 100 per chunk");
 }
 
 #[tokio::test]

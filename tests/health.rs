@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use modeld::service::pb;
+use modeld::pb;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::*;
-use modeld::service::pb;
+use modeld::pb;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 

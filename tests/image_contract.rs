@@ -189,6 +189,6 @@ fn dockerfile_runtime_contract_matches_the_binary() {
 
     signal(&daemon.child, "TERM");
     let status = daemon.child.wait().unwrap();
-    let log: Vec<String> = daemon.log.map_while(Result::ok).collect();
+    let log: Vec<String> = daemon.log.take().expect("log not taken").map_while(Result::ok).collect();
     assert!(status.success(), "exit {status:?}; log:\n{}", log.join("\n"));
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use modeld::service::pb::{self, row_result::Outcome};
+use modeld::pb::{self, row_result::Outcome};
 
 async fn golden_rows_match(version: &str) {
     let root = model_root(Some(version));

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use modeld::service::pb::{self, value::Kind};
+use modeld::pb::{self, value::Kind};
 use tonic::Code;
 
 fn good_row() -> pb::Row {

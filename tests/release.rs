@@ -214,7 +214,7 @@ async fn releases_go_live_through_storage_and_the_sync_sidecar(site: Site) {
     assert!(site.object("v1/MANIFEST.sha256").is_some(), "v1 stays published for rollback");
     assert_eq!(std::fs::read_link(site.models().join(TASK).join("current")).unwrap(), Path::new("v2"));
     let mut client = server.client().await;
-    let live = client.get_version(modeld::service::pb::GetVersionRequest { task: TASK.into() }).await.unwrap();
+    let live = client.get_version(modeld::pb::GetVersionRequest { task: TASK.into() }).await.unwrap();
     assert_eq!(live.into_inner().version, "v2");
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use modeld::verify::{self, VerifyArgs, VerifyError};
+use modeld::clients::verify::{self, VerifyArgs, VerifyError};
 
 fn args(server: &TestServer, bundle: &std::path::Path, wait_secs: u64) -> VerifyArgs {
     VerifyArgs { addrs: vec![format!("http://{}", server.grpc)], bundle: bundle.to_owned(), task: None, wait_secs }

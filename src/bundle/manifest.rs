@@ -3,7 +3,10 @@
 //! Verification reads each file once and hands the verified bytes back, so what is parsed and
 //! loaded afterwards is exactly what was checked: a file rewritten in between cannot slip in.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use sha2::{Digest, Sha256};
 
@@ -69,6 +72,33 @@ pub fn verify(dir: &Path) -> Result<Verified, ManifestError> {
         return Err(ManifestError::Unlisted(missing));
     }
     Ok(Verified { files, manifest_sha256 })
+}
+
+/// What a candidate version directory is: its canonical path and its manifest's sha256.
+///
+/// Reloads compare identities, never timestamps, so a rollback to an older directory is a
+/// change like any other, and a bundle repaired in place (new manifest) is a new candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub path: PathBuf,
+    /// None when the manifest cannot be read: the full load reports why.
+    pub manifest_sha256: Option<String>,
+}
+
+impl Identity {
+    /// Resolves `link` (a `current` link or a version directory) and hashes the manifest it
+    /// holds (small: one line per file).
+    pub fn of(link: &Path) -> std::io::Result<Identity> {
+        let path = link.canonicalize()?;
+        if !path.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", path.display()),
+            ));
+        }
+        let manifest_sha256 = std::fs::read(path.join(MANIFEST)).ok().map(|bytes| sha256_hex(&bytes));
+        Ok(Identity { path, manifest_sha256 })
+    }
 }
 
 /// Lower-case hex sha256 of `bytes`.

@@ -105,6 +105,8 @@ pub struct Step {
 /// One row's served outputs.
 #[derive(Debug, Clone, Copy)]
 pub struct Scored<'a> {
+    /// Index of the served class in [`Bundle::class_labels`].
+    pub class: usize,
     pub label: &'a str,
     pub probabilities: &'a [f32],
 }
@@ -229,10 +231,15 @@ impl Bundle {
                         }
                     })?,
                 };
-                results.push(emit(i, Scored { label: &classes[index], probabilities }));
+                results.push(emit(i, Scored { class: index, label: &classes[index], probabilities }));
             }
             Ok(results)
         })?
+    }
+
+    /// True when this bundle was loaded from exactly the candidate `identity` describes.
+    pub fn is(&self, identity: &manifest::Identity) -> bool {
+        self.path == identity.path && identity.manifest_sha256.as_deref() == Some(self.manifest_sha256.as_str())
     }
 
     /// Class names in probability order.

@@ -14,11 +14,9 @@ use std::sync::{
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use super::pb::inference_server::InferenceServer;
-use crate::registry::Registry;
+use crate::{pb, registry::Registry};
 
 /// Shared readiness state. Cloning is shallow.
 #[derive(Clone)]
@@ -30,16 +28,24 @@ pub struct Readiness {
 }
 
 /// The gRPC service name of the inference API, as health checks name it.
-pub const INFERENCE_SERVICE: &str = <InferenceServer<super::inference::InferenceService> as NamedService>::NAME;
+pub const INFERENCE_SERVICE: &str = pb::inference_server::SERVICE_NAME;
 
 /// The grpc.health.v1 service name for liveness probes.
 pub const LIVENESS_SERVICE: &str = "liveness";
 
 impl Readiness {
-    /// Readiness starts NOT_SERVING; liveness is SERVING before this returns.
+    /// Readiness starts NOT_SERVING (unless every task is live already); liveness is SERVING
+    /// before this returns.
     pub async fn new(registry: Registry, reporter: HealthReporter) -> Readiness {
         reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
-        Readiness { registry, draining: Arc::new(AtomicBool::new(false)), drain: CancellationToken::new(), reporter }
+        let readiness = Readiness {
+            registry,
+            draining: Arc::new(AtomicBool::new(false)),
+            drain: CancellationToken::new(),
+            reporter,
+        };
+        readiness.publish().await;
+        readiness
     }
 
     /// True when every task serves and shutdown has not begun.

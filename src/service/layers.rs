@@ -110,9 +110,13 @@ pub struct Track<S> {
     tracker: CallTracker,
 }
 
-impl<S, Req, B> Service<Req> for Track<S>
+/// grpc.health.v1 Watch streams last as long as their client wants: they have said all they
+/// will say once shutdown reports NOT_SERVING, so the drain does not wait for them.
+const UNTRACKED: &str = "/grpc.health.v1.Health/Watch";
+
+impl<S, ReqBody, B> Service<http::Request<ReqBody>> for Track<S>
 where
-    S: Service<Req, Response = http::Response<B>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<B>>,
     S::Future: Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
 {
@@ -124,8 +128,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        let guard = self.tracker.enter();
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let guard = (req.uri().path() != UNTRACKED).then(|| self.tracker.enter());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
@@ -137,7 +141,7 @@ where
 /// A response body that keeps its call counted until it is dropped.
 pub struct TrackedBody<B> {
     body: B,
-    _guard: CallGuard,
+    _guard: Option<CallGuard>,
 }
 
 impl<B: Body + Unpin> Body for TrackedBody<B> {

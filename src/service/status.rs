@@ -1,62 +1,75 @@
-//! The one table from domain errors to gRPC statuses (ARCHITECTURE.md §5).
+//! The one table from the core's error kinds to gRPC status codes (ARCHITECTURE.md §5).
 //!
-//! | error                                   | code               |
-//! |-----------------------------------------|--------------------|
-//! | bad request field, bad row              | INVALID_ARGUMENT   |
-//! | unknown task or version                 | NOT_FOUND          |
-//! | too many queued runs or open streams,   | RESOURCE_EXHAUSTED |
-//! | a stream chunk over the size limit      |                    |
-//! | task not loaded yet, shutting down      | UNAVAILABLE        |
-//! | engine failure                          | INTERNAL           |
+//! The core says what kind of failure an error is ([`PredictError::kind`]); this table says
+//! which code that kind is on the gRPC wire. The same condition therefore has the same code on
+//! every RPC: "too many rows" is INVALID_ARGUMENT in Predict and in a BatchPredict chunk alike.
 //!
-//! Deadlines are enforced by the transport (DEADLINE_EXCEEDED / CANCELLED) before a handler
-//! could map them.
+//! | kind (examples)                                                   | code               |
+//! |-------------------------------------------------------------------|--------------------|
+//! | missing task, no rows, too many rows, bad row, wrong value count  | INVALID_ARGUMENT   |
+//! | unknown task or version                                           | NOT_FOUND          |
+//! | model-run queue full, too many open streams                       | RESOURCE_EXHAUSTED |
+//! | task not loaded yet, shutting down                                | UNAVAILABLE        |
+//! | deadline passed before the model ran                              | DEADLINE_EXCEEDED  |
+//! | engine failure                                                    | INTERNAL           |
 
 use tonic::{Code, Status};
 
-use crate::{preprocess::RowError, registry::RegistryError, runner::RunError};
+use crate::predict::{ErrorKind, PredictError};
 
-/// Everything a handler can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A request field that is wrong regardless of the model.
-    #[error("{field}: {reason}")]
-    InvalidField { field: &'static str, reason: String },
-    /// A request within the wire limits but over a configured size limit.
-    #[error("{0}")]
-    TooLarge(String),
-    #[error(transparent)]
-    Row(#[from] RowError),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-}
-
-impl ServeError {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> ServeError {
-        ServeError::InvalidField { field, reason: reason.into() }
-    }
-
-    /// The gRPC code of this error.
-    pub fn code(&self) -> Code {
-        match self {
-            ServeError::InvalidField { .. } | ServeError::Row(_) => Code::InvalidArgument,
-            ServeError::Registry(RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. }) => {
-                Code::NotFound
-            }
-            ServeError::Registry(RegistryError::NotReady { .. }) => Code::Unavailable,
-            ServeError::Run(RunError::Overloaded) | ServeError::TooLarge(_) => Code::ResourceExhausted,
-            ServeError::Run(RunError::Engine(_) | RunError::Aborted(_)) => Code::Internal,
-        }
+/// The gRPC code of a kind of failure.
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Cancelled => Code::Cancelled,
+        ErrorKind::Internal => Code::Internal,
+        ErrorKind::Unknown => Code::Unknown,
     }
 }
 
-impl From<ServeError> for Status {
-    fn from(e: ServeError) -> Status {
-        if e.code() == Code::Internal {
-            tracing::error!(error = %e, "model run failed");
+/// The kind of a failure the transport reported (a stream that broke, a message that did not
+/// decode), so that it is counted like the core's own failures.
+pub fn kind_of(code: Code) -> ErrorKind {
+    ErrorKind::ALL.into_iter().find(|k| self::code(*k) == code).unwrap_or(match code {
+        Code::OutOfRange | Code::FailedPrecondition => ErrorKind::InvalidArgument,
+        Code::Aborted => ErrorKind::Unavailable,
+        Code::DataLoss => ErrorKind::Internal,
+        _ => ErrorKind::Unknown,
+    })
+}
+
+impl From<PredictError> for Status {
+    fn from(e: PredictError) -> Status {
+        Status::new(code(e.kind()), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `code` metric label the core records must be the code this table sends.
+    #[test]
+    fn metric_names_match_the_codes_sent() {
+        for kind in ErrorKind::ALL {
+            let sent = code(kind);
+            let name = format!("{sent:?}");
+            let spelled: String = kind.name().split('_').map(|w| w[..1].to_owned() + &w[1..].to_lowercase()).collect();
+            assert_eq!(name, spelled, "{kind:?}");
+            assert_eq!(kind_of(sent), kind);
         }
-        Status::new(e.code(), e.to_string())
+    }
+
+    #[test]
+    fn too_many_rows_is_invalid_argument_for_requests_and_chunks() {
+        for unit in ["request", "chunk"] {
+            let status = Status::from(PredictError::TooManyRows { rows: 5, limit: 3, unit });
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert_eq!(status.message(), format!("rows: 5 rows exceed the limit of 3 per {unit}"));
+        }
     }
 }

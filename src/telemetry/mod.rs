@@ -3,17 +3,10 @@
 //! [`Metrics`] owns its own `prometheus::Registry`, created at start-up and passed down: no
 //! global default registry, so several servers in one process (tests) never share counters.
 
+use crate::config::LogFormat;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Installs the tracing subscriber. `filter` uses `RUST_LOG` syntax.
 pub fn init_logs(filter: &str, format: LogFormat) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

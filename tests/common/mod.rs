@@ -1,5 +1,7 @@
-//! Test helpers: a real server on 127.0.0.1:0 with real bundles, stopped on drop.
-#![allow(dead_code)] // each test binary uses its own subset
+//! The one helper module of the integration tests and the benchmarks (benches include it by
+//! path): a real server on 127.0.0.1:0 with real bundles, in process or as a `modeld serve`
+//! child, stopped on drop; model roots, bundles, clients and metric readers.
+#![allow(dead_code)] // each test and bench binary uses its own subset
 
 use std::{
     future::Future,
@@ -10,11 +12,11 @@ use std::{
 };
 
 use modeld::{
+    app::{self, AppError, Listeners},
     bundle::golden::{self, GoldenRow},
     config::Config,
+    pb::{self, inference_client::InferenceClient},
     preprocess::OwnedRow,
-    server::{self, Listeners},
-    service::pb::{self, inference_client::InferenceClient},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -76,7 +78,7 @@ pub struct TestServer {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
     stop_tx: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), server::ServerError>>>,
+    handle: Option<JoinHandle<Result<(), AppError>>>,
 }
 
 impl TestServer {
@@ -88,7 +90,7 @@ impl TestServer {
         let (grpc, admin) = listeners.local_addrs().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel();
         let handle = tokio::spawn(async move {
-            server::run(&config, listeners, async {
+            app::serve(&config, listeners, async {
                 let _ = stop_rx.await;
             })
             .await
@@ -112,8 +114,8 @@ impl TestServer {
         InferenceClient::new(self.channel().await).max_decoding_message_size(64 << 20)
     }
 
-    /// Stops the server and returns how `server::run` ended.
-    pub async fn stop(mut self) -> Result<(), server::ServerError> {
+    /// Stops the server and returns how `app::serve` ended.
+    pub async fn stop(mut self) -> Result<(), AppError> {
         let _ = self.stop_tx.take().unwrap().send(());
         self.handle.take().unwrap().await.unwrap()
     }
@@ -127,15 +129,33 @@ impl Drop for TestServer {
     }
 }
 
-/// A running `modeld serve` child process, its bound addresses and its remaining log lines.
+/// A running `modeld serve` child process, its bound addresses and its log. Dropping it sends
+/// SIGTERM and waits for the process.
 pub struct Daemon {
     pub child: std::process::Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
-    pub log: std::io::Lines<BufReader<std::process::ChildStderr>>,
+    /// The log lines after "listening", until taken.
+    pub log: Option<std::io::Lines<BufReader<std::process::ChildStderr>>>,
 }
 
 impl Daemon {
+    /// Serves `credit_risk` from `root` with the binary under test on loopback ports it picks,
+    /// JSON logs and no config file; `env` adds or overrides settings.
+    pub fn serve(root: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+        command
+            .arg("serve")
+            .env("MODELD_MODEL_ROOT", root)
+            .env("MODELD_TASKS", TASK)
+            .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
+            .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
+            .env("MODELD_CONFIG", "/dev/null")
+            .env("MODELD_LOG_FORMAT", "json")
+            .envs(env.iter().copied());
+        Daemon::spawn(command)
+    }
+
     /// Starts `command` (a `serve` with JSON logs) and waits for its "listening" line: the
     /// daemon logs the addresses it bound, so tests read them instead of guessing ports.
     pub fn spawn(mut command: std::process::Command) -> Daemon {
@@ -150,7 +170,34 @@ impl Daemon {
                 break (addr("grpc"), addr("admin"));
             }
         };
-        Daemon { child, grpc, admin, log }
+        Daemon { child, grpc, admin, log: Some(log) }
+    }
+
+    /// Reads the rest of the log on a thread, so the daemon never blocks on a full pipe; the
+    /// handle returns every line once the daemon exits.
+    pub fn collect_log(&mut self) -> std::thread::JoinHandle<Vec<String>> {
+        let log = self.log.take().expect("the log is taken once");
+        std::thread::spawn(move || log.map_while(Result::ok).collect())
+    }
+
+    /// Resident set size of the daemon, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(&self.child, "TERM");
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -16,10 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 use crate::{
     bundle::golden::{self, GoldenRow},
-    service::{
-        health::INFERENCE_SERVICE,
-        pb::{self, inference_client::InferenceClient},
-    },
+    pb::{self, inference_client::InferenceClient, inference_server::SERVICE_NAME as INFERENCE_SERVICE},
 };
 
 const RETRY_EVERY: Duration = Duration::from_millis(500);

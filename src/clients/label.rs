@@ -20,7 +20,7 @@ use std::{
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::service::pb::{self, inference_client::InferenceClient, row_result::Outcome, value::Kind};
+use crate::pb::{self, inference_client::InferenceClient, row_result::Outcome, value::Kind};
 
 /// What `modeld label` needs.
 #[derive(Debug, Clone, clap::Args)]

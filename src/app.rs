@@ -1,0 +1,250 @@
+//! The wired application: [`App::build`] makes every part (runtime library, metrics, registry,
+//! runner, the prediction core, the faces); [`App::run`] serves them on listeners it is given
+//! until a shutdown future resolves, then drains in three steps under a deadline.
+//!
+//! Listeners and the shutdown future are arguments: production binds the configured addresses
+//! and passes the signal future; tests bind `127.0.0.1:0` and pass a oneshot.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::{
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+
+use crate::{
+    bundle::LoadOptions,
+    config::Config,
+    engine::{self, EngineOptions},
+    pb,
+    predict::{Limits, Predictor},
+    registry::{
+        Registry, RegistryOptions, ReloadError, ReloadOutcome,
+        watch::{self, Reload, ReloadTiming},
+    },
+    runner::{BulkRuntime, Runner, RunnerLimits},
+    service::{
+        admin,
+        grpc::InferenceService,
+        health::Readiness,
+        layers::{self, CallTracker},
+    },
+    shutdown,
+    telemetry::Metrics,
+};
+
+/// How long connections get after the last call is answered to flush and close.
+const CONNECTION_LINGER: Duration = Duration::from_millis(500);
+
+/// Why the application could not start or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("task `{task}` has no usable bundle at start-up: {error}")]
+    NoBundle {
+        task: String,
+        #[source]
+        error: Arc<ReloadError>,
+    },
+    #[error("cannot start the bulk runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
+        let bind =
+            |addr| async move { TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source }) };
+        Ok(Listeners { grpc: bind(config.grpc_addr).await?, admin: bind(config.admin_addr).await? })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.grpc.local_addr()?, self.admin.local_addr()?))
+    }
+}
+
+/// Every part of a serving daemon, built and not yet running.
+pub struct App {
+    config: Config,
+    metrics: Metrics,
+    registry: Registry,
+    readiness: Readiness,
+    health_service: HealthServer<HealthService>,
+    inference: InferenceService,
+    bulk: BulkRuntime,
+}
+
+impl App {
+    /// Builds the application. Bundles load in the background once it runs (health reports
+    /// NOT_SERVING until every task has a live bundle), except with `require_bundles`, where a
+    /// task without a usable bundle fails the build.
+    pub async fn build(config: &Config) -> Result<App, AppError> {
+        engine::init(&config.ort_library)?;
+        let metrics = Metrics::new();
+        let options = RegistryOptions {
+            load: LoadOptions {
+                engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
+                ..LoadOptions::default()
+            },
+            keep_versions: config.keep_versions.clone(),
+            keep_recent: config.keep_recent,
+        };
+        let registry = Registry::new(config.model_root.clone(), &config.tasks, options, metrics.clone());
+        if config.require_bundles {
+            for task in &config.tasks {
+                if let ReloadOutcome::Failed(error) = registry.reload(task, true).await {
+                    return Err(AppError::NoBundle { task: task.clone(), error });
+                }
+            }
+        }
+        let runner = Runner::new(
+            RunnerLimits {
+                threads: config.inference_threads,
+                max_queued: config.max_queued_runs,
+                inline_max_rows: config.inline_max_rows,
+                bulk_threads: config.bulk_threads,
+            },
+            metrics.clone(),
+        );
+        let limits = Limits {
+            max_rows: config.max_rows,
+            max_batch_rows: config.max_batch_rows,
+            max_streams: config.max_streams,
+        };
+        let predictor = Predictor::new(registry.clone(), runner, metrics.clone(), limits);
+
+        let reporter = HealthReporter::new();
+        let health_service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
+        let readiness = Readiness::new(registry.clone(), reporter).await;
+        let bulk = BulkRuntime::start(config.bulk_threads).map_err(AppError::Runtime)?;
+        let inference = InferenceService::new(predictor, registry.clone(), readiness.clone(), bulk.handle());
+        Ok(App { config: config.clone(), metrics, registry, readiness, health_service, inference, bulk })
+    }
+
+    /// Serves until `shutdown` resolves, then drains within `shutdown_grace`.
+    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let App { config, metrics, registry, readiness, health_service, inference, bulk } = self;
+        let background = CancellationToken::new();
+        let health_sync = readiness.spawn_sync(background.clone());
+        let timing =
+            ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce, events: config.watch_events };
+        let (reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
+        let hangup = tokio::spawn(shutdown::on_hangup(background.clone(), move || {
+            let _ = reload_tx.try_send(Reload);
+        }));
+
+        // Reflection in both versions: v1 for current tools, v1alpha for the grpcurl releases
+        // still packaged by distributions and PyPI.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+        let inference = pb::inference_server::InferenceServer::new(inference)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+
+        let drain = CancellationToken::new();
+        let tracker = CallTracker::default();
+        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        let mut grpc = tokio::spawn(
+            layers::grpc_server(&config, &tracker)
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(inference)
+                .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
+        );
+        let admin_stop = CancellationToken::new();
+        let admin = tokio::spawn(
+            axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics))
+                .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(tasks = ?config.tasks, root = %config.model_root.display(), "serving; loading bundles");
+
+        tokio::select! {
+            _ = shutdown => {}
+            // The gRPC server only ends on its own if it failed.
+            result = &mut grpc => {
+                background.cancel();
+                admin_stop.cancel();
+                result??;
+                return Ok(());
+            }
+        }
+
+        // 1. Not serving: probes and load balancers stop sending new work.
+        readiness.begin_drain().await;
+        tracing::info!(grace_ms = config.shutdown_grace.as_millis() as u64, "draining in-flight calls");
+        // 2. Stop accepting (GOAWAY); in-flight calls and streams finish within the grace period.
+        //    Done when every call is answered: idle client connections may stay open after GOAWAY,
+        //    so waiting for connections to close could use up the whole grace period for nothing.
+        drain.cancel();
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+        let mut ended = None;
+        let answered = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                result = &mut grpc => ended = Some(result),
+                _ = tracker.idle() => {}
+            }
+        })
+        .await;
+        match answered {
+            Ok(()) => tracing::info!("drained: every in-flight call finished"),
+            Err(_) => tracing::warn!(open_calls = tracker.open(), "grace period over: calls still running were cut"),
+        }
+        // Let connections flush their last frames and close, briefly; then cut what is left.
+        if ended.is_none() {
+            let linger = deadline.min(tokio::time::Instant::now() + CONNECTION_LINGER);
+            ended = tokio::time::timeout_at(linger, &mut grpc).await.ok();
+        }
+        // 3. Stop the admin face and background tasks, bounded as well.
+        admin_stop.cancel();
+        background.cancel();
+        let rest = async {
+            let _ = admin.await;
+            let _ = reload_loop.await;
+            let _ = health_sync.await;
+            let _ = hangup.await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+        drop(bulk);
+        match ended {
+            Some(result) => Ok(result??),
+            None => {
+                grpc.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Builds the application and serves it on `listeners` until `shutdown` resolves.
+pub async fn serve(config: &Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    App::build(config).await?.run(listeners, shutdown).await
+}

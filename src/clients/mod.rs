@@ -1,0 +1,6 @@
+//! Clients of modeld's public gRPC API, for the `modeld` subcommands that talk to a running
+//! server. They stand above the server: they know only the wire contract ([`crate::pb`]) and
+//! the bundle files they replay, never the server's internals.
+
+pub mod label;
+pub mod verify;

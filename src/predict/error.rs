@@ -1,0 +1,152 @@
+//! The core's one error enum, and the kinds every face maps to its protocol's codes.
+//!
+//! Faces never build errors of their own for conditions the core knows: they map
+//! [`PredictError::kind`] through one table per protocol (`service::status` for gRPC). The
+//! kind's [`ErrorKind::name`] is the gRPC code name, which is also the `code` label of
+//! `modeld_requests_total` for every face, so dashboards read the same whatever the protocol.
+
+use std::sync::Arc;
+
+use crate::{
+    engine::EngineError,
+    preprocess::RowError,
+    registry::{RegistryError, ReloadError},
+    runner::RunError,
+};
+
+/// Everything a prediction can fail with. Each variant is a kind of failure with its data, so
+/// a face can report the row and field, the limit, or the versions loaded, in its own shape.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// A unary request that names no task.
+    #[error("task: must name a task")]
+    MissingTask,
+    /// A stream whose first chunk names no task.
+    #[error("task: the first chunk must name a task")]
+    MissingStreamTask,
+    /// A later chunk names another task than the stream's.
+    #[error("task: `{chunk}` differs from the stream's task `{stream}`")]
+    TaskChanged { stream: String, chunk: String },
+    #[error("rows: at least one row is required")]
+    NoRows,
+    /// More rows than `max_rows` in one request or stream chunk. Not retryable as it is, so it is
+    /// an invalid argument everywhere, never a resource condition.
+    #[error("rows: {rows} rows exceed the limit of {limit} per {unit}")]
+    TooManyRows { rows: usize, limit: usize, unit: &'static str },
+    /// A positional row whose value count does not match the stream's columns.
+    #[error("values: row {row} has {values} values for {columns} columns")]
+    ValueCount { row: usize, values: usize, columns: usize },
+    /// A row that cannot be encoded: names the row, the field and the reason.
+    #[error(transparent)]
+    BadRow(#[from] RowError),
+    #[error("unknown task `{0}`")]
+    UnknownTask(String),
+    #[error("task `{task}` has no version `{version}` loaded (loaded: {})", loaded.join(", "))]
+    UnknownVersion { task: String, version: String, loaded: Vec<String> },
+    /// The task has no live bundle yet: still loading (`last_error` None) or every candidate so
+    /// far was rejected.
+    #[error("task `{task}` has no live version yet: {}", last_error.as_ref().map_or_else(|| "still loading".to_owned(), |e| e.to_string()))]
+    NotReady { task: String, last_error: Option<Arc<ReloadError>> },
+    /// The server is draining: a stream's remaining chunks must go elsewhere.
+    #[error("server shutting down: send the remaining chunks again elsewhere")]
+    ShuttingDown,
+    /// The model-run queue is full.
+    #[error("server overloaded: too many model runs queued, retry later")]
+    Overloaded,
+    #[error("too many open streams (limit {limit}), retry later")]
+    TooManyStreams { limit: usize },
+    /// The caller's deadline passed before the work was done.
+    #[error("deadline exceeded before the model ran")]
+    Deadline,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("model run aborted: {0}")]
+    Aborted(#[source] tokio::task::JoinError),
+}
+
+/// What kind of failure an error is: the protocol-neutral classes that each face's table maps
+/// to its own codes. Named like the gRPC codes they become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    DeadlineExceeded,
+    /// The caller went away or cancelled.
+    Cancelled,
+    Internal,
+    /// A transport failure the core cannot classify.
+    Unknown,
+}
+
+impl ErrorKind {
+    /// Every kind, for tables and their tests.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::Unavailable,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::Cancelled,
+        ErrorKind::Internal,
+        ErrorKind::Unknown,
+    ];
+
+    /// The gRPC code name, as grpc-status documentation spells it: the `code` metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            ErrorKind::Cancelled => "CANCELLED",
+            ErrorKind::Internal => "INTERNAL",
+            ErrorKind::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl PredictError {
+    /// The kind of this error: the same condition is the same kind on every face and method.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PredictError::MissingTask
+            | PredictError::MissingStreamTask
+            | PredictError::TaskChanged { .. }
+            | PredictError::NoRows
+            | PredictError::TooManyRows { .. }
+            | PredictError::ValueCount { .. }
+            | PredictError::BadRow(_) => ErrorKind::InvalidArgument,
+            PredictError::UnknownTask(_) | PredictError::UnknownVersion { .. } => ErrorKind::NotFound,
+            PredictError::NotReady { .. } | PredictError::ShuttingDown => ErrorKind::Unavailable,
+            PredictError::Overloaded | PredictError::TooManyStreams { .. } => ErrorKind::ResourceExhausted,
+            PredictError::Deadline => ErrorKind::DeadlineExceeded,
+            PredictError::Engine(_) | PredictError::Aborted(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<RegistryError> for PredictError {
+    fn from(e: RegistryError) -> PredictError {
+        match e {
+            RegistryError::UnknownTask(task) => PredictError::UnknownTask(task),
+            RegistryError::UnknownVersion { task, version, loaded } => {
+                PredictError::UnknownVersion { task, version, loaded }
+            }
+            RegistryError::NotReady { task, last_error } => PredictError::NotReady { task, last_error },
+        }
+    }
+}
+
+impl From<RunError> for PredictError {
+    fn from(e: RunError) -> PredictError {
+        match e {
+            RunError::Overloaded => PredictError::Overloaded,
+            RunError::Deadline => PredictError::Deadline,
+            RunError::Engine(e) => PredictError::Engine(e),
+            RunError::Aborted(e) => PredictError::Aborted(e),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Chunked bulk scoring: one [`StreamSession`] per BatchPredict stream (or any face's
+//! equivalent). The session fixes its task and bundle snapshot on the first chunk and keeps both
+//! for its whole life; a bad row gets its own error and the other rows of its chunk are scored.
+//!
+//! The face owns the stream's transport loop (reading chunks, back-pressure, shutdown); the
+//! session owns everything else: the open-streams limit, checks, the model runs on the bulk
+//! slots, and the stream's metrics, recorded once when it is finished or dropped.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{CallContext, ErrorKind, Method, PredictError, Prediction, Predictor, prediction};
+use crate::{
+    bundle::Bundle,
+    preprocess::{self, RowError, RowView},
+    telemetry::GaugeGuard,
+};
+
+/// One chunk's answer: the stream's bundle, and per row (in order) its prediction or its error.
+#[derive(Debug)]
+pub struct ChunkAnswer {
+    pub bundle: Arc<Bundle>,
+    pub outcomes: Vec<Result<Prediction, RowError>>,
+}
+
+/// An open stream. Holds one of the `max_streams` slots until dropped.
+pub struct StreamSession {
+    predictor: Predictor,
+    ctx: CallContext,
+    task: String,
+    bundle: Option<Arc<Bundle>>,
+    /// How the stream ended, once the face says so; a session dropped without a word was cut
+    /// off (the caller went away, or the stream's task was aborted).
+    outcome: Option<Result<(), ErrorKind>>,
+    _open: (OwnedSemaphorePermit, GaugeGuard, GaugeGuard),
+}
+
+impl Predictor {
+    /// Opens a stream, or refuses it with [`PredictError::TooManyStreams`] (counted like any
+    /// failed call) when `max_streams` are open.
+    pub fn open_stream(&self, ctx: CallContext) -> Result<StreamSession, PredictError> {
+        debug_assert_eq!(ctx.method, Method::BatchPredict);
+        let Ok(permit) = self.inner.streams.clone().try_acquire_owned() else {
+            self.record(&ctx, "", "", Some(ErrorKind::ResourceExhausted));
+            return Err(PredictError::TooManyStreams { limit: self.inner.limits.max_streams });
+        };
+        let in_flight = GaugeGuard::enter(&self.inner.in_flight[ctx.method as usize]);
+        let open = GaugeGuard::enter(&self.inner.metrics.streams_open);
+        Ok(StreamSession {
+            predictor: self.clone(),
+            ctx,
+            task: String::new(),
+            bundle: None,
+            outcome: None,
+            _open: (permit, in_flight, open),
+        })
+    }
+}
+
+impl StreamSession {
+    /// Checks a chunk's task against the stream's. The first chunk must name one; it fixes the
+    /// stream's task and its one bundle snapshot (the pinned `version`, or the live one).
+    pub fn bind(&mut self, task: &str, version: &str) -> Result<&Arc<Bundle>, PredictError> {
+        if self.bundle.is_none() {
+            if task.is_empty() {
+                return Err(PredictError::MissingStreamTask);
+            }
+            // One snapshot for the whole stream: a flip mid-stream does not change its version.
+            let bundle = self.predictor.snapshot(task, (!version.is_empty()).then_some(version))?;
+            self.task = task.to_owned();
+            self.bundle = Some(bundle);
+        } else if !task.is_empty() && task != self.task {
+            return Err(PredictError::TaskChanged { stream: self.task.clone(), chunk: task.to_owned() });
+        }
+        Ok(self.bundle.as_ref().expect("bound above"))
+    }
+
+    /// The stream's task; empty until the first chunk bound it.
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+
+    /// Marks a chunk as received and not yet handed to the transport, for as long as the guard
+    /// lives (`modeld_stream_chunks_in_flight`: the server's buffered work).
+    pub fn chunk_received(&self) -> GaugeGuard {
+        GaugeGuard::enter(&self.predictor.inner.metrics.stream_chunks_in_flight)
+    }
+
+    /// Scores one chunk of a bound stream in runs of at most `max_batch_rows` rows. Rows that
+    /// cannot be encoded get their own error (`row_index` within the chunk); the rest are scored.
+    pub async fn score_chunk<R: RowView + Sync>(&mut self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
+        let bundle = self.bundle.clone().ok_or(PredictError::MissingStreamTask)?;
+        let inner = &self.predictor.inner;
+        let limit = inner.limits.max_rows;
+        if rows.len() > limit {
+            return Err(PredictError::TooManyRows { rows: rows.len(), limit, unit: "chunk" });
+        }
+        if self.ctx.past_deadline() {
+            return Err(PredictError::Deadline);
+        }
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut errors = 0u64;
+        for (batch_index, batch) in rows.chunks(inner.limits.max_batch_rows.max(1)).enumerate() {
+            let offset = batch_index * inner.limits.max_batch_rows.max(1);
+            let (input, encoded) = preprocess::encode_each(&bundle.schema, batch);
+            let mut scored = inner.runner.score_bulk(&bundle, input, self.ctx.deadline, prediction).await?.into_iter();
+            for outcome in encoded {
+                outcomes.push(match outcome {
+                    Ok(_) => Ok(scored.next().expect("one prediction per good row")),
+                    Err(mut e) => {
+                        errors += 1;
+                        e.row_index += offset;
+                        Err(e)
+                    }
+                });
+            }
+        }
+        let labels = [self.task.as_str(), bundle.version.as_str()];
+        let m = &inner.metrics;
+        m.rows.with_label_values(&labels).inc_by(outcomes.len() as u64 - errors);
+        m.stream_chunks.with_label_values(&labels).inc();
+        if errors > 0 {
+            m.stream_row_errors.with_label_values(&labels).inc_by(errors);
+        }
+        Ok(ChunkAnswer { bundle, outcomes })
+    }
+
+    /// Ends the stream: OK when the caller closed its side and every chunk was answered, else
+    /// the kind of failure that ended it.
+    pub fn finish(mut self, outcome: Result<(), ErrorKind>) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for StreamSession {
+    fn drop(&mut self) {
+        let failure = self.outcome.unwrap_or(Err(ErrorKind::Cancelled)).err();
+        let version = self.bundle.as_ref().map_or("", |b| b.version.as_str());
+        self.predictor.record(&self.ctx, &self.task, version, failure);
+        if let Some(task) = self.predictor.inner.registry.task_name(&self.task) {
+            let seconds = Instant::now().duration_since(self.ctx.started).as_secs_f64();
+            self.predictor.inner.metrics.stream_seconds.with_label_values(&[task]).observe(seconds);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Reload decisions: what one reload of a task does with the candidate `current` resolves to.
+//!
+//! Unchanged (same identity as the live bundle), known bad (failed before and unchanged since),
+//! promoted (a version already kept warm), or loaded and checked, then swapped in. A failure is
+//! logged, counted and recorded for health; the live bundle keeps serving.
+
+use std::{sync::Arc, time::Instant};
+
+use super::{CURRENT, Registry, ReloadError, ReloadOutcome, Task};
+use crate::bundle::manifest::Identity;
+
+impl Registry {
+    /// Brings `task` in line with its `current` link: loads and checks the candidate off the
+    /// async workers and swaps it in, unless it is already live or is a known bad candidate.
+    /// `retry_bad` loads a candidate again even if it failed before unchanged (a file inside it
+    /// may have been repaired in place).
+    pub async fn reload(&self, task: &str, retry_bad: bool) -> ReloadOutcome {
+        let Some(slot) = self.inner.tasks.get(task) else {
+            return ReloadOutcome::Unchanged;
+        };
+        let outcome = self.reload_live(task, slot, retry_bad).await;
+        if self.inner.options.keep_recent > 0 || !self.inner.options.keep_versions.is_empty() {
+            self.sync_kept(task, slot, retry_bad).await;
+        }
+        outcome
+    }
+
+    async fn reload_live(&self, task: &str, slot: &Task, retry_bad: bool) -> ReloadOutcome {
+        let link = self.inner.root.join(task).join(CURRENT);
+        let identity = match Identity::of(&link) {
+            Ok(identity) => identity,
+            Err(source) => return self.fail(task, slot, None, ReloadError::Link { link, source }),
+        };
+        let live = slot.live.load_full();
+        if live.as_ref().is_some_and(|b| b.is(&identity)) {
+            // Back on the live bundle (say, after a bad flip was undone): the error is history.
+            self.clear_error(slot);
+            return ReloadOutcome::Unchanged;
+        }
+        if !retry_bad && self.lock(slot).failed.as_ref() == Some(&identity) {
+            return ReloadOutcome::KnownBad;
+        }
+
+        let started = Instant::now();
+        let kept = slot.kept.load().iter().find(|b| b.is(&identity)).cloned();
+        let bundle = match kept {
+            Some(bundle) => bundle,
+            None => match self.inner.loader.load(task, &identity, self.inner.options.load, &self.inner.metrics).await {
+                Ok(bundle) => bundle,
+                Err(error) => return self.fail(task, slot, Some(identity), error),
+            },
+        };
+        self.swap_live(task, slot, bundle, started.elapsed())
+    }
+
+    fn fail(&self, task: &str, slot: &Task, identity: Option<Identity>, error: ReloadError) -> ReloadOutcome {
+        let error = Arc::new(error);
+        {
+            let mut status = self.lock(slot);
+            // A missing link is not a candidate: keep looking without counting it again and again.
+            let repeated = identity.is_none()
+                && status.failed.is_none()
+                && status.last_error.as_ref().is_some_and(|e| e.to_string() == error.to_string());
+            status.last_error = Some(error.clone());
+            status.failed = identity;
+            if repeated {
+                return ReloadOutcome::KnownBad;
+            }
+        }
+        self.inner.metrics.reloads.with_label_values(&[task, "failure"]).inc();
+        let live = slot.live.load();
+        tracing::warn!(
+            task,
+            live = live.as_ref().map_or("-", |b| b.version.as_str()),
+            error = %error,
+            result = "failure",
+            "bundle rejected; live version unchanged"
+        );
+        self.changed();
+        ReloadOutcome::Failed(error)
+    }
+
+    fn clear_error(&self, slot: &Task) {
+        let mut status = self.lock(slot);
+        if status.last_error.take().is_some() {
+            status.failed = None;
+            drop(status);
+            self.changed();
+        }
+    }
+}
