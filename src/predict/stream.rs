@@ -10,7 +10,11 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{CallContext, ErrorKind, Method, PredictError, Prediction, Predictor, prediction};
+use super::{
+    call::{CallContext, Method, Prediction},
+    core::{Predictor, log_rejection, prediction},
+    error::{ErrorKind, PredictError},
+};
 use crate::{
     bundle::Bundle,
     preprocess::{self, RowError, RowView},
@@ -62,6 +66,14 @@ impl StreamSession {
     /// Checks a chunk's task against the stream's. The first chunk must name one; it fixes the
     /// stream's task and its one bundle snapshot (the pinned `version`, or the live one).
     pub fn bind(&mut self, task: &str, version: &str) -> Result<&Arc<Bundle>, PredictError> {
+        if let Err(e) = self.bind_inner(task, version) {
+            log_rejection(&self.ctx, task, "", &e);
+            return Err(e);
+        }
+        Ok(self.bundle.as_ref().expect("bound above"))
+    }
+
+    fn bind_inner(&mut self, task: &str, version: &str) -> Result<(), PredictError> {
         if self.bundle.is_none() {
             if task.is_empty() {
                 return Err(PredictError::MissingStreamTask);
@@ -73,7 +85,7 @@ impl StreamSession {
         } else if !task.is_empty() && task != self.task {
             return Err(PredictError::TaskChanged { stream: self.task.clone(), chunk: task.to_owned() });
         }
-        Ok(self.bundle.as_ref().expect("bound above"))
+        Ok(())
     }
 
     /// The stream's task; empty until the first chunk bound it.
@@ -89,7 +101,15 @@ impl StreamSession {
 
     /// Scores one chunk of a bound stream in runs of at most `max_batch_rows` rows. Rows that
     /// cannot be encoded get their own error (`row_index` within the chunk); the rest are scored.
-    pub async fn score_chunk<R: RowView + Sync>(&mut self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
+    pub async fn score_chunk<R: RowView + Sync>(&self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
+        let result = self.score_chunk_inner(rows).await;
+        if let Err(e) = &result {
+            log_rejection(&self.ctx, &self.task, "", e);
+        }
+        result
+    }
+
+    async fn score_chunk_inner<R: RowView + Sync>(&self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
         let bundle = self.bundle.clone().ok_or(PredictError::MissingStreamTask)?;
         let inner = &self.predictor.inner;
         let limit = inner.limits.max_rows;

@@ -1,0 +1,116 @@
+//! What a call is, to the core: its context, its request, and the owned results it gets back.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::bundle::Bundle;
+
+/// Request limits enforced before any model work.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most rows in one request or stream chunk.
+    pub max_rows: usize,
+    /// Most rows per model run of a stream chunk.
+    pub max_batch_rows: usize,
+    /// Most streams open at once.
+    pub max_streams: usize,
+}
+
+/// The operation a call performs, as metrics name it (`method` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Predict,
+    BatchPredict,
+}
+
+impl Method {
+    pub(super) const ALL: [Method; 2] = [Method::Predict, Method::BatchPredict];
+
+    /// The `method` label value: the RPC's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Method::Predict => "Predict",
+            Method::BatchPredict => "BatchPredict",
+        }
+    }
+}
+
+/// What the core knows about a call besides its rows.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub method: Method,
+    /// When the face received the call: latency is measured from here.
+    pub started: Instant,
+    /// The caller's address, when the transport knows it.
+    pub peer: Option<SocketAddr>,
+    /// When the caller stops waiting. Work that has not reached the model by then is dropped
+    /// with [`PredictError::Deadline`].
+    pub deadline: Option<Instant>,
+    /// The authenticated caller; None until authentication exists.
+    pub caller: Option<String>,
+    /// The caller's W3C trace context (`traceparent`); None until tracing exists.
+    pub trace_parent: Option<String>,
+}
+
+impl CallContext {
+    /// A call of `method` received now.
+    pub fn new(method: Method) -> CallContext {
+        CallContext { method, started: Instant::now(), peer: None, deadline: None, caller: None, trace_parent: None }
+    }
+
+    /// Sets the deadline `timeout` after the call was received.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> CallContext {
+        self.deadline = timeout.map(|t| self.started + t);
+        self
+    }
+
+    pub fn with_peer(mut self, peer: Option<SocketAddr>) -> CallContext {
+        self.peer = peer;
+        self
+    }
+
+    pub(super) fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// A unary prediction request, borrowed from the face's decoded message.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a, R> {
+    pub task: &'a str,
+    pub rows: &'a [R],
+    /// The caller's id for the request, for logs; may be empty.
+    pub request_id: &'a str,
+    /// A version pin; None means the live version.
+    pub version: Option<&'a str>,
+    /// Further loaded versions to score the same rows with.
+    pub compare_versions: &'a [String],
+}
+
+/// One row's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Index of the served class in the bundle's `class_labels`.
+    pub class: usize,
+    /// One probability per class, in `class_labels` order.
+    pub probabilities: Vec<f32>,
+}
+
+/// The same rows scored by another loaded version.
+#[derive(Debug)]
+pub struct Comparison {
+    pub bundle: Arc<Bundle>,
+    pub predictions: Vec<Prediction>,
+}
+
+/// A successful prediction: the version that answered, one prediction per row in request
+/// order, and one comparison per requested compare version, in that order.
+#[derive(Debug)]
+pub struct Answer {
+    pub bundle: Arc<Bundle>,
+    pub predictions: Vec<Prediction>,
+    pub comparisons: Vec<Comparison>,
+}

@@ -1,0 +1,148 @@
+//! [`Predictor`]: the unary path, and what unary calls and streams share (snapshots, metrics).
+
+use std::sync::Arc;
+
+use prometheus::IntGauge;
+use tokio::sync::Semaphore;
+
+use super::{
+    call::{Answer, CallContext, Comparison, Limits, Method, Prediction, Request},
+    error::{ErrorKind, PredictError},
+};
+use crate::{
+    bundle::{Bundle, Scored},
+    preprocess::RowView,
+    registry::Registry,
+    runner::Runner,
+    telemetry::{GaugeGuard, Metrics},
+};
+
+/// The core. Cloning is shallow: every clone shares the registry, the runner, the limits and the
+/// stream slots.
+#[derive(Clone)]
+pub struct Predictor {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) registry: Registry,
+    pub(super) runner: Runner,
+    pub(super) metrics: Metrics,
+    pub(super) limits: Limits,
+    /// `modeld_requests_in_flight` per [`Method`], resolved once.
+    pub(super) in_flight: [IntGauge; Method::ALL.len()],
+    pub(super) streams: Arc<Semaphore>,
+}
+
+impl Predictor {
+    pub fn new(registry: Registry, runner: Runner, metrics: Metrics, limits: Limits) -> Predictor {
+        let in_flight = Method::ALL.map(|m| metrics.in_flight.with_label_values(&[m.name()]));
+        let streams = Arc::new(Semaphore::new(limits.max_streams));
+        Predictor { inner: Arc::new(Inner { registry, runner, metrics, limits, in_flight, streams }) }
+    }
+
+    /// Scores `request`'s rows with the live (or pinned) version and each compare version, and
+    /// records the call's metrics.
+    pub async fn predict<R: RowView + Sync>(
+        &self,
+        ctx: &CallContext,
+        request: Request<'_, R>,
+    ) -> Result<Answer, PredictError> {
+        let _in_flight = GaugeGuard::enter(&self.inner.in_flight[ctx.method as usize]);
+        let result = self.score_request(ctx, &request).await;
+        match &result {
+            Ok(answer) => {
+                self.record(ctx, request.task, &answer.bundle.version, None);
+                let m = &self.inner.metrics;
+                m.rows.with_label_values(&[request.task, &answer.bundle.version]).inc_by(request.rows.len() as u64);
+            }
+            Err(e) => {
+                let version = self.inner.registry.get(request.task).map(|b| b.version.clone()).unwrap_or_default();
+                self.record(ctx, request.task, &version, Some(e.kind()));
+                log_rejection(ctx, request.task, request.request_id, e);
+            }
+        }
+        result
+    }
+
+    async fn score_request<R: RowView + Sync>(
+        &self,
+        ctx: &CallContext,
+        req: &Request<'_, R>,
+    ) -> Result<Answer, PredictError> {
+        if req.task.is_empty() {
+            return Err(PredictError::MissingTask);
+        }
+        if req.rows.is_empty() {
+            return Err(PredictError::NoRows);
+        }
+        let limit = self.inner.limits.max_rows;
+        if req.rows.len() > limit {
+            return Err(PredictError::TooManyRows { rows: req.rows.len(), limit, unit: "request" });
+        }
+        // Every snapshot is taken before any scoring: a swap mid-request changes nothing here.
+        let bundle = self.snapshot(req.task, req.version)?;
+        let others = req
+            .compare_versions
+            .iter()
+            .map(|v| self.inner.registry.get_version(req.task, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ctx.past_deadline() {
+            return Err(PredictError::Deadline);
+        }
+
+        let mut comparisons = Vec::with_capacity(others.len());
+        for other in others {
+            let predictions = self.score(ctx, &other, req.rows).await?;
+            comparisons.push(Comparison { bundle: other, predictions });
+        }
+        let predictions = self.score(ctx, &bundle, req.rows).await?;
+        Ok(Answer { bundle, predictions, comparisons })
+    }
+
+    /// Encodes `rows` (the first bad row fails the call) and runs them through `bundle`.
+    async fn score<R: RowView>(
+        &self,
+        ctx: &CallContext,
+        bundle: &Arc<Bundle>,
+        rows: &[R],
+    ) -> Result<Vec<Prediction>, PredictError> {
+        let input = bundle.prepare(rows)?;
+        Ok(self.inner.runner.score(bundle, input, ctx.deadline, prediction).await?)
+    }
+
+    /// The bundle a call uses: the pinned version, or the live one.
+    pub(super) fn snapshot(&self, task: &str, version: Option<&str>) -> Result<Arc<Bundle>, PredictError> {
+        let registry = &self.inner.registry;
+        Ok(match version {
+            Some(v) => registry.get_version(task, v)?,
+            None => registry.get(task)?,
+        })
+    }
+
+    /// Counts a finished call: `modeld_requests_total` and `modeld_request_duration_seconds`.
+    pub(super) fn record(&self, ctx: &CallContext, task: &str, version: &str, failure: Option<ErrorKind>) {
+        // Task names come from callers: unknown ones share one label value, so typos and
+        // probes cannot grow the metric series without bound.
+        let task = self.inner.registry.task_name(task).unwrap_or("-");
+        let code = failure.map_or("OK", ErrorKind::name);
+        let (m, method) = (&self.inner.metrics, ctx.method.name());
+        m.requests.with_label_values(&[task, version, method, code]).inc();
+        m.latency.with_label_values(&[task, method]).observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A scored row as the core returns it.
+pub(super) fn prediction(_: usize, scored: Scored<'_>) -> Prediction {
+    Prediction { class: scored.class, probabilities: scored.probabilities.to_vec() }
+}
+
+/// Rejections are the caller's business (debug); failures of our own are errors.
+pub(super) fn log_rejection(ctx: &CallContext, task: &str, request_id: &str, e: &PredictError) {
+    let method = ctx.method.name();
+    if e.kind() == ErrorKind::Internal {
+        tracing::error!(method, task, request_id, error = %e, "prediction failed");
+    } else {
+        tracing::debug!(method, task, request_id, error = %e, "prediction rejected");
+    }
+}
