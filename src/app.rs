@@ -181,7 +181,7 @@ impl App {
         );
         let admin_stop = CancellationToken::new();
         let admin = tokio::spawn(
-            axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics))
+            axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics, tracker.clone()))
                 .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
                 .into_future(),
         );

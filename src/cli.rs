@@ -1,14 +1,14 @@
 //! The `modeld` command tree, and the hand-off of each subcommand other than `serve`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use modeld::{
     clients::{
         label::{self, LabelArgs},
         verify::{self, VerifyArgs},
     },
-    config::{self, ServeArgs},
+    config::{self, ServeArgs, ValidateArgs},
     validate,
 };
 
@@ -31,15 +31,6 @@ pub enum Command {
     /// Check a running server: wait until it serves a bundle's version, then replay the bundle's
     /// golden rows through Predict; exit 0 (all equal) or 1.
     Verify(VerifyArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ValidateArgs {
-    /// The bundle's version directory (the one holding MANIFEST.sha256).
-    pub bundle: PathBuf,
-    /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
-    #[arg(long, env = "MODELD_ORT_LIBRARY")]
-    pub ort_library: Option<PathBuf>,
 }
 
 /// `modeld validate`: exit 0 when the bundle passes every check.

@@ -14,6 +14,16 @@ use serde::Deserialize;
 const DEFAULT_ORT_LIBRARY: &str = ".ort/libonnxruntime.so.1.31.1";
 const DEFAULT_CONFIG: &str = "config/service.yaml";
 
+/// Flags and environment for `validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The bundle's version directory (the one holding MANIFEST.sha256).
+    pub bundle: PathBuf,
+    /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
+    #[arg(long, env = "MODELD_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+}
+
 /// Flags and environment for `serve`; every field may also come from the YAML file.
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]

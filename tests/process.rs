@@ -4,10 +4,11 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use modeld::pb::{self, inference_client::InferenceClient};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use prost::Message;
+use tokio::sync::oneshot;
 use tonic::transport::Endpoint;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -33,12 +34,58 @@ async fn sighup_reloads_when_polling_is_slow_and_events_are_off() {
     assert!(status.success(), "exit {status:?}; log:\n{}", log.join().unwrap().join("\n"));
 }
 
-/// Rows per chunk of the stream that the client leaves unread while the daemon drains.
-const STREAM_CHUNK_ROWS: usize = 2_000;
-/// Chunks answered before the signal. Each answer is ~50 KiB (2,000 rows of id, label and two
-/// probabilities); four are more than the client's 64 KiB receive window plus what the server
-/// may buffer, so the stream cannot end until the client reads: the drain must wait for it.
-const ANSWERED_BEFORE_SIGNAL: f64 = 4.0;
+/// A Predict call whose request is only half sent, over a raw HTTP/2 connection: the server has
+/// accepted it (it counts as in flight) and cannot answer until the rest arrives. It holds the
+/// drain open for exactly as long as the test wants, with no timing involved.
+struct HalfSentCall {
+    send: h2::SendStream<Bytes>,
+    response: h2::client::ResponseFuture,
+    rest: Bytes,
+}
+
+impl HalfSentCall {
+    async fn start(addr: std::net::SocketAddr, request: &pb::PredictRequest) -> HalfSentCall {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let head = http::Request::post(format!("http://{addr}/modeld.v1.Inference/Predict"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(head, false).unwrap();
+        // A gRPC message frame: no compression, big-endian length, the message.
+        let message = request.encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let mut frame = Bytes::from(frame);
+        let rest = frame.split_off(frame.len() / 2);
+        send.send_data(frame, false).unwrap();
+        HalfSentCall { send, response, rest }
+    }
+
+    /// Sends the rest of the request and returns the decoded answer and its grpc-status.
+    async fn finish(mut self) -> (pb::PredictResponse, String) {
+        self.send.send_data(self.rest, true).unwrap();
+        let mut body = self.response.await.unwrap().into_body();
+        let mut bytes = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            body.flow_control().release_capacity(data.len()).unwrap();
+            bytes.extend_from_slice(&data);
+        }
+        let trailers = body.trailers().await.unwrap().expect("gRPC trailers");
+        let status = trailers["grpc-status"].to_str().unwrap().to_owned();
+        let response = pb::PredictResponse::decode(bytes.get(5..).unwrap_or_default()).unwrap();
+        (response, status)
+    }
+}
+
+fn calls_open(metrics: &str) -> f64 {
+    metric_value(metrics, "modeld_grpc_calls_open", &[]).unwrap_or(0.0)
+}
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
@@ -59,7 +106,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    // gRPC health follows the registry a moment after /readyz does: wait for SERVING.
+    let serving = async { while watch.message().await.unwrap().unwrap().status() != ServingStatus::Serving {} };
+    tokio::time::timeout(Duration::from_secs(20), serving).await.expect("the Watch reports SERVING");
     let (not_serving_tx, not_serving_rx) = oneshot::channel();
     let watcher = tokio::spawn(async move {
         let mut not_serving_tx = Some(not_serving_tx);
@@ -70,36 +119,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
         }
     });
 
-    // A stream whose answers the client does not read yet, on a connection with small receive
-    // windows: it is in flight, deterministically, until the client reads.
-    let small_windows = Endpoint::from_shared(format!("http://{grpc}"))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let chunk_rows: Vec<pb::Row> = golden_rows.iter().cycle().take(STREAM_CHUNK_ROWS).cloned().collect();
-    let (chunks_tx, chunks_rx) = mpsc::channel(1);
-    let producer = tokio::spawn(async move {
-        for i in 0..8 {
-            let task = if i == 0 { TASK.into() } else { String::new() };
-            let chunk = pb::BatchPredictRequest { task, rows: chunk_rows.clone(), ..Default::default() };
-            if chunks_tx.send(chunk).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut stream = InferenceClient::new(small_windows)
-        .max_decoding_message_size(64 << 20)
-        .batch_predict(ReceiverStream::new(chunks_rx))
-        .await
-        .unwrap()
-        .into_inner();
-    eventually("stream answers pile up unread", || async move {
-        let text = http_get(admin, "/metrics").await.1;
-        metric_value(&text, "modeld_stream_chunks_total", &[("task", TASK)]).unwrap_or(0.0) >= ANSWERED_BEFORE_SIGNAL
-    })
+    let held = HalfSentCall::start(grpc, &predict_request(golden_rows[..1].to_vec())).await;
+    eventually(
+        "the half-sent call is in flight",
+        || async move { calls_open(&http_get(admin, "/metrics").await.1) >= 1.0 },
+    )
     .await;
 
     // Unary requests big enough to take a while, all in flight at once on one inference thread.
@@ -121,8 +145,8 @@ async fn sigterm_lets_in_flight_requests_finish() {
     .await;
 
     signal(&daemon.child, "TERM");
-    // Readiness flips first, while the listener and the admin port still answer: the unread
-    // stream keeps the drain open until the client reads it below.
+    // Readiness flips first, while the admin port still answers: the half-sent call keeps the
+    // drain open until the test finishes it.
     eventually("/readyz 503 while draining", || async move {
         let (status, body) = http_get(admin, "/readyz").await;
         status == 503 && body.contains("\"draining\":true")
@@ -132,37 +156,20 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .await
         .expect("the Watch opened before the signal reports NOT_SERVING")
         .expect("the watcher is still reading");
+    assert!(calls_open(&http_get(admin, "/metrics").await.1) >= 1.0, "the drain waits for the half-sent call");
 
     for call in calls {
         let resp = call.await.unwrap().expect("an in-flight call completes during drain");
         assert_eq!(resp.get_ref().predictions.len(), rows.len());
         assert_eq!(resp.get_ref().version, "v1");
     }
-    // Every chunk the stream answered arrives in order and whole; then it ends cleanly or with
-    // the documented shutdown status for the chunks it did not take.
-    let mut answered = 0u64;
-    let end = loop {
-        match stream.message().await {
-            Ok(Some(resp)) => {
-                assert_eq!(resp.chunk_index, answered);
-                assert_eq!(resp.results.len(), STREAM_CHUNK_ROWS);
-                assert_eq!(resp.version, "v1");
-                answered += 1;
-            }
-            Ok(None) => break None,
-            Err(status) => break Some(status),
-        }
-    };
-    assert!(answered as f64 >= ANSWERED_BEFORE_SIGNAL, "{answered} chunks answered");
-    if let Some(status) = end {
-        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-        assert!(status.message().contains("shutting down"), "{status:?}");
-    }
-    producer.abort();
+    let (answer, grpc_status) = held.finish().await;
+    assert_eq!(grpc_status, "0", "the held call is answered OK");
+    assert_eq!((answer.version.as_str(), answer.predictions.len()), ("v1", 1));
 
     let status = daemon.child.wait().unwrap();
-    let lines = log_lines.join().unwrap();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.contains("drained: every in-flight call finished")), "{}", lines.join("\n"));
+    let lines = log_lines.join().unwrap().join("\n");
+    assert!(status.success(), "exit status {status:?}; log:\n{lines}");
+    assert!(lines.contains("drained: every in-flight call finished"), "{lines}");
     watcher.await.unwrap();
 }

@@ -10,20 +10,19 @@
 //!
 //! A call takes its bundle snapshot(s) at entry and uses only those to the end; a stream takes
 //! one snapshot on its first chunk for its whole life. A swap mid-call changes nothing.
-
 //!
 //! # Files
-//! One-way imports: `error` and `call` at the bottom, then `core` (the [`Predictor`] and the
+//! One-way imports: `error` and `call` at the bottom, then `predictor` (the [`Predictor`] and the
 //! unary path), then `stream`; this file only re-exports.
 
 mod call;
-mod core;
 mod error;
+mod predictor;
 mod stream;
 
 pub use self::{
     call::{Answer, CallContext, Comparison, Limits, Method, Prediction, Request},
-    core::Predictor,
     error::{ErrorKind, PredictError},
+    predictor::Predictor,
     stream::{ChunkAnswer, StreamSession},
 };

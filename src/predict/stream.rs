@@ -12,8 +12,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     call::{CallContext, Method, Prediction},
-    core::{Predictor, log_rejection, prediction},
     error::{ErrorKind, PredictError},
+    predictor::{Predictor, log_rejection, prediction},
 };
 use crate::{
     bundle::Bundle,

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::health::Readiness;
+use super::{health::Readiness, layers::CallTracker};
 use crate::{registry::Registry, telemetry::Metrics};
 
 #[derive(Clone)]
@@ -19,16 +19,17 @@ struct Admin {
     registry: Registry,
     readiness: Readiness,
     metrics: Metrics,
+    calls: CallTracker,
 }
 
-/// The admin router.
-pub fn router(registry: Registry, readiness: Readiness, metrics: Metrics) -> Router {
+/// The admin router. `calls` is the gRPC server's call tracker, read at scrape time.
+pub fn router(registry: Registry, readiness: Readiness, metrics: Metrics, calls: CallTracker) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/model/version", get(model_version))
-        .with_state(Admin { registry, readiness, metrics })
+        .with_state(Admin { registry, readiness, metrics, calls })
 }
 
 #[derive(Serialize)]
@@ -86,6 +87,7 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
+    admin.metrics.calls_open.set(admin.calls.open() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], admin.metrics.render())
 }
 

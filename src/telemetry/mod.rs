@@ -50,6 +50,9 @@ pub struct Metrics {
     pub stream_chunks_in_flight: IntGauge,
     /// Duration of whole streams, by task.
     pub stream_seconds: HistogramVec,
+    /// gRPC calls accepted and not yet fully answered: what shutdown waits for. Set from the
+    /// call tracker when metrics are scraped, so calls pay nothing for it.
+    pub calls_open: IntGauge,
 }
 
 impl Metrics {
@@ -127,6 +130,11 @@ impl Metrics {
             &["task"],
         )
         .expect("static metric definition is valid");
+        let calls_open = IntGauge::new(
+            "modeld_grpc_calls_open",
+            "gRPC calls accepted and not yet fully answered (what shutdown drains).",
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -142,6 +150,7 @@ impl Metrics {
             Box::new(stream_row_errors.clone()),
             Box::new(stream_chunks_in_flight.clone()),
             Box::new(stream_seconds.clone()),
+            Box::new(calls_open.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
@@ -161,6 +170,7 @@ impl Metrics {
             stream_row_errors,
             stream_chunks_in_flight,
             stream_seconds,
+            calls_open,
         }
     }
 
