@@ -1,0 +1,133 @@
+//! The unary hot path against the transport ceiling, measured from outside the process.
+//!
+//! `cargo bench --bench hot_path` starts the release daemon (model v2, one German Credit row of
+//! named raw features per call) and drives it with h2load (`apt-get install nghttp2-client`),
+//! a C load generator whose own cost is the same for every call: Predict, then grpc.health.v1
+//! Check (the transport-only baseline: same server, same stack, no model work), each with 1, 8
+//! and 32 connections of one stream each. It prints req/s and latency percentiles for both and
+//! Predict's share of Check's rate.
+//!
+//! h2load counts any HTTP 200 as a success, so every Predict answer is also counted through the
+//! daemon's own `modeld_requests_total{code="OK"}`: a run where they differ fails.
+//!
+//! Bounded: HOT_PATH_SECONDS per measurement (default 5) after a 1 s warm-up.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{path::Path, process::Command};
+
+use prost::Message;
+
+const CONNECTIONS: [usize; 3] = [1, 8, 32];
+
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    done: u64,
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("HOT_PATH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    if Command::new("h2load").arg("--version").output().is_err() {
+        eprintln!("h2load not found: apt-get install nghttp2-client");
+        std::process::exit(2);
+    }
+    let root = common::model_root(Some("v2"));
+    let mut daemon = common::Daemon::serve(root.path(), &[]);
+    let _log = daemon.collect_log();
+    let admin = daemon.admin;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(common::eventually("ready", || async move { common::http_get(admin, "/readyz").await.0 == 200 }));
+
+    let work = tempfile::tempdir().unwrap();
+    let row = common::to_pb(&common::golden("v2")[0].row);
+    let predict = grpc_frame(&common::predict_request(vec![row]).encode_to_vec());
+    let check = grpc_frame(&tonic_health::pb::HealthCheckRequest { service: String::new() }.encode_to_vec());
+    std::fs::write(work.path().join("predict.bin"), predict).unwrap();
+    std::fs::write(work.path().join("check.bin"), check).unwrap();
+    let base = format!("http://{}", daemon.grpc);
+    let predict_url = format!("{base}/modeld.v1.Inference/Predict");
+    let check_url = format!("{base}/grpc.health.v1.Health/Check");
+
+    println!("modeld hot path: model v2, one row of 20 named features per call, h2load on this machine");
+    println!("{:<10} {:>5}  {:>10}  {:>9}  {:>9}", "call", "conns", "req/s", "p50 ms", "p99 ms");
+    let mut rows = Vec::new();
+    for conns in CONNECTIONS {
+        let (ok_before, failed_before) = predict_counts(&rt, admin);
+        let p = h2load(&predict_url, &work.path().join("predict.bin"), conns, seconds, work.path());
+        let (ok_after, failed_after) = predict_counts(&rt, admin);
+        assert_eq!(failed_after, failed_before, "Predict calls answered with an error status");
+        assert!(ok_after - ok_before >= p.done as f64, "h2load counted {} answers, the daemon fewer", p.done);
+        let c = h2load(&check_url, &work.path().join("check.bin"), conns, seconds, work.path());
+        for (name, f) in [("Predict", &p), ("Check", &c)] {
+            println!("{name:<10} {conns:>5}  {:>10.0}  {:>9.3}  {:>9.3}", f.rps, f.p50_ms, f.p99_ms);
+        }
+        rows.push((conns, p, c));
+    }
+    println!();
+    for (conns, p, c) in &rows {
+        println!(
+            "{conns:>2} connections: Predict = {:.0}% of Check's req/s; p50 {:+.1} µs over Check",
+            100.0 * p.rps / c.rps,
+            (p.p50_ms - c.p50_ms) * 1e3
+        );
+    }
+}
+
+/// One gRPC message frame: not compressed, big-endian length, the message.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Predict calls the daemon answered so far: OK, and with any other status.
+fn predict_counts(rt: &tokio::runtime::Runtime, admin: std::net::SocketAddr) -> (f64, f64) {
+    let text = rt.block_on(common::http_get(admin, "/metrics")).1;
+    let (mut ok, mut failed) = (0.0, 0.0);
+    for line in text.lines().filter(|l| l.starts_with("modeld_requests_total{") && l.contains("method=\"Predict\"")) {
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        if line.contains("code=\"OK\"") {
+            ok += value;
+        } else {
+            failed += value;
+        }
+    }
+    (ok, failed)
+}
+
+/// Runs h2load for 1 s of warm-up plus `seconds`, one stream per connection, and reads its
+/// per-request log for the percentiles.
+fn h2load(url: &str, body: &Path, conns: usize, seconds: u64, work: &Path) -> Figures {
+    let log = work.join("requests.tsv");
+    let _ = std::fs::remove_file(&log);
+    let out = Command::new("h2load")
+        .args(["-t", "1", "-m", "1", "-c", &conns.to_string()])
+        .args(["--warm-up-time", "1", "-D", &seconds.to_string()])
+        .arg(format!("--data={}", body.display()))
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("--log-file={}", log.display()))
+        .arg(url)
+        .output()
+        .expect("h2load runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    // "requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout"
+    let field = |line: &str, name: &str| -> u64 {
+        line.split(", ").find(|p| p.ends_with(name)).and_then(|p| p.split_whitespace().next()?.parse().ok()).unwrap()
+    };
+    let requests = text.lines().find(|l| l.starts_with("requests:")).expect("a requests line");
+    let (done, failed) = (field(requests, "succeeded"), field(requests, "failed"));
+    assert_eq!(failed, 0, "{text}");
+    let mut micros: Vec<u64> =
+        std::fs::read_to_string(&log).unwrap().lines().filter_map(|l| l.split('\t').nth(2)?.parse().ok()).collect();
+    micros.sort_unstable();
+    let pct = |q: f64| micros[((micros.len() as f64 * q) as usize).min(micros.len() - 1)] as f64 / 1e3;
+    // "finished in 5.00s, 31234.40 req/s, 2.01MB/s"
+    let finished = text.lines().find(|l| l.starts_with("finished in")).expect("a finished line");
+    let rps = finished.split(", ").nth(1).and_then(|p| p.split_whitespace().next()?.parse().ok()).unwrap();
+    Figures { rps, p50_ms: pct(0.50), p99_ms: pct(0.99), done }
+}
