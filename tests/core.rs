@@ -12,7 +12,7 @@ use modeld::{
     engine::{self, EngineOptions},
     predict::{CallContext, ErrorKind, Limits, Method, PredictError, Predictor, Request},
     preprocess::OwnedRow,
-    registry::{Registry, RegistryOptions},
+    registry::{Registry, RegistryError, RegistryOptions},
     runner::{Runner, RunnerLimits},
     schema::OwnedValue,
     telemetry::Metrics,
@@ -96,10 +96,11 @@ async fn every_failure_has_a_kind_and_is_counted_under_its_code() {
     }
 
     let e = predict("nope", good.clone(), now()).await;
-    assert!(matches!(e, PredictError::UnknownTask(_)) && e.kind() == ErrorKind::NotFound, "{e}");
+    assert!(matches!(e, PredictError::Registry(RegistryError::UnknownTask(_))), "{e}");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
     let e = predict("fraud", good.clone(), now()).await;
     match &e {
-        PredictError::NotReady { task, last_error } => {
+        PredictError::Registry(RegistryError::NotReady { task, last_error }) => {
             assert_eq!(task, "fraud");
             assert!(last_error.is_some(), "the missing link is the reason");
         }

@@ -5,14 +5,7 @@
 //! kind's [`ErrorKind::name`] is the gRPC code name, which is also the `code` label of
 //! `modeld_requests_total` for every face, so dashboards read the same whatever the protocol.
 
-use std::sync::Arc;
-
-use crate::{
-    engine::EngineError,
-    preprocess::RowError,
-    registry::{RegistryError, ReloadError},
-    runner::RunError,
-};
+use crate::{engine::EngineError, preprocess::RowError, registry::RegistryError, runner::RunError};
 
 /// Everything a prediction can fail with. Each variant is a kind of failure with its data, so
 /// a face can report the row and field, the limit, or the versions loaded, in its own shape.
@@ -39,14 +32,10 @@ pub enum PredictError {
     /// A row that cannot be encoded: names the row, the field and the reason.
     #[error(transparent)]
     BadRow(#[from] RowError),
-    #[error("unknown task `{0}`")]
-    UnknownTask(String),
-    #[error("task `{task}` has no version `{version}` loaded (loaded: {})", loaded.join(", "))]
-    UnknownVersion { task: String, version: String, loaded: Vec<String> },
-    /// The task has no live bundle yet: still loading (`last_error` None) or every candidate so
-    /// far was rejected.
-    #[error("task `{task}` has no live version yet: {}", last_error.as_ref().map_or_else(|| "still loading".to_owned(), |e| e.to_string()))]
-    NotReady { task: String, last_error: Option<Arc<ReloadError>> },
+    /// Unknown task, unknown version, or no live version yet: the registry says which, with
+    /// the versions loaded or the reason the task is not serving.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// The server is draining: a stream's remaining chunks must go elsewhere.
     #[error("server shutting down: send the remaining chunks again elsewhere")]
     ShuttingDown,
@@ -119,23 +108,15 @@ impl PredictError {
             | PredictError::TooManyRows { .. }
             | PredictError::ValueCount { .. }
             | PredictError::BadRow(_) => ErrorKind::InvalidArgument,
-            PredictError::UnknownTask(_) | PredictError::UnknownVersion { .. } => ErrorKind::NotFound,
-            PredictError::NotReady { .. } | PredictError::ShuttingDown => ErrorKind::Unavailable,
+            PredictError::Registry(RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. }) => {
+                ErrorKind::NotFound
+            }
+            PredictError::Registry(RegistryError::NotReady { .. }) | PredictError::ShuttingDown => {
+                ErrorKind::Unavailable
+            }
             PredictError::Overloaded | PredictError::TooManyStreams { .. } => ErrorKind::ResourceExhausted,
             PredictError::Deadline => ErrorKind::DeadlineExceeded,
             PredictError::Engine(_) | PredictError::Aborted(_) => ErrorKind::Internal,
-        }
-    }
-}
-
-impl From<RegistryError> for PredictError {
-    fn from(e: RegistryError) -> PredictError {
-        match e {
-            RegistryError::UnknownTask(task) => PredictError::UnknownTask(task),
-            RegistryError::UnknownVersion { task, version, loaded } => {
-                PredictError::UnknownVersion { task, version, loaded }
-            }
-            RegistryError::NotReady { task, last_error } => PredictError::NotReady { task, last_error },
         }
     }
 }
