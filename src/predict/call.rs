@@ -67,6 +67,7 @@ impl CallContext {
         self
     }
 
+    /// Sets the caller's address, as the transport reports it.
     pub fn with_peer(mut self, peer: Option<SocketAddr>) -> CallContext {
         self.peer = peer;
         self

@@ -35,6 +35,7 @@ pub(super) struct Inner {
 }
 
 impl Predictor {
+    /// The core over `registry`'s bundles, running models through `runner` within `limits`.
     pub fn new(registry: Registry, runner: Runner, metrics: Metrics, limits: Limits) -> Predictor {
         let in_flight = Method::ALL.map(|m| metrics.in_flight.with_label_values(&[m.name()]));
         let streams = Arc::new(Semaphore::new(limits.max_streams));

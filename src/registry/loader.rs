@@ -42,6 +42,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Starts the loader thread.
     pub fn spawn() -> Loader {
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
