@@ -79,7 +79,9 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted, in bytes [default: 16777216].
     #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Server-side limit for one call, in milliseconds; a client's shorter grpc-timeout wins [default: 10000].
+    /// Server-side limit for one unary call, in milliseconds; a client's shorter grpc-timeout
+    /// wins; past it the call is answered DEADLINE_EXCEEDED. Streams are bound only by their
+    /// caller's grpc-timeout [default: 10000].
     #[arg(long, env = "MODELD_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// How long in-flight calls may take to finish after SIGTERM, in milliseconds. Keep it below

@@ -4,10 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use modeld::pb::{self, inference_client::InferenceClient};
-use prost::Message;
 use tokio::sync::oneshot;
 use tonic::transport::Endpoint;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -32,55 +30,6 @@ async fn sighup_reloads_when_polling_is_slow_and_events_are_off() {
     signal(&daemon.child, "TERM");
     let status = daemon.child.wait().unwrap();
     assert!(status.success(), "exit {status:?}; log:\n{}", log.join().unwrap().join("\n"));
-}
-
-/// A Predict call whose request is only half sent, over a raw HTTP/2 connection: the server has
-/// accepted it (it counts as in flight) and cannot answer until the rest arrives. It holds the
-/// drain open for exactly as long as the test wants, with no timing involved.
-struct HalfSentCall {
-    send: h2::SendStream<Bytes>,
-    response: h2::client::ResponseFuture,
-    rest: Bytes,
-}
-
-impl HalfSentCall {
-    async fn start(addr: std::net::SocketAddr, request: &pb::PredictRequest) -> HalfSentCall {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
-        let head = http::Request::post(format!("http://{addr}/modeld.v1.Inference/Predict"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(head, false).unwrap();
-        // A gRPC message frame: no compression, big-endian length, the message.
-        let message = request.encode_to_vec();
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&message);
-        let mut frame = Bytes::from(frame);
-        let rest = frame.split_off(frame.len() / 2);
-        send.send_data(frame, false).unwrap();
-        HalfSentCall { send, response, rest }
-    }
-
-    /// Sends the rest of the request and returns the decoded answer and its grpc-status.
-    async fn finish(mut self) -> (pb::PredictResponse, String) {
-        self.send.send_data(self.rest, true).unwrap();
-        let mut body = self.response.await.unwrap().into_body();
-        let mut bytes = Vec::new();
-        while let Some(data) = body.data().await {
-            let data = data.unwrap();
-            body.flow_control().release_capacity(data.len()).unwrap();
-            bytes.extend_from_slice(&data);
-        }
-        let trailers = body.trailers().await.unwrap().expect("gRPC trailers");
-        let status = trailers["grpc-status"].to_str().unwrap().to_owned();
-        let response = pb::PredictResponse::decode(bytes.get(5..).unwrap_or_default()).unwrap();
-        (response, status)
-    }
 }
 
 fn calls_open(metrics: &str) -> f64 {
@@ -119,7 +68,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
         }
     });
 
-    let held = HalfSentCall::start(grpc, &predict_request(golden_rows[..1].to_vec())).await;
+    let held = HalfSentCall::start(grpc, &predict_request(golden_rows[..1].to_vec()), &[]).await;
     eventually(
         "the half-sent call is in flight",
         || async move { calls_open(&http_get(admin, "/metrics").await.1) >= 1.0 },

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use modeld::pb::{self, value::Kind};
 use tonic::Code;
@@ -131,4 +133,33 @@ async fn malformed_requests_are_rejected_clearly() {
     // The first server still answers good requests after all of that.
     let ok = client.predict(predict_request(vec![to_pb(&golden("v2")[0].row)])).await.unwrap();
     assert_eq!(ok.get_ref().predictions[0].label, golden("v2")[0].label);
+}
+
+#[tokio::test]
+async fn a_call_unanswered_by_its_deadline_gets_deadline_exceeded() {
+    let root = model_root(Some("v2"));
+    let row = to_pb(&common::golden("v2")[0].row);
+
+    // The server's own limit: the request never completes, so its answer is due at 200 ms.
+    let mut config = test_config(root.path());
+    config.request_timeout = Duration::from_millis(200);
+    let server = TestServer::start_ready(config).await;
+    let held = HalfSentCall::start(server.grpc, &predict_request(vec![row.clone()]), &[]).await;
+    assert_eq!(held.answer().await.1, "4", "DEADLINE_EXCEEDED, not tonic's CANCELLED");
+    drop(server);
+
+    // A caller's shorter grpc-timeout wins over the server's (an hour here; the bound below
+    // fails the test long before that if the caller's deadline were ignored).
+    let mut config = test_config(root.path());
+    config.request_timeout = Duration::from_secs(3600);
+    let server = TestServer::start_ready(config).await;
+    let held = HalfSentCall::start(server.grpc, &predict_request(vec![row.clone()]), &[("grpc-timeout", "100m")]).await;
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), held.answer()).await.expect("answered at the caller's deadline");
+    assert_eq!(status.1, "4");
+    // A call that completes within its deadline is answered as usual.
+    let mut request = tonic::Request::new(predict_request(vec![row]));
+    request.set_timeout(Duration::from_secs(30));
+    let answer = server.client().await.predict(request).await.unwrap().into_inner();
+    assert_eq!(answer.predictions.len(), 1);
 }

@@ -1,10 +1,6 @@
 //! What a call is, to the core: its context, its request, and the owned results it gets back.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use crate::bundle::Bundle;
 
@@ -59,12 +55,6 @@ impl CallContext {
     /// A call of `method` received now.
     pub fn new(method: Method) -> CallContext {
         CallContext { method, started: Instant::now(), peer: None, deadline: None, caller: None, trace_parent: None }
-    }
-
-    /// Sets the deadline `timeout` after the call was received.
-    pub fn with_timeout(mut self, timeout: Option<Duration>) -> CallContext {
-        self.deadline = timeout.map(|t| self.started + t);
-        self
     }
 
     /// Sets the caller's address, as the transport reports it.

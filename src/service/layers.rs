@@ -1,5 +1,5 @@
-//! The gRPC transport stack, built in one place, outermost first, and the call tracker that
-//! shutdown uses to know when every call has been answered.
+//! The gRPC transport stack, built in one place, outermost first: the call tracker that
+//! shutdown uses to know when every call has been answered, and the call deadline.
 
 use std::{
     pin::Pin,
@@ -8,6 +8,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use http_body::{Body, Frame};
@@ -26,13 +27,14 @@ const CALLS_PER_CONNECTION: usize = 1024;
 /// HTTP/2 flow-control window per stream, in bytes.
 const STREAM_WINDOW: u32 = 1 << 20;
 
-/// A server builder with modeld's transport settings and the call tracker.
-pub fn grpc_server(config: &Config, tracker: &CallTracker) -> Server<Stack<TrackLayer, Identity>> {
+/// A server builder with modeld's transport settings, the call tracker and the deadline.
+pub fn grpc_server(
+    config: &Config,
+    tracker: &CallTracker,
+) -> Server<Stack<DeadlineLayer, Stack<TrackLayer, Identity>>> {
     Server::builder()
         // Trace: one span per call, at debug so the hot path pays nothing at the default level.
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
-        // Timeout: a call may not outlive this; a client's shorter grpc-timeout wins.
-        .timeout(config.request_timeout)
         // Concurrency: bound per connection; model runs are bounded again by the runner.
         .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
         // Liveness of idle connections through load balancers.
@@ -43,6 +45,9 @@ pub fn grpc_server(config: &Config, tracker: &CallTracker) -> Server<Stack<Track
         .initial_connection_window_size(Some(2 * STREAM_WINDOW))
         // Tracking: counts each call until its response body is fully handed to the connection.
         .layer(TrackLayer(tracker.clone()))
+        // Deadline: a call may not outlive `request_timeout_ms`; a caller's shorter grpc-timeout
+        // wins. Past it the answer is DEADLINE_EXCEEDED (tonic's own timeout says CANCELLED).
+        .layer(DeadlineLayer(config.request_timeout))
 }
 
 /// Counts calls from arrival until the last byte of their response is handed to the connection.
@@ -158,5 +163,107 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// When a call must be answered by, put in the request's extensions for the faces.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline {
+    /// The sooner of the caller's `grpc-timeout` and the server's `request_timeout_ms`: the
+    /// answer to a unary call is due then.
+    pub answer_by: Instant,
+    /// The caller's own deadline, if it sent one: a stream's whole life is bound by it.
+    pub caller: Option<Instant>,
+}
+
+/// Tower layer of [`Deadline`].
+#[derive(Clone)]
+pub struct DeadlineLayer(pub Duration);
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline { inner, server: self.0 }
+    }
+}
+
+/// Puts each call's [`CallDeadline`] in its extensions, and answers DEADLINE_EXCEEDED when the
+/// call's response has not started by then (for a stream: its response headers).
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    server: Duration,
+}
+
+impl<S, ReqBody, B> Service<http::Request<ReqBody>> for Deadline<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: Default + Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let arrived = Instant::now();
+        let caller = grpc_timeout(req.headers()).map(|t| arrived + t);
+        let answer_by = caller.map_or(arrived + self.server, |c| c.min(arrived + self.server));
+        req.extensions_mut().insert(CallDeadline { answer_by, caller });
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout_at(answer_by.into(), fut).await {
+                Ok(result) => result,
+                Err(_) => {
+                    Ok(tonic::Status::deadline_exceeded("deadline exceeded before the call was answered").into_http())
+                }
+            }
+        })
+    }
+}
+
+/// The caller's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n), as the
+/// gRPC over HTTP/2 specification defines it. A malformed header is ignored, as tonic does.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_follows_the_spec() {
+        let parse = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("123456789m"), None, "more than 8 digits");
+        assert_eq!(parse("10x"), None);
+        assert_eq!(parse("m"), None);
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

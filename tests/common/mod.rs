@@ -331,3 +331,66 @@ pub fn drop_one_column(dir: &Path) {
     });
     reseal(dir);
 }
+
+/// A Predict call whose request is only half sent, over a raw HTTP/2 connection: the server has
+/// accepted it (it counts as in flight) and cannot answer until the rest arrives. It holds the
+/// drain open for exactly as long as the test wants, with no timing involved.
+pub struct HalfSentCall {
+    send: h2::SendStream<bytes::Bytes>,
+    response: h2::client::ResponseFuture,
+    rest: bytes::Bytes,
+}
+
+impl HalfSentCall {
+    /// Opens the call with `headers` besides gRPC's own, and sends the first half of `request`.
+    pub async fn start(addr: SocketAddr, request: &pb::PredictRequest, headers: &[(&str, &str)]) -> HalfSentCall {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let mut head = http::Request::post(format!("http://{addr}/modeld.v1.Inference/Predict"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (name, value) in headers {
+            head = head.header(*name, *value);
+        }
+        let head = head.body(()).unwrap();
+        let (response, mut send) = client.send_request(head, false).unwrap();
+        // A gRPC message frame: no compression, big-endian length, the message.
+        let message = prost::Message::encode_to_vec(request);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let mut frame = bytes::Bytes::from(frame);
+        let rest = frame.split_off(frame.len() / 2);
+        send.send_data(frame, false).unwrap();
+        HalfSentCall { send, response, rest }
+    }
+
+    /// Sends the rest of the request and returns the decoded answer and its grpc-status.
+    pub async fn finish(mut self) -> (pb::PredictResponse, String) {
+        let rest = std::mem::take(&mut self.rest);
+        self.send.send_data(rest, true).unwrap();
+        self.answer().await
+    }
+
+    /// Waits for the answer without sending the rest: the decoded answer (empty when there is
+    /// none) and the grpc-status, from the trailers or a trailers-only response's headers.
+    pub async fn answer(self) -> (pb::PredictResponse, String) {
+        let response = self.response.await.unwrap();
+        if let Some(status) = response.headers().get("grpc-status") {
+            return (pb::PredictResponse::default(), status.to_str().unwrap().to_owned());
+        }
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            body.flow_control().release_capacity(data.len()).unwrap();
+            bytes.extend_from_slice(&data);
+        }
+        let trailers = body.trailers().await.unwrap().expect("gRPC trailers");
+        let status = trailers["grpc-status"].to_str().unwrap().to_owned();
+        let response = <pb::PredictResponse as prost::Message>::decode(bytes.get(5..).unwrap_or_default()).unwrap();
+        (response, status)
+    }
+}

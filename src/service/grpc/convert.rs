@@ -1,39 +1,27 @@
 //! Conversions between the `modeld.v1` wire types and the core's: call context, rows, results.
 
-use std::time::Duration;
-
-use tonic::{Request, metadata::MetadataMap};
+use tonic::Request;
 
 use crate::{
     pb::{self, value::Kind},
     predict::{CallContext, Method, Prediction},
     preprocess::RowView,
     schema::Value,
+    service::layers::CallDeadline,
 };
 
-/// The core's view of a call: method, arrival time, peer, and the caller's deadline.
+/// The core's view of a call: method, arrival time, peer, and its deadline from the transport
+/// stack: a unary answer is due by the deadline layer's `answer_by`; a stream is bound only by
+/// its caller's own deadline, since bulk streams outlive any per-call server timeout.
 pub fn call_context<T>(method: Method, request: &Request<T>) -> CallContext {
-    CallContext::new(method).with_peer(request.remote_addr()).with_timeout(grpc_timeout(request.metadata()))
-}
-
-/// The caller's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n), as the
-/// gRPC over HTTP/2 specification defines it. A malformed header is ignored, as tonic does.
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    let mut ctx = CallContext::new(method).with_peer(request.remote_addr());
+    if let Some(d) = request.extensions().get::<CallDeadline>() {
+        ctx.deadline = match method {
+            Method::Predict => Some(d.answer_by),
+            Method::BatchPredict => d.caller,
+        };
     }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    ctx
 }
 
 /// A core prediction in wire form.
@@ -59,26 +47,4 @@ pub fn value_of(value: &pb::Value) -> Option<Value<'_>> {
         Kind::Text(s) => Value::Text(s),
         Kind::Flag(b) => Value::Bool(*b),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_follows_the_spec() {
-        let parse = |v: &str| {
-            let mut m = MetadataMap::new();
-            m.insert("grpc-timeout", v.parse().unwrap());
-            grpc_timeout(&m)
-        };
-        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        assert_eq!(parse("123456789m"), None, "more than 8 digits");
-        assert_eq!(parse("10x"), None);
-        assert_eq!(parse("m"), None);
-        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
-    }
 }
