@@ -95,6 +95,7 @@ pub struct App {
     health_service: HealthServer<HealthService>,
     inference: InferenceService,
     bulk: BulkRuntime,
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 impl App {
@@ -141,20 +142,23 @@ impl App {
         let readiness = Readiness::new(registry.clone(), reporter).await;
         let bulk = BulkRuntime::start(config.bulk_threads).map_err(AppError::Runtime)?;
         let inference = InferenceService::new(predictor, registry.clone(), readiness.clone(), bulk.handle());
-        Ok(App { config: config.clone(), metrics, registry, readiness, health_service, inference, bulk })
+        let hangups = shutdown::hangups();
+        Ok(App { config: config.clone(), metrics, registry, readiness, health_service, inference, bulk, hangups })
     }
 
     /// Serves until `shutdown` resolves, then drains within `shutdown_grace`.
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let App { config, metrics, registry, readiness, health_service, inference, bulk } = self;
+        let App { config, metrics, registry, readiness, health_service, inference, bulk, hangups } = self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
         let timing =
             ReloadTiming { poll: config.poll_interval, debounce: config.reload_debounce, events: config.watch_events };
         let (reload_tx, reload_loop) = watch::spawn(registry.clone(), timing, background.clone());
-        let hangup = tokio::spawn(shutdown::on_hangup(background.clone(), move || {
-            let _ = reload_tx.try_send(Reload);
-        }));
+        let hangup = hangups.map(|signals| {
+            tokio::spawn(shutdown::on_hangup(signals, background.clone(), move || {
+                let _ = reload_tx.try_send(Reload);
+            }))
+        });
 
         // Reflection in both versions: v1 for current tools, v1alpha for the grpcurl releases
         // still packaged by distributions and PyPI.
@@ -230,7 +234,9 @@ impl App {
             let _ = admin.await;
             let _ = reload_loop.await;
             let _ = health_sync.await;
-            let _ = hangup.await;
+            if let Some(hangup) = hangup {
+                let _ = hangup.await;
+            }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
         drop(bulk);

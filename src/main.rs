@@ -60,9 +60,10 @@ fn serve(config: &Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let app = App::build(config).await?;
         let listeners = Listeners::bind(config).await?;
+        let stop = shutdown::signal();
         let (grpc, admin) = listeners.local_addrs()?;
         tracing::info!(%grpc, %admin, "listening");
-        app.run(listeners, shutdown::signal()).await?;
+        app.run(listeners, stop).await?;
         Ok(())
     })
 }

@@ -122,3 +122,34 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert!(lines.contains("drained: every in-flight call finished"), "{lines}");
     watcher.await.unwrap();
 }
+
+/// Signals that arrive the moment the daemon says it listens are handled (SIGHUP's default action
+/// would end the process, SIGTERM's would skip the drain), and a text log written to a pipe is
+/// plain text for a log shipper.
+#[test]
+fn signals_right_after_listening_are_handled_and_piped_text_logs_are_plain() {
+    let root = model_root(Some("v2"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
+        .arg("serve")
+        .env("MODELD_MODEL_ROOT", root.path())
+        .env("MODELD_TASKS", TASK)
+        .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
+        .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MODELD_CONFIG", "/dev/null")
+        .env("MODELD_LOG_FORMAT", "text")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("listening")) {
+        seen.push(lines.next().expect("the daemon logs until it listens").unwrap());
+    }
+    signal(&child, "HUP");
+    signal(&child, "TERM");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    let all: Vec<&String> = seen.iter().chain(&rest).collect();
+    assert!(all.iter().any(|l| l.contains("drained")), "{all:?}");
+    assert!(all.iter().all(|l| !l.contains('\u{1b}')), "escape codes in a piped log: {all:?}");
+}
