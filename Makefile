@@ -3,7 +3,7 @@ ORT_LIB := .ort/libonnxruntime.so.1.31.1
 VENV    := .venv
 DELIVERY_VENV := .venv-delivery
 
-.PHONY: run test lint bench models models-check ort delivery-check
+.PHONY: run test lint deny bench models models-check ort delivery-check
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
@@ -18,6 +18,10 @@ test: $(ORT_LIB) $(DELIVERY_VENV)/bin/python
 lint:
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+
+# Licences, bans and sources of every crate against deny.toml (cargo install cargo-deny --locked).
+deny:
+	cargo deny --log-level error check licenses bans sources
 
 bench: $(ORT_LIB)
 	cargo bench --bench inprocess
