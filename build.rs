@@ -9,11 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
-    tonic_prost_build::configure().file_descriptor_set_path(out.join("modeld_descriptor.bin")).compile_with_config(
-        config,
-        &["proto/modeld/v1/inference.proto"],
-        &["proto"],
-    )?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("modeld_descriptor.bin"))
+        // prost's codec, except that a request the server cannot decode is INVALID_ARGUMENT.
+        .codec_path("crate::pb::Codec")
+        .compile_with_config(config, &["proto/modeld/v1/inference.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -163,3 +163,32 @@ async fn a_call_unanswered_by_its_deadline_gets_deadline_exceeded() {
     let answer = server.client().await.predict(request).await.unwrap().into_inner();
     assert_eq!(answer.predictions.len(), 1);
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_protobuf_is_invalid_argument_and_the_daemon_serves_on() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    // Wire type 7 does not exist: no message decodes from these bytes.
+    let held = HalfSentCall::start_raw(server.grpc, &[0xff, 0xff, 0xff, 0xff], &[]).await;
+    assert_eq!(held.finish().await.1, "3", "INVALID_ARGUMENT, not tonic's INTERNAL");
+    let answer = server.client().await.predict(predict_request(vec![good_row()])).await.unwrap().into_inner();
+    assert_eq!(answer.predictions.len(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_chunk_that_is_not_protobuf_ends_the_stream_with_invalid_argument() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let held =
+        HalfSentCall::start_at(server.grpc, "/modeld.v1.Inference/BatchPredict", &[0xff, 0xff, 0xff, 0xff], &[]).await;
+    // The caller hears why its stream ended, rather than a clean end of stream.
+    assert_eq!(held.finish().await.1, "3");
+    // Counted once the stream's task has ended, just after the caller got the status.
+    let admin = server.admin;
+    eventually("the failed stream is counted", || async move {
+        let text = http_get(admin, "/metrics").await.1;
+        let failed = [("method", "BatchPredict"), ("code", "INVALID_ARGUMENT")];
+        metric_value(&text, "modeld_requests_total", &failed) == Some(1.0)
+    })
+    .await;
+}

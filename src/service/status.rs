@@ -7,6 +7,7 @@
 //! | kind (examples)                                                   | code               |
 //! |-------------------------------------------------------------------|--------------------|
 //! | missing task, no rows, too many rows, bad row, wrong value count  | INVALID_ARGUMENT   |
+//! | (and, from the codec in `pb`, a request that does not decode)     |                    |
 //! | unknown task or version                                           | NOT_FOUND          |
 //! | model-run queue full, too many open streams                       | RESOURCE_EXHAUSTED |
 //! | task not loaded yet, shutting down                                | UNAVAILABLE        |

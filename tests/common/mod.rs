@@ -344,11 +344,21 @@ pub struct HalfSentCall {
 impl HalfSentCall {
     /// Opens the call with `headers` besides gRPC's own, and sends the first half of `request`.
     pub async fn start(addr: SocketAddr, request: &pb::PredictRequest, headers: &[(&str, &str)]) -> HalfSentCall {
+        HalfSentCall::start_raw(addr, &prost::Message::encode_to_vec(request), headers).await
+    }
+
+    /// [`HalfSentCall::start`] with any bytes as the message, valid protobuf or not.
+    pub async fn start_raw(addr: SocketAddr, message: &[u8], headers: &[(&str, &str)]) -> HalfSentCall {
+        HalfSentCall::start_at(addr, "/modeld.v1.Inference/Predict", message, headers).await
+    }
+
+    /// [`HalfSentCall::start_raw`] on any method `path`.
+    pub async fn start_at(addr: SocketAddr, path: &str, message: &[u8], headers: &[(&str, &str)]) -> HalfSentCall {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
-        let mut head = http::Request::post(format!("http://{addr}/modeld.v1.Inference/Predict"))
+        let mut head = http::Request::post(format!("http://{addr}{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
         for (name, value) in headers {
@@ -357,10 +367,9 @@ impl HalfSentCall {
         let head = head.body(()).unwrap();
         let (response, mut send) = client.send_request(head, false).unwrap();
         // A gRPC message frame: no compression, big-endian length, the message.
-        let message = prost::Message::encode_to_vec(request);
         let mut frame = vec![0u8];
         frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&message);
+        frame.extend_from_slice(message);
         let mut frame = bytes::Bytes::from(frame);
         let rest = frame.split_off(frame.len() / 2);
         send.send_data(frame, false).unwrap();

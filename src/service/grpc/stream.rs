@@ -70,7 +70,13 @@ async fn run(
         let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(()),
-            Err(status) => return Err(status::kind_of(status.code())),
+            // A chunk that does not decode (or a broken transport): the caller gets the status,
+            // not a clean end of stream. Sending fails harmlessly if the caller is gone.
+            Err(status) => {
+                let kind = status::kind_of(status.code());
+                let _ = out_tx.send((session.chunk_received(), Err(status))).await;
+                return Err(kind);
+            }
         };
         let in_flight = session.chunk_received();
         let result = answer(session, &mut columns, chunk, chunk_index).await;
