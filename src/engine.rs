@@ -83,20 +83,13 @@ impl Default for EngineOptions {
     }
 }
 
-/// Names of the model outputs to read.
-#[derive(Debug, Clone)]
-pub struct OutputNames {
-    pub label: String,
-    pub probabilities: String,
-}
-
 /// A model ready to run: its sessions and its checked signature.
 pub struct Engine {
     sessions: Box<[Mutex<Session>]>,
     next: AtomicUsize,
     input: String,
     width: usize,
-    outputs: OutputNames,
+    output: String,
 }
 
 impl std::fmt::Debug for Engine {
@@ -109,26 +102,20 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Outputs of one run, borrowed from the session for the duration of a callback.
+/// The read output of one run, borrowed from the session for the duration of a callback.
 pub struct Outputs<'a> {
-    /// Predicted class index per row.
-    pub labels: &'a [i64],
-    /// Row-major `[rows, classes]` probabilities.
-    pub probabilities: &'a [f32],
-    pub classes: usize,
+    /// Row-major `[rows, width]`.
+    pub data: &'a [f32],
+    /// Values per row: 1 for an `[N]` output.
+    pub width: usize,
 }
 
 impl Engine {
     /// Opens the model in `bytes` (read from `path`, named in errors) with `options.sessions`
-    /// sessions and checks its signature: one float32 input `[N, F]`, an int64 label output and
-    /// a float32 `[N, C]` probability output. Taking bytes lets the caller load exactly the
-    /// bytes whose checksum it verified.
-    pub fn load(
-        path: &Path,
-        bytes: &[u8],
-        outputs: OutputNames,
-        options: EngineOptions,
-    ) -> Result<Engine, EngineError> {
+    /// sessions and checks its signature: one float32 input `[N, F]` and the float32 output
+    /// `output` (`[N]` or `[N, K]`). Taking bytes lets the caller load exactly the bytes whose
+    /// checksum it verified.
+    pub fn load(path: &Path, bytes: &[u8], output: &str, options: EngineOptions) -> Result<Engine, EngineError> {
         let env = RUNTIME.get().ok_or(EngineError::NoRuntime)?;
         let model = path;
         let open = |source| EngineError::Open { path: model.to_owned(), source };
@@ -145,18 +132,28 @@ impl Engine {
                 shape[1] as usize
             }
             other => {
-                return Err(signature(format!("input must be float32 [N, F] with fixed F, found {other}")));
+                return Err(signature(format!(
+                    "input `{}` must be float32 [N, F] with a fixed F, found {other}",
+                    input.name()
+                )));
             }
         };
-        for (name, ty) in
-            [(&outputs.label, TensorElementType::Int64), (&outputs.probabilities, TensorElementType::Float32)]
-        {
-            match first.outputs().iter().find(|o| o.name() == name.as_str()).map(|o| o.dtype()) {
-                Some(ValueType::Tensor { ty: found, .. }) if *found == ty => {}
-                Some(other) => {
-                    return Err(signature(format!("output `{name}` must be a {ty} tensor, found {other}")));
-                }
-                None => return Err(signature(format!("no output named `{name}`"))),
+        match first.outputs().iter().find(|o| o.name() == output).map(|o| o.dtype()) {
+            Some(ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }) if matches!(shape.len(), 1 | 2) => {}
+            Some(ValueType::Sequence(_)) => {
+                return Err(signature(format!(
+                    "output `{output}` is a sequence of maps (a ZipMap); export it with zipmap disabled so it is a \
+                     float32 [N, C] tensor"
+                )));
+            }
+            Some(other) => {
+                return Err(signature(format!(
+                    "output `{output}` must be a float32 [N] or [N, K] tensor, found {other}"
+                )));
+            }
+            None => {
+                let names: Vec<_> = first.outputs().iter().map(|o| o.name().to_owned()).collect();
+                return Err(signature(format!("no output named `{output}` (the model has {names:?})")));
             }
         }
         let input = input.name().to_owned();
@@ -165,7 +162,7 @@ impl Engine {
             next: AtomicUsize::new(0),
             input,
             width,
-            outputs,
+            output: output.to_owned(),
         })
     }
 
@@ -181,23 +178,15 @@ impl Engine {
         let mut session = self.session();
         let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
         let out = session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
-        let output_error = |name: &str, reason: String| EngineError::Output { name: name.to_owned(), reason };
-        let (_, labels) = out[self.outputs.label.as_str()]
-            .try_extract_tensor::<i64>()
-            .map_err(|e| output_error(&self.outputs.label, e.to_string()))?;
-        let (shape, probabilities) = out[self.outputs.probabilities.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| output_error(&self.outputs.probabilities, e.to_string()))?;
-        let classes = match **shape {
-            [n, c] if n as usize == rows && c > 0 => c as usize,
-            _ => {
-                return Err(output_error(&self.outputs.probabilities, format!("unexpected shape {shape:?}")));
-            }
+        let output_error = |reason: String| EngineError::Output { name: self.output.clone(), reason };
+        let (shape, data) =
+            out[self.output.as_str()].try_extract_tensor::<f32>().map_err(|e| output_error(e.to_string()))?;
+        let width = match **shape {
+            [n] if n as usize == rows => 1,
+            [n, k] if n as usize == rows && k > 0 => k as usize,
+            _ => return Err(output_error(format!("unexpected shape {shape:?} for {rows} rows"))),
         };
-        if labels.len() != rows {
-            return Err(output_error(&self.outputs.label, format!("{} labels for {rows} rows", labels.len())));
-        }
-        Ok(read(Outputs { labels, probabilities, classes }))
+        Ok(read(Outputs { data, width }))
     }
 
     /// Runs the input once on every session, so no session meets its first request cold.

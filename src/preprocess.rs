@@ -4,7 +4,7 @@
 //! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
 //! per call. The first bad value stops the call with a [`RowError`] naming row and field.
 
-use crate::schema::{Reason, Schema, Value};
+use crate::schema::{Missing, Reason, Schema, Value};
 
 /// Read access to one row, whatever its wire or file form.
 pub trait RowView {
@@ -105,10 +105,14 @@ fn encode_row<'r, R: RowView>(
         }
     }
     for (field, slot) in schema.fields().iter().zip(slots.iter()) {
-        let value = match (slot, &field.default) {
+        let value = match (slot, &field.missing) {
             (Some(v), _) => *v,
-            (None, Some(default)) => default.as_value(),
-            (None, None) => return Err((&field.name, Reason::Missing)),
+            (None, Missing::Default(default)) => default.as_value(),
+            (None, Missing::Value { column, value }) => {
+                out[*column] = *value;
+                continue;
+            }
+            (None, Missing::Reject) => return Err((&field.name, Reason::Missing)),
         };
         field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
     }

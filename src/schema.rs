@@ -101,12 +101,32 @@ struct FieldSpec {
     #[serde(default = "yes")]
     required: bool,
     default: Option<OwnedValue>,
+    /// What a missing value writes into the field's column (numeric and ordinal fields), when
+    /// the model itself handles missing values (an encoder's missing code, NaN for trees).
+    missing_value: Option<f64>,
     min: Option<f64>,
     max: Option<f64>,
     scaler: Option<ScalerSpec>,
+    /// Arithmetic applied in order, in f64, before the one cast to f32.
+    transform: Option<Vec<OpSpec>>,
     vocabulary: Option<Vec<String>>,
     encoding: Option<Encoding>,
+    /// Ordinal: the value written for each vocabulary entry (default: its index).
+    codes: Option<Vec<f64>>,
+    /// One-hot: the column each vocabulary entry sets, or null for none (a dropped category).
+    /// Entries may share a column (infrequent categories). Default: `name=category`.
+    onehot_columns: Option<Vec<Option<String>>>,
     unknown: Option<UnknownSpec>,
+}
+
+/// One arithmetic step: exactly one of the four is set.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpSpec {
+    sub: Option<f64>,
+    div: Option<f64>,
+    mul: Option<f64>,
+    add: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -139,13 +159,21 @@ pub enum Encoding {
 #[serde(untagged)]
 enum UnknownSpec {
     Policy(UnknownWord),
-    Fallback { fallback: String },
+    Fallback {
+        fallback: String,
+    },
+    /// Ordinal only: the value written for an unknown category.
+    Value {
+        value: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum UnknownWord {
     Reject,
+    /// One-hot only: an unknown category sets no column.
+    Ignore,
 }
 
 // ---- the compiled form ---------------------------------------------------------------------
@@ -164,9 +192,53 @@ pub struct Schema {
 #[derive(Debug)]
 pub struct Field {
     pub name: Box<str>,
+    pub kind: FieldKind,
     pub required: bool,
-    pub default: Option<OwnedValue>,
+    pub missing: Missing,
     pub encoder: Encoder,
+    /// The declared range, for callers that describe the schema.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// The declared type of a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Number,
+    Integer,
+    Boolean,
+    Categorical,
+}
+
+impl FieldKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldKind::Number => "number",
+            FieldKind::Integer => "integer",
+            FieldKind::Boolean => "boolean",
+            FieldKind::Categorical => "categorical",
+        }
+    }
+}
+
+/// What an absent or explicitly missing value becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Missing {
+    /// The row is rejected.
+    Reject,
+    /// This raw value is encoded in its place (an imputed value).
+    Default(OwnedValue),
+    /// This value is written straight into the field's column.
+    Value { column: usize, value: f32 },
+}
+
+/// One arithmetic step of a numeric field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    Sub(f64),
+    Div(f64),
+    Mul(f64),
+    Add(f64),
 }
 
 /// The compiled encoding of one field.
@@ -176,8 +248,8 @@ pub enum Encoder {
         integer: bool,
         min: Option<f64>,
         max: Option<f64>,
-        /// `(x - mean) / scale`, computed in f64 and rounded once to f32, as training does.
-        scaler: Option<(f64, f64)>,
+        /// Applied in order in f64, then rounded once to f32, as training does.
+        ops: Box<[Op]>,
         column: usize,
     },
     Boolean {
@@ -185,18 +257,32 @@ pub enum Encoder {
     },
     Categorical {
         vocabulary: FxHashMap<Box<str>, u32>,
-        /// Category index used for a value outside the vocabulary; `None` rejects it.
-        fallback: Option<u32>,
+        /// Categories in vocabulary order, for callers that describe the schema.
+        categories: Box<[Box<str>]>,
+        unknown: Unknown,
         layout: CategoricalLayout,
     },
+}
+
+/// What a category outside the vocabulary does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unknown {
+    Reject,
+    /// Encoded as this category index.
+    Fallback(u32),
+    /// One-hot: no column is set.
+    Ignore,
+    /// Ordinal: this value is written.
+    Value(f32),
 }
 
 /// Where a categorical field's encoding lands.
 #[derive(Debug)]
 pub enum CategoricalLayout {
-    /// Column of each category, by category index.
-    OneHot(Box<[usize]>),
-    Ordinal(usize),
+    /// Column of each category, by category index; `None` sets nothing (a dropped category).
+    OneHot(Box<[Option<usize>]>),
+    /// The column, and the value written for each category index.
+    Ordinal { column: usize, codes: Box<[f32]> },
 }
 
 impl Schema {
@@ -219,12 +305,21 @@ impl Schema {
                 return Err(SchemaError::DuplicateColumn(c.clone()));
             }
         }
-        let mut claimed = vec![false; file.columns.len()];
+        let mut claimed: Vec<Option<String>> = vec![None; file.columns.len()];
         let mut claim = |field: &str, column: String| -> Result<usize, SchemaError> {
             let i = *column_index
                 .get(column.as_str())
-                .ok_or_else(|| SchemaError::MissingColumn { field: field.to_owned(), column })?;
-            claimed[i] = true;
+                .ok_or_else(|| SchemaError::MissingColumn { field: field.to_owned(), column: column.clone() })?;
+            match &claimed[i] {
+                Some(owner) if owner != field => {
+                    return Err(SchemaError::Field {
+                        field: field.to_owned(),
+                        reason: format!("column `{column}` is already written by field `{owner}`"),
+                    });
+                }
+                Some(_) => {}
+                None => claimed[i] = Some(field.to_owned()),
+            }
             Ok(i)
         };
 
@@ -237,7 +332,7 @@ impl Schema {
             let field = compile_field(spec, &mut claim)?;
             fields.push(field);
         }
-        if let Some(i) = claimed.iter().position(|c| !c) {
+        if let Some(i) = claimed.iter().position(Option::is_none) {
             return Err(SchemaError::OrphanColumn(file.columns[i].clone()));
         }
         let schema = Schema { fields, by_name, columns: file.columns, strict: file.strict };
@@ -249,7 +344,7 @@ impl Schema {
     fn check_defaults(&self) -> Result<(), SchemaError> {
         let mut scratch = vec![0.0; self.width()];
         for field in &self.fields {
-            if let Some(default) = &field.default {
+            if let Missing::Default(default) = &field.missing {
                 field.encoder.write(default.as_value(), &mut scratch).map_err(|reason| SchemaError::Field {
                     field: field.name.to_string(),
                     reason: format!("default is not valid: {reason}"),
@@ -293,42 +388,67 @@ fn compile_field(
     let bad = |reason: &str| SchemaError::Field { field: name.clone(), reason: reason.to_owned() };
     let categorical = spec.kind == FieldType::Categorical;
     let numeric = matches!(spec.kind, FieldType::Number | FieldType::Integer);
-    if !categorical && (spec.vocabulary.is_some() || spec.encoding.is_some() || spec.unknown.is_some()) {
-        return Err(bad("vocabulary, encoding and unknown apply to categorical fields only"));
+    if !categorical
+        && (spec.vocabulary.is_some()
+            || spec.encoding.is_some()
+            || spec.unknown.is_some()
+            || spec.codes.is_some()
+            || spec.onehot_columns.is_some())
+    {
+        return Err(bad("vocabulary, encoding, codes, onehot_columns and unknown apply to categorical fields only"));
     }
-    if !numeric && (spec.min.is_some() || spec.max.is_some() || spec.scaler.is_some()) {
-        return Err(bad("min, max and scaler apply to numeric fields only"));
+    if !numeric && (spec.min.is_some() || spec.max.is_some() || spec.scaler.is_some() || spec.transform.is_some()) {
+        return Err(bad("min, max, scaler and transform apply to numeric fields only"));
     }
-    if spec.required && spec.default.is_some() {
-        return Err(bad("a required field cannot have a default"));
+    if spec.scaler.is_some() && spec.transform.is_some() {
+        return Err(bad("give either scaler or transform, not both"));
     }
-    if !spec.required && spec.default.is_none() {
-        return Err(bad("an optional field needs a default (the value training used for a missing one)"));
+    let imputed = spec.default.is_some() || spec.missing_value.is_some();
+    if spec.default.is_some() && spec.missing_value.is_some() {
+        return Err(bad("give either default or missing_value, not both"));
+    }
+    if spec.required && imputed {
+        return Err(bad("a required field cannot have a default or missing_value"));
+    }
+    if !spec.required && !imputed {
+        return Err(bad(
+            "an optional field needs a default (the value training used for a missing one) or a missing_value",
+        ));
+    }
+    if let (Some(lo), Some(hi)) = (spec.min, spec.max) {
+        if !(lo <= hi) {
+            return Err(bad("min is greater than max"));
+        }
     }
 
-    let encoder = match spec.kind {
+    let (encoder, column) = match spec.kind {
         FieldType::Number | FieldType::Integer => {
-            if let (Some(lo), Some(hi)) = (spec.min, spec.max) {
-                if lo > hi {
-                    return Err(bad("min is greater than max"));
+            let ops = match (spec.scaler, spec.transform) {
+                (Some(s), _) => {
+                    if !(s.scale.is_finite() && s.scale != 0.0 && s.mean.is_finite()) {
+                        return Err(bad("scaler needs a finite mean and a finite non-zero scale"));
+                    }
+                    vec![Op::Sub(s.mean), Op::Div(s.scale)]
                 }
-            }
-            let scaler = match spec.scaler {
-                Some(s) if !(s.scale.is_finite() && s.scale != 0.0 && s.mean.is_finite()) => {
-                    return Err(bad("scaler needs a finite mean and a finite non-zero scale"));
+                (None, Some(steps)) => {
+                    steps.iter().map(|o| compile_op(o).map_err(|r| bad(&r))).collect::<Result<_, _>>()?
                 }
-                Some(s) => Some((s.mean, s.scale)),
-                None => None,
+                (None, None) => Vec::new(),
             };
-            Encoder::Numeric {
+            let column = claim(&name, name.clone())?;
+            let encoder = Encoder::Numeric {
                 integer: spec.kind == FieldType::Integer,
                 min: spec.min,
                 max: spec.max,
-                scaler,
-                column: claim(&name, name.clone())?,
-            }
+                ops: ops.into(),
+                column,
+            };
+            (encoder, Some(column))
         }
-        FieldType::Boolean => Encoder::Boolean { column: claim(&name, name.clone())? },
+        FieldType::Boolean => {
+            let column = claim(&name, name.clone())?;
+            (Encoder::Boolean { column }, None)
+        }
         FieldType::Categorical => {
             let words = spec.vocabulary.ok_or_else(|| bad("categorical field needs a vocabulary"))?;
             if words.is_empty() {
@@ -340,24 +460,108 @@ fn compile_field(
                     return Err(bad(&format!("category `{w}` is listed twice")));
                 }
             }
-            let fallback = match spec.unknown.ok_or_else(|| bad("categorical field needs an `unknown` policy"))? {
-                UnknownSpec::Policy(UnknownWord::Reject) => None,
-                UnknownSpec::Fallback { fallback } => Some(
+            let encoding = spec.encoding.ok_or_else(|| bad("categorical field needs an encoding"))?;
+            let unknown = match spec.unknown.ok_or_else(|| bad("categorical field needs an `unknown` policy"))? {
+                UnknownSpec::Policy(UnknownWord::Reject) => Unknown::Reject,
+                UnknownSpec::Policy(UnknownWord::Ignore) if encoding == Encoding::Onehot => Unknown::Ignore,
+                UnknownSpec::Policy(UnknownWord::Ignore) => {
+                    return Err(bad("unknown: ignore applies to one-hot fields only"));
+                }
+                UnknownSpec::Value { value } if encoding == Encoding::Ordinal => Unknown::Value(value as f32),
+                UnknownSpec::Value { .. } => return Err(bad("unknown: {value} applies to ordinal fields only")),
+                UnknownSpec::Fallback { fallback } => Unknown::Fallback(
                     *vocabulary
                         .get(fallback.as_str())
                         .ok_or_else(|| bad(&format!("fallback `{fallback}` is not in the vocabulary")))?,
                 ),
             };
-            let layout = match spec.encoding.ok_or_else(|| bad("categorical field needs an encoding"))? {
-                Encoding::Onehot => CategoricalLayout::OneHot(
-                    words.iter().map(|w| claim(&name, format!("{name}={w}"))).collect::<Result<_, _>>()?,
-                ),
-                Encoding::Ordinal => CategoricalLayout::Ordinal(claim(&name, name.clone())?),
+            let (layout, column) = match encoding {
+                Encoding::Onehot => {
+                    if spec.codes.is_some() {
+                        return Err(bad("codes apply to ordinal fields only"));
+                    }
+                    let targets = match spec.onehot_columns {
+                        Some(c) if c.len() != words.len() => {
+                            return Err(bad(&format!(
+                                "onehot_columns has {} entries for {} categories",
+                                c.len(),
+                                words.len()
+                            )));
+                        }
+                        Some(c) => c,
+                        None => words.iter().map(|w| Some(format!("{name}={w}"))).collect(),
+                    };
+                    let columns = targets
+                        .into_iter()
+                        .map(|c| c.map(|c| claim(&name, c)).transpose())
+                        .collect::<Result<_, _>>()?;
+                    (CategoricalLayout::OneHot(columns), None)
+                }
+                Encoding::Ordinal => {
+                    if spec.onehot_columns.is_some() {
+                        return Err(bad("onehot_columns apply to one-hot fields only"));
+                    }
+                    let codes: Box<[f32]> = match spec.codes {
+                        Some(c) if c.len() != words.len() => {
+                            return Err(bad(&format!("codes has {} entries for {} categories", c.len(), words.len())));
+                        }
+                        Some(c) if c.iter().any(|x| !x.is_finite()) => return Err(bad("codes must be finite")),
+                        Some(c) => c.iter().map(|&x| x as f32).collect(),
+                        None => (0..words.len()).map(|i| i as f32).collect(),
+                    };
+                    let column = claim(&name, name.clone())?;
+                    (CategoricalLayout::Ordinal { column, codes }, Some(column))
+                }
             };
-            Encoder::Categorical { vocabulary, fallback, layout }
+            (
+                Encoder::Categorical {
+                    vocabulary,
+                    categories: words.into_iter().map(String::into_boxed_str).collect(),
+                    unknown,
+                    layout,
+                },
+                column,
+            )
         }
     };
-    Ok(Field { name: name.into_boxed_str(), required: spec.required, default: spec.default, encoder })
+    let missing = match (spec.default, spec.missing_value) {
+        (Some(default), _) => Missing::Default(default),
+        (None, Some(value)) => Missing::Value {
+            column: column.ok_or_else(|| bad("missing_value applies to numeric and ordinal fields only"))?,
+            value: value as f32,
+        },
+        (None, None) => Missing::Reject,
+    };
+    let kind = match spec.kind {
+        FieldType::Number => FieldKind::Number,
+        FieldType::Integer => FieldKind::Integer,
+        FieldType::Boolean => FieldKind::Boolean,
+        FieldType::Categorical => FieldKind::Categorical,
+    };
+    Ok(Field {
+        name: name.into_boxed_str(),
+        kind,
+        required: spec.required,
+        missing,
+        encoder,
+        min: spec.min,
+        max: spec.max,
+    })
+}
+
+fn compile_op(spec: &OpSpec) -> Result<Op, String> {
+    let op = match (spec.sub, spec.div, spec.mul, spec.add) {
+        (Some(x), None, None, None) => Op::Sub(x),
+        (None, Some(x), None, None) => Op::Div(x),
+        (None, None, Some(x), None) => Op::Mul(x),
+        (None, None, None, Some(x)) => Op::Add(x),
+        _ => return Err("each transform step sets exactly one of sub, div, mul, add".into()),
+    };
+    let (Op::Sub(x) | Op::Div(x) | Op::Mul(x) | Op::Add(x)) = op;
+    if !x.is_finite() || matches!(op, Op::Div(d) if d == 0.0) {
+        return Err(format!("transform step {op:?} needs a finite operand (and a non-zero divisor)"));
+    }
+    Ok(op)
 }
 
 /// Why one value cannot be encoded. Preprocessing adds the row and the field.
@@ -386,7 +590,7 @@ impl Encoder {
     #[inline]
     pub fn write(&self, value: Value<'_>, row: &mut [f32]) -> Result<(), Reason> {
         match self {
-            Encoder::Numeric { integer, min, max, scaler, column } => {
+            Encoder::Numeric { integer, min, max, ops, column } => {
                 let x = match (value, integer) {
                     (Value::Integer(i), _) => i as f64,
                     (Value::Number(x), _) if !x.is_finite() => return Err(Reason::NotFinite(x)),
@@ -408,10 +612,16 @@ impl Encoder {
                         max: max.unwrap_or(f64::INFINITY),
                     });
                 }
-                row[*column] = match scaler {
-                    Some((mean, scale)) => ((x - mean) / scale) as f32,
-                    None => x as f32,
-                };
+                let mut x = x;
+                for op in ops.iter() {
+                    x = match *op {
+                        Op::Sub(v) => x - v,
+                        Op::Div(v) => x / v,
+                        Op::Mul(v) => x * v,
+                        Op::Add(v) => x + v,
+                    };
+                }
+                row[*column] = x as f32;
             }
             Encoder::Boolean { column } => match value {
                 Value::Bool(b) => row[*column] = if b { 1.0 } else { 0.0 },
@@ -419,17 +629,29 @@ impl Encoder {
                     return Err(Reason::WrongType { expected: "bool", got: other.type_name() });
                 }
             },
-            Encoder::Categorical { vocabulary, fallback, layout } => {
+            Encoder::Categorical { vocabulary, unknown, layout, .. } => {
                 let Value::Text(word) = value else {
                     return Err(Reason::WrongType { expected: "text", got: value.type_name() });
                 };
-                let index = match vocabulary.get(word) {
-                    Some(i) => *i,
-                    None => fallback.ok_or_else(|| Reason::UnknownCategory(word.to_owned()))?,
+                let index = match (vocabulary.get(word), unknown) {
+                    (Some(i), _) => *i,
+                    (None, Unknown::Fallback(i)) => *i,
+                    (None, Unknown::Reject) => return Err(Reason::UnknownCategory(word.to_owned())),
+                    (None, Unknown::Ignore) => return Ok(()),
+                    (None, Unknown::Value(v)) => {
+                        if let CategoricalLayout::Ordinal { column, .. } = layout {
+                            row[*column] = *v;
+                        }
+                        return Ok(());
+                    }
                 };
                 match layout {
-                    CategoricalLayout::OneHot(columns) => row[columns[index as usize]] = 1.0,
-                    CategoricalLayout::Ordinal(column) => row[*column] = index as f32,
+                    CategoricalLayout::OneHot(columns) => {
+                        if let Some(c) = columns[index as usize] {
+                            row[c] = 1.0;
+                        }
+                    }
+                    CategoricalLayout::Ordinal { column, codes } => row[*column] = codes[index as usize],
                 }
             }
         }
@@ -511,5 +733,67 @@ columns: [vip, "color=red", "color=green", "color=other", age, size]
         assert!(matches!(Schema::parse(&bad_fallback), Err(SchemaError::Field { field, .. }) if field == "color"));
         let typo = SCHEMA.replace("encoding: ordinal", "encodng: ordinal");
         assert!(matches!(Schema::parse(&typo), Err(SchemaError::Parse(_))));
+    }
+
+    const SKLEARN_FORMS: &str = r#"
+schema_version: 1
+fields:
+  - name: income
+    type: number
+    required: false
+    default: 50.0
+    transform: [{sub: 40.0}, {div: 20.0}, {mul: 2.0}, {add: 1.0}]
+  - name: tenure
+    type: number
+    required: false
+    missing_value: .nan
+  - name: grade
+    type: categorical
+    vocabulary: [a, b, c, d]
+    encoding: ordinal
+    codes: [0, 1, 2, 2]
+    required: false
+    missing_value: -2
+    unknown: {value: -1}
+  - name: region
+    type: categorical
+    vocabulary: [north, south, east, west]
+    encoding: onehot
+    onehot_columns: [null, "region_south", "region_rare", "region_rare"]
+    unknown: ignore
+columns: [income, tenure, grade, region_south, region_rare]
+"#;
+
+    #[test]
+    fn reads_the_sklearn_forms() {
+        let s = Schema::parse(SKLEARN_FORMS).unwrap();
+        let enc = |name: &str| &s.fields()[s.field_index(name).unwrap()].encoder;
+        let mut row = vec![0.0; 5];
+        enc("income").write(Value::Number(60.0), &mut row).unwrap();
+        assert_eq!(row[0], 3.0, "((60 - 40) / 20) * 2 + 1");
+        enc("grade").write(Value::Text("d"), &mut row).unwrap();
+        assert_eq!(row[2], 2.0, "infrequent categories share a code");
+        enc("grade").write(Value::Text("z"), &mut row).unwrap();
+        assert_eq!(row[2], -1.0, "unknown value");
+        enc("region").write(Value::Text("east"), &mut row).unwrap();
+        enc("region").write(Value::Text("mars"), &mut row).unwrap();
+        enc("region").write(Value::Text("north"), &mut row).unwrap();
+        assert_eq!(&row[3..], [0.0, 1.0], "dropped category and ignored unknown set nothing");
+        let tenure = &s.fields()[s.field_index("tenure").unwrap()];
+        assert!(matches!(tenure.missing, Missing::Value { column: 1, value } if value.is_nan()));
+        let grade = &s.fields()[s.field_index("grade").unwrap()];
+        assert_eq!(grade.missing, Missing::Value { column: 2, value: -2.0 });
+    }
+
+    #[test]
+    fn refuses_misplaced_sklearn_forms() {
+        let ignore_on_ordinal = SKLEARN_FORMS.replace("unknown: {value: -1}", "unknown: ignore");
+        assert!(Schema::parse(&ignore_on_ordinal).unwrap_err().to_string().contains("one-hot fields only"));
+        let short_codes = SKLEARN_FORMS.replace("codes: [0, 1, 2, 2]", "codes: [0, 1]");
+        assert!(Schema::parse(&short_codes).unwrap_err().to_string().contains("codes has 2 entries"));
+        let two_ops = SKLEARN_FORMS.replace("{sub: 40.0}", "{sub: 40.0, div: 2.0}");
+        assert!(Schema::parse(&two_ops).unwrap_err().to_string().contains("exactly one"));
+        let shared = SKLEARN_FORMS.replace("\"region_south\"", "\"grade\"");
+        assert!(Schema::parse(&shared).unwrap_err().to_string().contains("already written by field `grade`"));
     }
 }

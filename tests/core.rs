@@ -56,7 +56,7 @@ async fn owned_rows_score_like_training_and_the_call_is_counted_once() {
     assert_eq!(answer.bundle.version, "v2");
     assert_eq!(answer.predictions.len(), rows.len());
     for (p, g) in answer.predictions.iter().zip(&golden) {
-        assert_eq!(answer.bundle.class_labels()[p.class], g.label, "line {}", g.line);
+        assert_eq!(answer.bundle.class_labels()[p.class.expect("a classifier")], g.label, "line {}", g.line);
         assert_close(&p.probabilities, &g.probabilities, &format!("line {}", g.line));
     }
     let ok = [("task", TASK), ("version", "v2"), ("method", "Predict"), ("code", "OK")];

@@ -2,8 +2,6 @@
 
 use serde::Deserialize;
 
-use crate::engine::OutputNames;
-
 /// Why `config.yaml` is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -13,6 +11,17 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// What the model predicts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Class probabilities; the served label is derived from them.
+    #[default]
+    Classifier,
+    /// One or more real values per row.
+    Regressor,
+}
+
 /// The bundle's output contract.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,12 +29,15 @@ pub struct BundleConfig {
     /// The task this bundle was trained for; when set, it must match the task directory.
     pub task: Option<String>,
     #[serde(default)]
+    pub kind: Kind,
+    #[serde(default)]
     pub description: String,
     #[serde(default)]
     pub model_type: String,
     pub outputs: Outputs,
-    /// Class names; the model's label value `i` means `class_labels[i]`, and probabilities come
-    /// in this order.
+    /// Classifiers: class names in probability order. The served label is the class with the
+    /// highest probability (the first on a tie), or per `decision_threshold`.
+    #[serde(default)]
     pub class_labels: Vec<String>,
     /// Binary models only: serve `class_labels[1]` when its probability reaches this value,
     /// instead of the model's own label. Unset keeps the model's label.
@@ -36,8 +48,13 @@ pub struct BundleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outputs {
-    pub label: String,
-    pub probabilities: String,
+    /// The model's own label output. Accepted for older bundles and not read: labels come from
+    /// the probabilities, so string-labelled models serve the same way as integer ones.
+    pub label: Option<String>,
+    /// Classifiers: float32 `[N, classes]`, or `[N, 1]` holding P(class 1) for a binary model.
+    pub probabilities: Option<String>,
+    /// Regressors: float32 `[N]` or `[N, targets]`.
+    pub values: Option<String>,
 }
 
 impl BundleConfig {
@@ -45,8 +62,23 @@ impl BundleConfig {
     pub fn parse(yaml: &str) -> Result<BundleConfig, ConfigError> {
         let config: BundleConfig = serde_yaml::from_str(yaml)?;
         let invalid = |reason: String| Err(ConfigError::Invalid(reason));
-        if config.class_labels.is_empty() {
-            return invalid("class_labels is empty".into());
+        match (config.kind, &config.outputs.probabilities, &config.outputs.values) {
+            (Kind::Classifier, Some(_), None) => {
+                if config.class_labels.len() < 2 {
+                    return invalid("a classifier needs at least two class_labels".into());
+                }
+            }
+            (Kind::Classifier, _, _) => {
+                return invalid("a classifier names outputs.probabilities and no outputs.values".into());
+            }
+            (Kind::Regressor, None, Some(_)) => {
+                if !config.class_labels.is_empty() || config.decision_threshold.is_some() {
+                    return invalid("a regressor has no class_labels or decision_threshold".into());
+                }
+            }
+            (Kind::Regressor, _, _) => {
+                return invalid("a regressor names outputs.values and no outputs.probabilities".into());
+            }
         }
         for (i, c) in config.class_labels.iter().enumerate() {
             if config.class_labels[..i].contains(c) {
@@ -64,7 +96,12 @@ impl BundleConfig {
         Ok(config)
     }
 
-    pub(crate) fn output_names(&self) -> OutputNames {
-        OutputNames { label: self.outputs.label.clone(), probabilities: self.outputs.probabilities.clone() }
+    /// The one ONNX output modeld reads.
+    pub fn output_name(&self) -> &str {
+        match self.kind {
+            Kind::Classifier => self.outputs.probabilities.as_deref(),
+            Kind::Regressor => self.outputs.values.as_deref(),
+        }
+        .unwrap_or_default()
     }
 }

@@ -15,12 +15,19 @@ struct GoldenLine {
     #[serde(default)]
     row_id: String,
     features: BTreeMap<String, OwnedValue>,
+    /// Classifiers.
+    #[serde(default)]
     label: String,
+    #[serde(default)]
     probabilities: Vec<f32>,
+    /// Regressors.
+    #[serde(default)]
+    values: Vec<f64>,
 }
 
 /// Largest absolute difference from a golden probability that still counts as equal, for
-/// bundle loading and for `modeld verify`.
+/// bundle loading and for `modeld verify`. Regression values get the same figure as a relative
+/// tolerance: `|served - golden| <= TOLERANCE * max(1, |golden|)`.
 pub const TOLERANCE: f32 = 1e-5;
 
 /// One golden row and its expected outputs.
@@ -29,13 +36,19 @@ pub struct GoldenRow {
     /// 1-based line number in golden.jsonl.
     pub line: usize,
     pub row: OwnedRow,
+    /// Classifiers: the class name and probabilities; empty for regressors.
     pub label: String,
     pub probabilities: Vec<f32>,
+    /// Regressors: the values; empty for classifiers.
+    pub values: Vec<f64>,
 }
 
 impl GoldenRow {
     /// Why a served output differs from this row's golden output, or None when it matches.
-    pub fn mismatch(&self, label: &str, probabilities: &[f32], tolerance: f32) -> Option<String> {
+    pub fn mismatch(&self, label: &str, probabilities: &[f32], values: &[f64], tolerance: f32) -> Option<String> {
+        if !self.values.is_empty() || !values.is_empty() {
+            return self.values_mismatch(values, f64::from(tolerance));
+        }
         if label != self.label {
             return Some(format!("label `{label}`, golden `{}`", self.label));
         }
@@ -51,6 +64,16 @@ impl GoldenRow {
             ));
         }
         None
+    }
+
+    fn values_mismatch(&self, values: &[f64], tolerance: f64) -> Option<String> {
+        if values.len() != self.values.len() {
+            return Some(format!("{} values, golden has {}", values.len(), self.values.len()));
+        }
+        let off = values.iter().zip(&self.values).any(|(a, b)| !((a - b).abs() <= tolerance * b.abs().max(1.0)));
+        off.then(|| {
+            format!("values {values:?} differ from golden {:?} (relative tolerance {tolerance:e})", self.values)
+        })
     }
 }
 
@@ -75,6 +98,7 @@ pub fn parse(text: &str) -> Result<Vec<GoldenRow>, GoldenParseError> {
                 row: OwnedRow { row_id: g.row_id, features: g.features.into_iter().collect() },
                 label: g.label,
                 probabilities: g.probabilities,
+                values: g.values,
             })
         })
         .collect()

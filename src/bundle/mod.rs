@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-pub use config::BundleConfig;
+pub use config::{BundleConfig, Kind};
 
 use crate::{
     engine::{Engine, EngineError, EngineOptions},
@@ -105,10 +105,14 @@ pub struct Step {
 /// One row's served outputs.
 #[derive(Debug, Clone, Copy)]
 pub struct Scored<'a> {
-    /// Index of the served class in [`Bundle::class_labels`].
+    /// Classifiers: index of the served class in [`Bundle::class_labels`]; 0 for regressors.
     pub class: usize,
+    /// Classifiers: the served class name; empty for regressors.
     pub label: &'a str,
+    /// Classifiers: one probability per class; empty for regressors.
     pub probabilities: &'a [f32],
+    /// Regressors: one value per target; empty for classifiers.
+    pub values: &'a [f32],
 }
 
 impl Bundle {
@@ -148,12 +152,15 @@ impl Bundle {
         if version.is_empty() {
             return Err(BundleError::EmptyVersion);
         }
-        done("config", format!("version {version}, classes {:?}", config.class_labels));
+        match config.kind {
+            Kind::Classifier => done("config", format!("version {version}, classes {:?}", config.class_labels)),
+            Kind::Regressor => done("config", format!("version {version}, regressor")),
+        }
 
         let engine = Engine::load(
             &path.join("model.onnx"),
             &verified.files["model.onnx"],
-            config.output_names(),
+            config.output_name(),
             options.engine,
         )?;
         if engine.width() != schema.width() {
@@ -189,7 +196,8 @@ impl Bundle {
             self.prepare(&rows).map_err(|e| BundleError::GoldenRow { line: golden[e.row_index].line, source: e })?;
         let mismatch = self.score(&input, |i, scored| {
             let g = &golden[i];
-            g.mismatch(scored.label, scored.probabilities, tolerance)
+            let values: Vec<f64> = scored.values.iter().map(|v| f64::from(*v)).collect();
+            g.mismatch(scored.label, scored.probabilities, &values, tolerance)
                 .map(|reason| (g.line, g.row.row_id.clone(), reason))
         })?;
         match mismatch.into_iter().flatten().next() {
@@ -211,27 +219,33 @@ impl Bundle {
         }
         let classes = &self.config.class_labels;
         let threshold = self.config.decision_threshold;
+        let kind = self.config.kind;
         self.engine.run(&input.data, input.rows, |out| {
-            if out.classes != classes.len() {
-                return Err(EngineError::Output {
-                    name: self.config.outputs.probabilities.clone(),
-                    reason: format!("{} classes, config.yaml names {}", out.classes, classes.len()),
-                });
-            }
+            let output_error =
+                |reason: String| EngineError::Output { name: self.config.output_name().to_owned(), reason };
             let mut results = Vec::with_capacity(input.rows);
-            for (i, (label, probabilities)) in
-                out.labels.iter().zip(out.probabilities.chunks_exact(out.classes)).enumerate()
-            {
-                let index = match threshold {
+            if kind == Kind::Regressor {
+                for (i, values) in out.data.chunks_exact(out.width).enumerate() {
+                    results.push(emit(i, Scored { class: 0, label: "", probabilities: &[], values }));
+                }
+                return Ok(results);
+            }
+            // A binary model may emit only P(class 1): widen it to both classes.
+            let widened: Vec<f32>;
+            let probabilities = match (out.width, classes.len()) {
+                (w, c) if w == c => out.data,
+                (1, 2) => {
+                    widened = out.data.iter().flat_map(|p| [1.0 - p, *p]).collect();
+                    &widened
+                }
+                (w, c) => return Err(output_error(format!("{w} columns, config.yaml names {c} classes"))),
+            };
+            for (i, probabilities) in probabilities.chunks_exact(classes.len()).enumerate() {
+                let class = match threshold {
                     Some(t) => usize::from(probabilities[1] >= t),
-                    None => usize::try_from(*label).ok().filter(|l| *l < classes.len()).ok_or_else(|| {
-                        EngineError::Output {
-                            name: self.config.outputs.label.clone(),
-                            reason: format!("label {label} has no class name"),
-                        }
-                    })?,
+                    None => argmax(probabilities),
                 };
-                results.push(emit(i, Scored { class: index, label: &classes[index], probabilities }));
+                results.push(emit(i, Scored { class, label: &classes[class], probabilities, values: &[] }));
             }
             Ok(results)
         })?
@@ -246,6 +260,17 @@ impl Bundle {
     pub fn class_labels(&self) -> &[String] {
         &self.config.class_labels
     }
+}
+
+/// Index of the largest probability; the first one on a tie, as numpy's argmax.
+fn argmax(p: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in p.iter().enumerate().skip(1) {
+        if *x > p[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// The numeric entries of evaluation.json's `metrics` object (absent: none).

@@ -3,14 +3,18 @@
 //!
 //! Input: CSV with a header of feature names (an optional `row_id` column), or JSONL with one
 //! object per line (`{"row_id": .., "features": {..}}` or a flat object of features). CSV cells
-//! that parse as integers or numbers are sent as such, everything else as text; empty cells are
-//! missing values. A line that cannot be read is reported with its line number and the job goes
-//! on. Output (by extension): JSONL records, or CSV with one probability column per class.
+//! are typed by the live schema that GetVersion describes: a categorical cell is sent as text even
+//! when it looks like a number, a numeric cell as a number. Columns the schema does not know are
+//! sent as integers or numbers when they parse as such, else as text. Empty cells are missing
+//! values. A line that cannot be read is reported with its line number and the job goes on.
+//! Output (by extension): JSONL records, or CSV with one probability column per class (one value
+//! column per target for a regressor).
 //!
 //! Three tasks run at once: the reader (file -> chunks), the gRPC stream, and the writer, with
 //! bounded channels between them so memory does not grow with the file.
 
 use std::{
+    collections::HashMap,
     fs::File,
     io::{BufRead, BufReader, BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
@@ -121,13 +125,16 @@ pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
         .await
         .map_err(|source| LabelError::Connect { addr: args.addr.clone(), source })?;
     let mut client = InferenceClient::new(channel).max_decoding_message_size(256 << 20);
+    // The live schema types CSV cells. A task that is not serving fails here, before any work.
+    let live = client.get_version(pb::GetVersionRequest { task: args.task.clone() }).await?.into_inner();
+    let types: HashMap<String, String> = live.fields.into_iter().map(|f| (f.name, f.r#type)).collect();
 
     // Reader thread: file -> chunks (to the stream) and entries (to the writer), both bounded.
     let (chunk_tx, chunk_rx) = mpsc::channel::<pb::BatchPredictRequest>(4);
     let (entries_tx, mut entries_rx) = mpsc::channel::<Vec<Entry>>(8);
     let reader = {
         let (args, path) = (args.clone(), args.input.clone());
-        std::thread::spawn(move || read_chunks(&args, in_format, chunk_tx, entries_tx).map_err(io(&path)))
+        std::thread::spawn(move || read_chunks(&args, in_format, &types, chunk_tx, entries_tx).map_err(io(&path)))
     };
 
     let mut responses = client.batch_predict(tokio_stream::wrappers::ReceiverStream::new(chunk_rx)).await?.into_inner();
@@ -140,7 +147,15 @@ pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
         let Some(response) = response else { break };
         if summary.version.is_empty() {
             summary.version.clone_from(&response.version);
-            out.header(&response.class_names).map_err(io(&args.output))?;
+            let targets = response
+                .results
+                .iter()
+                .find_map(|r| match &r.outcome {
+                    Some(Outcome::Prediction(p)) => Some(p.values.len()),
+                    _ => None,
+                })
+                .unwrap_or(1);
+            out.header(&response.class_names, targets).map_err(io(&args.output))?;
         }
         let entries = entries_rx.recv().await.unwrap_or_default();
         let mut results = response.results.into_iter();
@@ -202,6 +217,7 @@ fn count_lines(path: &Path) -> std::io::Result<u64> {
 fn read_chunks(
     args: &LabelArgs,
     format: Format,
+    types: &HashMap<String, String>,
     chunk_tx: mpsc::Sender<pb::BatchPredictRequest>,
     entries_tx: mpsc::Sender<Vec<Entry>>,
 ) -> std::io::Result<u64> {
@@ -217,6 +233,7 @@ fn read_chunks(
         Format::Jsonl => None,
     };
     let header = columns.clone();
+    let header_types: Vec<Option<&str>> = header.iter().map(|c| types.get(c).map(String::as_str)).collect();
     columns.retain(|c| c != "row_id");
     let mut rows = Vec::with_capacity(args.chunk_rows);
     let mut entries = Vec::with_capacity(args.chunk_rows);
@@ -266,7 +283,7 @@ fn read_chunks(
             let reader = csv_reader.as_mut().expect("opened above for CSV");
             for record in reader.records() {
                 let (line, row) = match record {
-                    Ok(r) => (r.position().map_or(0, |p| p.line()), Ok(csv_row(&header, &r))),
+                    Ok(r) => (r.position().map_or(0, |p| p.line()), Ok(csv_row(&header, &header_types, &r))),
                     Err(e) => (e.position().map_or(0, |p| p.line()), Err(e.to_string())),
                 };
                 if !each(line, row) {
@@ -279,22 +296,35 @@ fn read_chunks(
     Ok(sent)
 }
 
-/// A CSV record as a positional row (values in header order, `row_id` taken out).
-fn csv_row(header: &[String], record: &csv::StringRecord) -> pb::Row {
+/// A CSV record as a positional row (values in header order, `row_id` taken out), each cell
+/// typed by its column's schema type when the schema knows the column.
+fn csv_row(header: &[String], types: &[Option<&str>], record: &csv::StringRecord) -> pb::Row {
     let mut row = pb::Row { values: Vec::with_capacity(header.len()), ..Default::default() };
-    for (name, cell) in header.iter().zip(record.iter()) {
+    for ((name, ty), cell) in header.iter().zip(types).zip(record.iter()) {
         if name == "row_id" {
             row.row_id = cell.to_owned();
             continue;
         }
-        let kind = if cell.is_empty() {
-            None
-        } else if let Ok(i) = cell.parse::<i64>() {
-            Some(Kind::Integer(i))
-        } else if let Ok(x) = cell.parse::<f64>() {
-            Some(Kind::Number(x))
-        } else {
-            Some(Kind::Text(cell.to_owned()))
+        let text = || Some(Kind::Text(cell.to_owned()));
+        let guess = || {
+            if let Ok(i) = cell.parse::<i64>() {
+                Some(Kind::Integer(i))
+            } else if let Ok(x) = cell.parse::<f64>() {
+                Some(Kind::Number(x))
+            } else {
+                text()
+            }
+        };
+        let kind = match *ty {
+            _ if cell.is_empty() => None,
+            Some("categorical") => text(),
+            Some("boolean") => match cell.to_ascii_lowercase().as_str() {
+                "true" | "1" => Some(Kind::Flag(true)),
+                "false" | "0" => Some(Kind::Flag(false)),
+                _ => text(),
+            },
+            // Numbers, and columns the schema does not know; the server reports what it rejects.
+            _ => guess(),
         };
         row.values.push(pb::Value { kind });
     }
@@ -336,19 +366,36 @@ fn json_row(line: &str) -> Result<pb::Row, String> {
 struct Output {
     format: Format,
     file: BufWriter<File>,
+    /// Output columns after `label` (classifiers) or after the first value (regressors).
     classes: usize,
+    regressor: bool,
 }
 
 impl Output {
     fn create(path: &Path, format: Format) -> std::io::Result<Output> {
-        Ok(Output { format, file: BufWriter::new(File::create(path)?), classes: 0 })
+        Ok(Output { format, file: BufWriter::new(File::create(path)?), classes: 0, regressor: false })
     }
 
-    fn header(&mut self, classes: &[String]) -> std::io::Result<()> {
-        self.classes = classes.len();
+    /// Classifiers: `row_id,label,p_<class>..,version,error`; regressors (no classes):
+    /// `row_id,value,version,error`, or `value_0..` for several targets.
+    fn header(&mut self, classes: &[String], targets: usize) -> std::io::Result<()> {
+        let columns: Vec<String> = if classes.is_empty() {
+            self.regressor = true;
+            match targets {
+                1 => vec!["value".to_owned()],
+                k => (0..k).map(|i| format!("value_{i}")).collect(),
+            }
+        } else {
+            std::iter::once("label".to_owned()).chain(classes.iter().map(|c| format!("p_{c}"))).collect()
+        };
+        // Row errors leave every output column empty.
+        self.classes = columns.len() - 1;
         if self.format == Format::Csv {
-            let probs: Vec<String> = classes.iter().map(|c| format!("p_{c}")).collect();
-            writeln!(self.file, "row_id,label,{},version,error", probs.join(","))?;
+            writeln!(
+                self.file,
+                "row_id,{},version,error",
+                columns.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",")
+            )?;
         }
         Ok(())
     }
@@ -356,8 +403,16 @@ impl Output {
     fn prediction(&mut self, p: &pb::Prediction, version: &str) -> std::io::Result<()> {
         match self.format {
             Format::Jsonl => {
-                let record = serde_json::json!({"row_id": p.row_id, "label": p.label, "probabilities": p.probabilities, "version": version});
+                let record = if self.regressor {
+                    serde_json::json!({"row_id": p.row_id, "values": p.values, "version": version})
+                } else {
+                    serde_json::json!({"row_id": p.row_id, "label": p.label, "probabilities": p.probabilities, "version": version})
+                };
                 writeln!(self.file, "{record}")
+            }
+            Format::Csv if self.regressor => {
+                let values: Vec<String> = p.values.iter().map(f64::to_string).collect();
+                writeln!(self.file, "{},{},{},", csv_cell(&p.row_id), values.join(","), csv_cell(version))
             }
             Format::Csv => {
                 let probs: Vec<String> = p.probabilities.iter().map(f32::to_string).collect();

@@ -188,7 +188,7 @@ fn compare(expected: &str, rows: &[GoldenRow], response: &pb::PredictResponse) -
         return mismatches;
     }
     for (g, p) in rows.iter().zip(&response.predictions) {
-        if let Some(reason) = g.mismatch(&p.label, &p.probabilities, golden::TOLERANCE) {
+        if let Some(reason) = g.mismatch(&p.label, &p.probabilities, &p.values, golden::TOLERANCE) {
             mismatches.push(format!("golden line {}: {reason}", g.line));
         }
     }

@@ -84,10 +84,12 @@ pub struct Request<'a, R> {
 /// One row's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// Index of the served class in the bundle's `class_labels`.
-    pub class: usize,
-    /// One probability per class, in `class_labels` order.
+    /// Classifiers: index of the served class in the bundle's `class_labels`.
+    pub class: Option<usize>,
+    /// Classifiers: one probability per class, in `class_labels` order.
     pub probabilities: Vec<f32>,
+    /// Regressors: one value per target.
+    pub values: Vec<f64>,
 }
 
 /// The same rows scored by another loaded version.

@@ -135,7 +135,15 @@ impl Predictor {
 
 /// A scored row as the core returns it.
 pub(super) fn prediction(_: usize, scored: Scored<'_>) -> Prediction {
-    Prediction { class: scored.class, probabilities: scored.probabilities.to_vec() }
+    if scored.values.is_empty() {
+        Prediction { class: Some(scored.class), probabilities: scored.probabilities.to_vec(), values: Vec::new() }
+    } else {
+        Prediction {
+            class: None,
+            probabilities: Vec::new(),
+            values: scored.values.iter().map(|v| f64::from(*v)).collect(),
+        }
+    }
 }
 
 /// Rejections are the caller's business (debug); failures of our own are errors.

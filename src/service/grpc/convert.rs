@@ -6,7 +6,7 @@ use crate::{
     pb::{self, value::Kind},
     predict::{CallContext, Method, Prediction},
     preprocess::RowView,
-    schema::Value,
+    schema::{Encoder, Field, Missing, OwnedValue, Unknown, Value},
     service::layers::CallDeadline,
 };
 
@@ -26,7 +26,8 @@ pub fn call_context<T>(method: Method, request: &Request<T>) -> CallContext {
 
 /// A core prediction in wire form.
 pub fn to_pb(p: Prediction, row_id: String, classes: &[String]) -> pb::Prediction {
-    pb::Prediction { row_id, label: classes[p.class].clone(), probabilities: p.probabilities }
+    let label = p.class.map(|c| classes[c].clone()).unwrap_or_default();
+    pb::Prediction { row_id, label, probabilities: p.probabilities, values: p.values }
 }
 
 impl RowView for pb::Row {
@@ -47,4 +48,41 @@ pub fn value_of(value: &pb::Value) -> Option<Value<'_>> {
         Kind::Text(s) => Value::Text(s),
         Kind::Flag(b) => Value::Bool(*b),
     })
+}
+
+/// A schema field as GetVersion describes it.
+pub fn field_info(field: &Field) -> pb::FieldInfo {
+    let default = match &field.missing {
+        Missing::Default(v) => Some(pb::Value {
+            kind: Some(match v {
+                OwnedValue::Bool(b) => Kind::Flag(*b),
+                OwnedValue::Integer(i) => Kind::Integer(*i),
+                OwnedValue::Number(x) => Kind::Number(*x),
+                OwnedValue::Text(s) => Kind::Text(s.clone()),
+            }),
+        }),
+        Missing::Reject | Missing::Value { .. } => None,
+    };
+    let (categories, unknown) = match &field.encoder {
+        Encoder::Categorical { categories, unknown, .. } => {
+            let unknown = match unknown {
+                Unknown::Reject => "reject".to_owned(),
+                Unknown::Fallback(i) => format!("fallback:{}", categories[*i as usize]),
+                Unknown::Ignore => "ignore".to_owned(),
+                Unknown::Value(_) => "value".to_owned(),
+            };
+            (categories.iter().map(|c| c.to_string()).collect(), unknown)
+        }
+        Encoder::Numeric { .. } | Encoder::Boolean { .. } => (Vec::new(), String::new()),
+    };
+    pb::FieldInfo {
+        name: field.name.to_string(),
+        r#type: field.kind.name().to_owned(),
+        required: field.required,
+        default,
+        min: field.min,
+        max: field.max,
+        categories,
+        unknown,
+    }
 }

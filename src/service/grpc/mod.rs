@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::convert::{call_context, to_pb};
 use super::health::Readiness;
 use crate::{
+    bundle::Kind,
     pb,
     predict::{Method, PredictError, Predictor, Request as Call},
     registry::Registry,
@@ -122,6 +123,12 @@ impl pb::inference_server::Inference for InferenceService {
             class_names: bundle.class_labels().to_vec(),
             evaluation: bundle.evaluation.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             evaluation_json: bundle.evaluation_json.clone(),
+            fields: bundle.schema.fields().iter().map(convert::field_info).collect(),
+            kind: match bundle.config.kind {
+                Kind::Classifier => "classifier",
+                Kind::Regressor => "regressor",
+            }
+            .to_owned(),
         }))
     }
 
