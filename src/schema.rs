@@ -416,7 +416,7 @@ fn compile_field(
         ));
     }
     if let (Some(lo), Some(hi)) = (spec.min, spec.max) {
-        if !(lo <= hi) {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
             return Err(bad("min is greater than max"));
         }
     }

@@ -70,7 +70,10 @@ impl GoldenRow {
         if values.len() != self.values.len() {
             return Some(format!("{} values, golden has {}", values.len(), self.values.len()));
         }
-        let off = values.iter().zip(&self.values).any(|(a, b)| !((a - b).abs() <= tolerance * b.abs().max(1.0)));
+        let off = values.iter().zip(&self.values).any(|(a, b)| {
+            let within = (a - b).abs() <= tolerance * b.abs().max(1.0);
+            !within // NaN is never within
+        });
         off.then(|| {
             format!("values {values:?} differ from golden {:?} (relative tolerance {tolerance:e})", self.values)
         })
