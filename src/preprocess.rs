@@ -100,7 +100,7 @@ fn encode_row<'r, R: RowView>(
     for (name, value) in row.features() {
         match schema.field_index(name) {
             Some(i) => slots[i] = value,
-            None if schema.strict() => return Err((name, Reason::UnknownField)),
+            None if schema.rejects(name) => return Err((name, Reason::UnknownField)),
             None => {}
         }
     }
@@ -155,6 +155,7 @@ fields:
     encoding: onehot
     unknown: reject
 columns: [x, "c=a", "c=b"]
+ignored: [note]
 "#;
 
     fn row(id: &str, features: &[(&str, OwnedValue)]) -> OwnedRow {
@@ -176,7 +177,10 @@ columns: [x, "c=a", "c=b"]
     #[test]
     fn names_row_and_field() {
         let schema = Schema::parse(SCHEMA).unwrap();
-        let rows = [row("ok", &[("x", OwnedValue::Number(0.0))]), row("bad", &[("y", OwnedValue::Number(0.0))])];
+        let rows = [
+            row("ok", &[("x", OwnedValue::Number(0.0)), ("note", OwnedValue::Text("dropped by the pipeline".into()))]),
+            row("bad", &[("y", OwnedValue::Number(0.0))]),
+        ];
         let err = encode(&schema, &rows).unwrap_err();
         assert_eq!((err.row_index, err.field.as_str(), &err.reason), (1, "y", &Reason::UnknownField));
         assert_eq!(err.to_string(), "row 1 (row_id `bad`): field `y`: unknown field (the schema is strict)");

@@ -86,6 +86,10 @@ struct SchemaFile {
     strict: bool,
     fields: Vec<FieldSpec>,
     columns: Vec<String>,
+    /// Feature names accepted and not used (columns the fitted pipeline drops), so a strict
+    /// schema does not reject callers that send the whole raw row.
+    #[serde(default)]
+    ignored: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -186,6 +190,7 @@ pub struct Schema {
     by_name: FxHashMap<Box<str>, usize>,
     columns: Vec<String>,
     strict: bool,
+    ignored: rustc_hash::FxHashSet<Box<str>>,
 }
 
 /// One input field and how it is written into the model input.
@@ -335,7 +340,14 @@ impl Schema {
         if let Some(i) = claimed.iter().position(Option::is_none) {
             return Err(SchemaError::OrphanColumn(file.columns[i].clone()));
         }
-        let schema = Schema { fields, by_name, columns: file.columns, strict: file.strict };
+        let mut ignored = rustc_hash::FxHashSet::default();
+        for name in file.ignored {
+            if by_name.contains_key(name.as_str()) {
+                return Err(SchemaError::Field { field: name, reason: "is both a field and ignored".into() });
+            }
+            ignored.insert(name.into_boxed_str());
+        }
+        let schema = Schema { fields, by_name, columns: file.columns, strict: file.strict, ignored };
         schema.check_defaults()?;
         Ok(schema)
     }
@@ -374,9 +386,10 @@ impl Schema {
         self.by_name.get(name).copied()
     }
 
-    /// Whether feature names the schema does not know are rejected.
-    pub fn strict(&self) -> bool {
-        self.strict
+    /// Whether a feature name the schema has no field for is rejected: the schema is strict
+    /// and does not list the name as ignored.
+    pub fn rejects(&self, name: &str) -> bool {
+        self.strict && !self.ignored.contains(name)
     }
 }
 
