@@ -182,7 +182,7 @@ def resolve_columns(step: str, cols, names: list[str]) -> list[str]:
 def chain_fields(columns: list[str], chain, sample: pd.DataFrame) -> list[FieldPlan]:
     encoder_at = next((i for i, (_, s) in enumerate(chain) if isinstance(s, ENCODERS)), None)
     fields = []
-    for j, col in enumerate(columns):
+    for col in columns:
         kind = "categorical" if encoder_at is not None else "numeric"
         fields.append(FieldPlan(name=col, kind=kind))
     for position, (step_name, step) in enumerate(chain):
