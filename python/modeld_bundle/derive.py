@@ -264,7 +264,11 @@ def scaler_ops(where: str, s, j: int) -> list[dict[str, float]]:
 def probe_encoder(f: FieldPlan, j: int, where: str, enc) -> None:
     """Reads the encoder's rule for column j by transforming one value at a time."""
     categories = list(enc.categories_[j])
-    if any(is_nan(c) or c is None for c in categories):
+    fitted_missing = [c for c in categories if is_nan(c) or c is None]
+    if fitted_missing and isinstance(enc, OrdinalEncoder):
+        # Missing values seen while fitting get encoded_missing_value: probed below.
+        categories = [c for c in categories if not (is_nan(c) or c is None)]
+    elif fitted_missing:
         raise ExportError(
             f"{where}: missing values reached the encoder while it was fitted; put a SimpleImputer before it "
             "or fit without missing values"
@@ -275,14 +279,18 @@ def probe_encoder(f: FieldPlan, j: int, where: str, enc) -> None:
             "before fitting"
         )
     f.vocabulary = [str(c) for c in categories]
-    baseline = [cats[0] for cats in enc.categories_]
+    baseline = [cats[0] for cats in enc.categories_]  # sorted: a real category comes first
     width = len(baseline)
 
     def run(value):
         row = list(baseline)
         row[j] = value
         names = getattr(enc, "feature_names_in_", None)
-        x = pd.DataFrame([row], columns=list(names)) if names is not None else np.array([row], dtype=object)
+        x = (
+            pd.DataFrame([row], columns=list(names), dtype=object)
+            if names is not None
+            else np.array([row], dtype=object)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = enc.transform(x)

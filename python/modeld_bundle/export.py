@@ -238,6 +238,14 @@ def to_onnx(est, kind: str, width: int, graph_name: str):
     del onx.opset_import[:]
     for domain, opset in opsets:
         onx.opset_import.add(domain=domain, version=opset)
+    targets = getattr(est, "n_outputs_", 1) if kind == "regressor" else 1
+    if targets > 1:
+        # skl2onnx declares [N, 1] for multi-output regressors; the runtime checks the
+        # declaration on every run, so state the real width.
+        dims = onx.graph.output[0].type.tensor_type.shape.dim
+        if len(dims) == 2:
+            dims[1].ClearField("dim_param")
+            dims[1].dim_value = int(targets)
     onx.producer_name = "modeld-bundle"
     onx.producer_version = __version__
     onnx.checker.check_model(onx)

@@ -1,0 +1,132 @@
+"""Fixtures: the modeld binary under test, a real daemon on loopback, and gRPC stubs generated
+from the project's own proto at test time."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def modeld_binary() -> Path:
+    path = Path(os.environ.get("MODELD_BIN", REPO / "target" / "debug" / "modeld"))
+    if not path.is_file():
+        pytest.fail(f"{path} not found: build modeld first (cargo build) or set MODELD_BIN")
+    return path
+
+
+def ort_library() -> str:
+    default = REPO / ".ort" / "libonnxruntime.so.1.31.1"
+    return os.environ.get("MODELD_ORT_LIBRARY", str(default))
+
+
+def modeld(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODELD_ORT_LIBRARY": ort_library()}
+    done = subprocess.run([str(modeld_binary()), *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        pytest.fail(f"modeld {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """modeld.v1 message and stub modules, compiled from proto/ with grpc_tools."""
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("stubs")
+    include = Path(protoc.__file__).parent / "_proto"
+    proto = REPO / "proto"
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{proto}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(proto / "modeld" / "v1" / "inference.proto"),
+        ]
+    )
+    assert rc == 0, "protoc failed"
+    sys.path.insert(0, str(out))
+    from modeld.v1 import inference_pb2, inference_pb2_grpc
+
+    return inference_pb2, inference_pb2_grpc
+
+
+class Daemon:
+    """`modeld serve` over a model root, on ports it picks; stopped with SIGTERM."""
+
+    def __init__(self, root: Path):
+        env = {
+            **os.environ,
+            "MODELD_ORT_LIBRARY": ort_library(),
+            "MODELD_MODEL_ROOT": str(root),
+            "MODELD_GRPC_ADDR": "127.0.0.1:0",
+            "MODELD_ADMIN_ADDR": "127.0.0.1:0",
+            "MODELD_CONFIG": "/dev/null",
+            "MODELD_LOG_FORMAT": "json",
+        }
+        self.proc = subprocess.Popen(
+            [str(modeld_binary()), "serve"],
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.grpc = None
+        while self.grpc is None:
+            try:
+                line = self.lines.get(timeout=60)
+            except queue.Empty:
+                self.stop()
+                pytest.fail("modeld did not report listening within 60 s")
+            if line is None:
+                pytest.fail("modeld exited before listening")
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("message") == "listening":
+                self.grpc = entry["grpc"]
+
+    def wait_serving(self, pb, tasks, timeout=120.0):
+        """Waits until every task has a live version (bundles load in the background)."""
+        import time
+
+        pb2, stubs = pb
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.grpc) as channel:
+            stub = stubs.InferenceStub(channel)
+            while True:
+                health = stub.Health(pb2.HealthRequest())
+                live = {t.task for t in health.tasks if t.serving}
+                if set(tasks) <= live:
+                    return
+                failed = [f"{t.task}: {t.last_error}" for t in health.tasks if not t.serving and t.last_error]
+                if failed:
+                    pytest.fail("bundles failed to load:\n" + "\n".join(failed))
+                if time.monotonic() > deadline:
+                    pytest.fail(f"tasks not serving after {timeout} s: {health}")
+                time.sleep(0.05)  # polling a condition, not timing anything
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
