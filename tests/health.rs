@@ -77,7 +77,22 @@ async fn get_version_and_admin_version_describe_the_live_bundle() {
     let server = TestServer::start_ready(test_config(root.path())).await;
     let v = server.client().await.get_version(pb::GetVersionRequest { task: TASK.into() }).await.unwrap().into_inner();
     assert_eq!(v.version, "v1");
-    assert_eq!(v.model_type, "logistic_regression");
+    assert_eq!(v.model_type, "LogisticRegression");
+    assert_eq!(v.kind, "classifier");
+    // The live schema, as a caller needs it to build rows.
+    assert_eq!(v.fields.len(), 20);
+    let field = |name: &str| v.fields.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no field {name}"));
+    let duration = field("duration_in_month");
+    assert_eq!(
+        (duration.r#type.as_str(), duration.required, duration.min, duration.max),
+        ("integer", true, Some(1.0), Some(120.0))
+    );
+    let purpose = field("purpose");
+    assert_eq!((purpose.r#type.as_str(), purpose.unknown.as_str()), ("categorical", "fallback:others"));
+    assert!(purpose.categories.iter().any(|c| c == "car (new)"), "{:?}", purpose.categories);
+    let telephone = field("telephone");
+    assert!(!telephone.required);
+    assert_eq!(telephone.default, Some(pb::Value { kind: Some(pb::value::Kind::Text("none".into())) }));
     assert!(v.bundle_path.ends_with("models/credit_risk/v1"), "{}", v.bundle_path);
     let manifest = std::fs::read(repo_models().join("credit_risk/v1/MANIFEST.sha256")).unwrap();
     assert_eq!(v.manifest_sha256, modeld::bundle::manifest::sha256_hex(&manifest));

@@ -29,7 +29,7 @@ from .yaml import dump
 # The bar golden rows must clear: modeld's own load check uses the same figures.
 PROBABILITY_TOLERANCE = 1e-5  # absolute
 VALUE_TOLERANCE = 1e-5  # relative: |a - b| <= tol * max(1, |b|)
-BASE_ROWS = 32
+BASE_ROWS = 64
 BASELINE_BINS = 20
 FILES = ["config.yaml", "evaluation.json", "feature_schema.yaml", "golden.jsonl", "model.onnx", "version.txt"]
 NATIVE_MISSING = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
