@@ -3,17 +3,30 @@ ORT_LIB := .ort/libonnxruntime.so.1.31.1
 VENV    := .venv
 DELIVERY_VENV := .venv-delivery
 
-.PHONY: run test lint deny bench models models-check ort delivery-check
+.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
 
 # Every test and check: the crate's tests, the release flow over S3 (an S3-compatible server
-# on loopback, from the tools venv), then the delivery checks.
+# on loopback, from the tools venv), the export package against a real daemon, then the
+# delivery checks.
 test: $(ORT_LIB) $(DELIVERY_VENV)/bin/python
 	cargo test --locked
 	PATH="$(CURDIR)/$(DELIVERY_VENV)/bin:$$PATH" cargo test --locked --test release -- --ignored
+	$(MAKE) python-test
 	$(MAKE) delivery-check
+
+# The export package (python/): lint, then export real pipelines and serve them with the
+# debug binary that `cargo test` built.
+python-test: $(VENV)/.installed $(ORT_LIB)
+	cargo build --locked
+	$(MAKE) python-lint
+	cd python && MODELD_BIN=$(CURDIR)/target/debug/modeld ../$(VENV)/bin/python -m pytest -q -W ignore::DeprecationWarning
+
+python-lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check python training
+	$(VENV)/bin/ruff format --check python training
 
 lint:
 	cargo fmt --check
@@ -32,17 +45,19 @@ ort: $(ORT_LIB)
 $(ORT_LIB):
 	scripts/fetch-onnxruntime.sh
 
-$(VENV)/bin/python: training/requirements.txt
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r training/requirements.txt
+# The export package with its pinned dependencies and test tools, installed as a user would.
+$(VENV)/.installed: python/pyproject.toml $(wildcard python/modeld_bundle/*.py)
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet "./python[test]"
 	touch $@
 
 # Retrain and re-export the example bundles (deterministic: the result is byte-identical).
-models: $(VENV)/bin/python
+models: $(VENV)/.installed
+	rm -rf models/credit_risk/v1 models/credit_risk/v2
 	$(VENV)/bin/python training/export_bundle.py --out models
 
 # Fails if re-running the export would change the committed bundles.
-models-check: $(VENV)/bin/python
+models-check: $(VENV)/.installed
 	rm -rf target/models-check
 	$(VENV)/bin/python training/export_bundle.py --out target/models-check
 	diff -r models target/models-check

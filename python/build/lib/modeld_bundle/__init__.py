@@ -1,0 +1,12 @@
+"""Export fitted scikit-learn models as modeld bundles.
+
+from modeld_bundle import export
+report = export(pipeline, train_df, "models/loss/v3", task="loss", version="v3")
+"""
+
+__version__ = "0.1.0"
+
+from .errors import ExportError  # noqa: E402
+from .export import Report, export  # noqa: E402
+
+__all__ = ["ExportError", "Report", "export", "__version__"]
