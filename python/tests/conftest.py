@@ -66,7 +66,7 @@ def pb(tmp_path_factory):
 class Daemon:
     """`modeld serve` over a model root, on ports it picks; stopped with SIGTERM."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, settings: dict[str, str] | None = None):
         env = {
             **os.environ,
             "MODELD_ORT_LIBRARY": ort_library(),
@@ -75,6 +75,7 @@ class Daemon:
             "MODELD_ADMIN_ADDR": "127.0.0.1:0",
             "MODELD_CONFIG": "/dev/null",
             "MODELD_LOG_FORMAT": "json",
+            **(settings or {}),
         }
         self.proc = subprocess.Popen(
             [str(modeld_binary()), "serve"],
