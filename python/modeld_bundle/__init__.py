@@ -6,7 +6,7 @@ report = export(pipeline, train_df, "models/loss/v3", task="loss", version="v3")
 
 __version__ = "0.1.0"
 
+from .bundle import Report, export  # noqa: E402
 from .errors import ExportError  # noqa: E402
-from .export import Report, export  # noqa: E402
 
 __all__ = ["ExportError", "Report", "export", "__version__"]

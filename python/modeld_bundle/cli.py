@@ -42,7 +42,7 @@ def run_export(args) -> object:
     import pandas as pd
     import yaml
 
-    from .export import export
+    from .bundle import export
 
     try:
         model = joblib.load(args.model)

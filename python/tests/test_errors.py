@@ -152,3 +152,25 @@ def test_cli_exports_and_reports(cancer, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 1 and "class_labels must name each of the 2 classes" in bad.stderr
+
+
+def test_a_disagreeing_export_lists_the_worst_rows_and_writes_nothing(cancer, tmp_path, monkeypatch):
+    import modeld_bundle.bundle as exporter
+
+    x, y = cancer
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, y)
+    real = exporter.encode
+
+    def off_by_one_column(schema, rows):
+        # As if the schema scaled one column differently from the fitted scaler.
+        encoded = real(schema, rows)
+        encoded[:, 0] += 3.0
+        return encoded
+
+    monkeypatch.setattr(exporter, "encode", off_by_one_column)
+    with pytest.raises(
+        ExportError, match=r"disagrees with the Python model on \d+ of \d+ golden rows"
+    ) as err:
+        export(model, x, tmp_path / "v1", task="t", version="v1")
+    assert "row 0 (sample-0)" in str(err.value) or "served" in str(err.value)
+    assert not (tmp_path / "v1").exists()
