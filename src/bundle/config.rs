@@ -105,3 +105,28 @@ impl BundleConfig {
         .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_their_one_output() {
+        let classifier = BundleConfig::parse("outputs: {probabilities: p}\nclass_labels: [no, yes]\n").unwrap();
+        assert_eq!((classifier.kind, classifier.output_name()), (Kind::Classifier, "p"));
+        let older = BundleConfig::parse("outputs: {label: l, probabilities: p}\nclass_labels: [a, b]\n").unwrap();
+        assert_eq!(older.output_name(), "p", "an old label output is accepted and not read");
+        let regressor = BundleConfig::parse("kind: regressor\noutputs: {values: variable}\n").unwrap();
+        assert_eq!((regressor.kind, regressor.output_name()), (Kind::Regressor, "variable"));
+    }
+
+    #[test]
+    fn refuses_mixed_contracts() {
+        let err = |yaml: &str| BundleConfig::parse(yaml).unwrap_err().to_string();
+        assert!(err("kind: regressor\noutputs: {values: v}\nclass_labels: [a, b]\n").contains("no class_labels"));
+        assert!(err("kind: regressor\noutputs: {probabilities: p}\n").contains("names outputs.values"));
+        assert!(err("outputs: {values: v}\nclass_labels: [a, b]\n").contains("names outputs.probabilities"));
+        assert!(err("outputs: {probabilities: p}\nclass_labels: [a]\n").contains("at least two"));
+        assert!(err("kind: ranker\noutputs: {values: v}\n").contains("unknown variant"));
+    }
+}

@@ -282,3 +282,15 @@ fn metrics_of(json: &str) -> Result<BTreeMap<String, f64>, BundleError> {
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
         .unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_probabilities() {
+        assert_eq!(argmax(&[0.2, 0.5, 0.3]), 1);
+        assert_eq!(argmax(&[0.5, 0.5]), 0);
+        assert_eq!(argmax(&[0.25, 0.25, 0.5]), 2);
+    }
+}
