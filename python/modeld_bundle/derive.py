@@ -101,15 +101,15 @@ def plan(model, sample: pd.DataFrame) -> Plan:
         groups, dropped = [(list(names), [(n, s) for n, s in pre])], []
 
     fields: list[FieldPlan] = []
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for columns, chain in groups:
         for col in columns:
             if col in seen:
                 raise ExportError(
                     f"column `{col}` feeds two transformers; modeld gives each raw column one chain"
                 )
-            seen[col] = col
-        fields.extend(chain_fields(columns, chain, sample))
+            seen.add(col)
+        fields.extend(chain_fields(columns, chain))
     ignored = [n for n in names if n in dropped and n not in seen]
     out = [c for f in fields for c in f.columns]
     if len(set(out)) != len(out):
@@ -179,7 +179,7 @@ def resolve_columns(step: str, cols, names: list[str]) -> list[str]:
     raise ExportError(f"step `{step}`: cannot resolve its column selection {cols!r}")
 
 
-def chain_fields(columns: list[str], chain, sample: pd.DataFrame) -> list[FieldPlan]:
+def chain_fields(columns: list[str], chain) -> list[FieldPlan]:
     encoder_at = next((i for i, (_, s) in enumerate(chain) if isinstance(s, ENCODERS)), None)
     fields = []
     for col in columns:
