@@ -102,8 +102,9 @@ class Daemon:
             if entry.get("message") == "listening":
                 self.grpc = entry["grpc"]
 
-    def wait_serving(self, pb, tasks, timeout=120.0):
-        """Waits until every task has a live version (bundles load in the background)."""
+    def wait_serving(self, pb, tasks, timeout=120.0, loaded=()):
+        """Waits until every task has a live version and the versions in `loaded` are loaded
+        (bundles load in the background; kept versions after the live one)."""
         import time
 
         pb2, stubs = pb
@@ -113,7 +114,8 @@ class Daemon:
             while True:
                 health = stub.Health(pb2.HealthRequest())
                 live = {t.task for t in health.tasks if t.serving}
-                if set(tasks) <= live:
+                versions = {v for t in health.tasks for v in t.loaded_versions}
+                if set(tasks) <= live and set(loaded) <= versions:
                     return
                 failed = [f"{t.task}: {t.last_error}" for t in health.tasks if not t.serving and t.last_error]
                 if failed:

@@ -56,7 +56,7 @@ def loss(tmp_path_factory, pb):
         export(model, df, root / TASK / version, task=TASK, version=version)
     (root / TASK / "current").symlink_to("v2")
     daemon = Daemon(root, {"MODELD_KEEP_VERSIONS": "v1"})
-    daemon.wait_serving(pb, [TASK])
+    daemon.wait_serving(pb, [TASK], loaded=["v1", "v2"])
     yield daemon, df, v1, v2, root
     daemon.stop()
 
