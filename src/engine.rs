@@ -16,8 +16,13 @@ use std::{
 
 use ort::{
     environment::Environment,
-    session::{Session, builder::GraphOptimizationLevel},
-    value::{TensorElementType, TensorRef, ValueType},
+    session::{Session, SessionInputValue, builder::GraphOptimizationLevel},
+    value::{Tensor, TensorElementType, TensorRef, ValueType},
+};
+
+use crate::{
+    preprocess::Input,
+    schema::{InputColumn, InputType},
 };
 
 /// Errors from loading or running a model.
@@ -87,8 +92,12 @@ impl Default for EngineOptions {
 pub struct Engine {
     sessions: Box<[Mutex<Session>]>,
     next: AtomicUsize,
+    /// The matrix form's one input; empty for a raw-input model.
     input: String,
     width: usize,
+    /// A raw-input model's inputs in the schema's field order: name, and whether it is `[N, 1]`
+    /// (else `[N]`).
+    feeds: Vec<(String, bool)>,
     output: String,
 }
 
@@ -115,7 +124,16 @@ impl Engine {
     /// sessions and checks its signature: one float32 input `[N, F]` and the float32 output
     /// `output` (`[N]` or `[N, K]`). Taking bytes lets the caller load exactly the bytes whose
     /// checksum it verified.
-    pub fn load(path: &Path, bytes: &[u8], output: &str, options: EngineOptions) -> Result<Engine, EngineError> {
+    ///
+    /// With `inputs` (a raw-input schema's model inputs), the model must instead have exactly
+    /// those inputs, each of its element type and shaped `[N]` or `[N, 1]`.
+    pub fn load(
+        path: &Path,
+        bytes: &[u8],
+        output: &str,
+        inputs: &[(String, InputType)],
+        options: EngineOptions,
+    ) -> Result<Engine, EngineError> {
         let env = RUNTIME.get().ok_or(EngineError::NoRuntime)?;
         let model = path;
         let open = |source| EngineError::Open { path: model.to_owned(), source };
@@ -124,6 +142,18 @@ impl Engine {
             .map(|_| build_session(env, bytes, options.intra_threads).map_err(open))
             .collect::<Result<Vec<_>, _>>()?;
         let first = &sessions[0];
+        let feeds = if inputs.is_empty() { Vec::new() } else { check_inputs(first, inputs).map_err(signature)? };
+        check_output(first, output).map_err(signature)?;
+        if !feeds.is_empty() {
+            return Ok(Engine {
+                sessions: sessions.into_iter().map(Mutex::new).collect(),
+                next: AtomicUsize::new(0),
+                input: String::new(),
+                width: 0,
+                feeds,
+                output: output.to_owned(),
+            });
+        }
         let [input] = first.inputs() else {
             return Err(signature(format!("expected one input, found {}", first.inputs().len())));
         };
@@ -138,30 +168,13 @@ impl Engine {
                 )));
             }
         };
-        match first.outputs().iter().find(|o| o.name() == output).map(|o| o.dtype()) {
-            Some(ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }) if matches!(shape.len(), 1 | 2) => {}
-            Some(ValueType::Sequence(_)) => {
-                return Err(signature(format!(
-                    "output `{output}` is a sequence of maps (a ZipMap); export it with zipmap disabled so it is a \
-                     float32 [N, C] tensor"
-                )));
-            }
-            Some(other) => {
-                return Err(signature(format!(
-                    "output `{output}` must be a float32 [N] or [N, K] tensor, found {other}"
-                )));
-            }
-            None => {
-                let names: Vec<_> = first.outputs().iter().map(|o| o.name().to_owned()).collect();
-                return Err(signature(format!("no output named `{output}` (the model has {names:?})")));
-            }
-        }
         let input = input.name().to_owned();
         Ok(Engine {
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
             input,
             width,
+            feeds: Vec::new(),
             output: output.to_owned(),
         })
     }
@@ -171,13 +184,18 @@ impl Engine {
         self.width
     }
 
-    /// Runs `rows` rows of `data` (row-major, `rows * width` values) and hands the outputs to
-    /// `read` while they are still borrowed from the session: no copy of the outputs is made.
-    pub fn run<T>(&self, data: &[f32], rows: usize, read: impl FnOnce(Outputs<'_>) -> T) -> Result<T, EngineError> {
-        debug_assert_eq!(data.len(), rows * self.width);
+    /// Runs the encoded rows and hands the outputs to `read` while they are still borrowed from
+    /// the session: no copy of the outputs is made.
+    pub fn run<T>(&self, input: &Input, read: impl FnOnce(Outputs<'_>) -> T) -> Result<T, EngineError> {
+        let rows = input.rows;
         let mut session = self.session();
-        let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
-        let out = session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+        let out = if self.feeds.is_empty() {
+            debug_assert_eq!(input.data.len(), rows * self.width);
+            let tensor = TensorRef::from_array_view(([rows, self.width], &*input.data)).map_err(EngineError::Run)?;
+            session.run(ort::inputs![tensor]).map_err(EngineError::Run)?
+        } else {
+            session.run(self.feed(input)?).map_err(EngineError::Run)?
+        };
         let output_error = |reason: String| EngineError::Output { name: self.output.clone(), reason };
         let (shape, data) =
             out[self.output.as_str()].try_extract_tensor::<f32>().map_err(|e| output_error(e.to_string()))?;
@@ -190,13 +208,44 @@ impl Engine {
     }
 
     /// Runs the input once on every session, so no session meets its first request cold.
-    pub fn warm_up(&self, data: &[f32], rows: usize) -> Result<(), EngineError> {
+    pub fn warm_up(&self, input: &Input) -> Result<(), EngineError> {
         for session in self.sessions.iter() {
             let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
-            let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
-            session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+            if self.feeds.is_empty() {
+                let tensor =
+                    TensorRef::from_array_view(([input.rows, self.width], &*input.data)).map_err(EngineError::Run)?;
+                session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+            } else {
+                session.run(self.feed(input)?).map_err(EngineError::Run)?;
+            }
         }
         Ok(())
+    }
+
+    /// A raw-input model's feeds: one tensor per input, numbers viewed in place, strings copied
+    /// once into the runtime's string tensor.
+    fn feed<'a>(&'a self, input: &'a Input) -> Result<Vec<(&'a str, SessionInputValue<'a>)>, EngineError> {
+        let rows = input.rows;
+        self.feeds
+            .iter()
+            .zip(&input.columns)
+            .map(|((name, column), values)| {
+                let shape = if *column { vec![rows, 1] } else { vec![rows] };
+                let value: SessionInputValue<'a> = match values {
+                    InputColumn::Text { .. } => {
+                        // The runtime copies each string into its own tensor memory; its
+                        // constructor takes owned strings only.
+                        let texts: Vec<String> = values.texts().into_iter().map(str::to_owned).collect();
+                        Tensor::from_string_array((shape, &*texts))?.into()
+                    }
+                    InputColumn::Int64(v) => TensorRef::from_array_view((shape, &**v))?.into(),
+                    InputColumn::Float(v) => TensorRef::from_array_view((shape, &**v))?.into(),
+                    InputColumn::Double(v) => TensorRef::from_array_view((shape, &**v))?.into(),
+                };
+                Ok((name.as_str(), value))
+            })
+            .collect::<Result<_, ort::Error>>()
+            .map_err(EngineError::Run)
     }
 
     /// A free session. Callers hold a run permit, so one is normally free on the first pass;
@@ -210,6 +259,54 @@ impl Engine {
             }
         }
         self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The model's inputs must be exactly `expected` (any order), each of its element type, shaped
+/// `[N]` or `[N, 1]`. Returns the feeds in `expected` order.
+fn check_inputs(session: &Session, expected: &[(String, InputType)]) -> Result<Vec<(String, bool)>, String> {
+    let model: Vec<_> = session.inputs().iter().map(|i| i.name().to_owned()).collect();
+    if let Some(extra) = model.iter().find(|m| !expected.iter().any(|(e, _)| e == *m)) {
+        return Err(format!("input `{extra}` is fed by no schema field (the model's inputs: {model:?})"));
+    }
+    expected
+        .iter()
+        .map(|(name, ty)| {
+            let input =
+                session.inputs().iter().find(|i| i.name() == name.as_str()).ok_or_else(|| {
+                    format!("the schema feeds input `{name}`, which the model does not have ({model:?})")
+                })?;
+            let want = match ty {
+                InputType::String => TensorElementType::String,
+                InputType::Int64 => TensorElementType::Int64,
+                InputType::Float => TensorElementType::Float32,
+                InputType::Double => TensorElementType::Float64,
+            };
+            match input.dtype() {
+                ValueType::Tensor { ty: found, shape, .. } if *found == want => match shape.len() {
+                    1 => Ok((name.clone(), false)),
+                    2 if matches!(shape[1], 1 | -1) => Ok((name.clone(), true)),
+                    _ => Err(format!("input `{name}` must be [N] or [N, 1], found {shape:?}")),
+                },
+                other => Err(format!("input `{name}` must be a {} tensor, found {other}", ty.name())),
+            }
+        })
+        .collect()
+}
+
+/// The one output modeld reads: a float32 `[N]` or `[N, K]` tensor.
+fn check_output(session: &Session, output: &str) -> Result<(), String> {
+    match session.outputs().iter().find(|o| o.name() == output).map(|o| o.dtype()) {
+        Some(ValueType::Tensor { ty: TensorElementType::Float32, shape, .. }) if matches!(shape.len(), 1 | 2) => Ok(()),
+        Some(ValueType::Sequence(_)) => Err(format!(
+            "output `{output}` is a sequence of maps (a ZipMap); export it with zipmap disabled so it is a float32 \
+             [N, C] tensor"
+        )),
+        Some(other) => Err(format!("output `{output}` must be a float32 [N] or [N, K] tensor, found {other}")),
+        None => {
+            let names: Vec<_> = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+            Err(format!("no output named `{output}` (the model has {names:?})"))
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
 //! per call. The first bad value stops the call with a [`RowError`] naming row and field.
 
-use crate::schema::{Missing, Reason, Schema, Value};
+use crate::schema::{InputColumn, Missing, Reason, Schema, Value};
 
 /// Read access to one row, whatever its wire or file form.
 pub trait RowView {
@@ -36,16 +36,25 @@ impl std::fmt::Display for RowError {
 
 impl std::error::Error for RowError {}
 
-/// Encoded model input: `rows * width` values, row-major.
+/// Encoded model input: `rows * width` values, row-major; or, for a raw-input model, one
+/// column of values per model input (then `data` is empty and `width` 0).
 #[derive(Debug, Clone, Default)]
 pub struct Input {
     pub data: Vec<f32>,
     pub rows: usize,
     pub width: usize,
+    pub columns: Vec<InputColumn>,
 }
 
 /// Encodes all rows, or fails on the first bad one.
 pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError> {
+    if !schema.inputs().is_empty() {
+        let (input, outcomes) = put_rows(schema, rows, true);
+        return match outcomes.into_iter().find_map(Result::err) {
+            Some(e) => Err(e),
+            None => Ok(input),
+        };
+    }
     let width = schema.width();
     let mut data = vec![0.0f32; rows.len() * width];
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
@@ -57,12 +66,15 @@ pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError
             reason,
         })?;
     }
-    Ok(Input { data, rows: rows.len(), width })
+    Ok(Input { data, rows: rows.len(), width, columns: Vec::new() })
 }
 
 /// Encodes each row on its own: one result per row, for streams where a bad row must not
 /// stop the others. Bad rows leave a zeroed slot in the input that is never reported.
 pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Result<usize, RowError>>) {
+    if !schema.inputs().is_empty() {
+        return put_rows(schema, rows, false);
+    }
     let width = schema.width();
     let mut data = Vec::with_capacity(rows.len() * width);
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
@@ -87,14 +99,68 @@ pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Resul
         }
     }
     data.truncate(good * width);
-    (Input { data, rows: good, width }, outcomes)
+    (Input { data, rows: good, width, columns: Vec::new() }, outcomes)
 }
 
-fn encode_row<'r, R: RowView>(
+/// The raw-input form: each good row's values appended to the model inputs' columns; a row that
+/// fails half way is taken back out. With `stop`, the first bad row ends the work.
+fn put_rows<R: RowView>(schema: &Schema, rows: &[R], stop: bool) -> (Input, Vec<Result<usize, RowError>>) {
+    let mut columns = schema.input_columns(rows.len());
+    let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut good = 0;
+    for (index, row) in rows.iter().enumerate() {
+        match put_row(schema, row, &mut slots, &mut columns) {
+            Ok(()) => {
+                outcomes.push(Ok(good));
+                good += 1;
+            }
+            Err((field, reason)) => {
+                columns.iter_mut().for_each(|c| c.truncate(good));
+                outcomes.push(Err(RowError {
+                    row_index: index,
+                    row_id: row.row_id().to_owned(),
+                    field: field.to_owned(),
+                    reason,
+                }));
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    (Input { data: Vec::new(), rows: good, width: 0, columns }, outcomes)
+}
+
+fn put_row<'r, R: RowView>(
     schema: &'r Schema,
     row: &'r R,
     slots: &mut [Option<Value<'r>>],
-    out: &mut [f32],
+    columns: &mut [InputColumn],
+) -> Result<(), (&'r str, Reason)> {
+    fill_slots(schema, row, slots)?;
+    for (field, slot) in schema.fields().iter().zip(slots.iter()) {
+        let value = match (slot, &field.missing) {
+            (Some(v), _) => *v,
+            (None, Missing::Default(default)) => default.as_value(),
+            (None, Missing::Input(value)) => {
+                if let crate::schema::Encoder::Input { input, .. } = field.encoder {
+                    columns[input].push_owned(value);
+                }
+                continue;
+            }
+            (None, Missing::Value { .. } | Missing::Reject) => return Err((&field.name, Reason::Missing)),
+        };
+        field.encoder.put(value, columns).map_err(|reason| (&*field.name, reason))?;
+    }
+    Ok(())
+}
+
+/// Each feature the row sends, in its field's slot; a name the schema rejects is the error.
+fn fill_slots<'r, R: RowView>(
+    schema: &'r Schema,
+    row: &'r R,
+    slots: &mut [Option<Value<'r>>],
 ) -> Result<(), (&'r str, Reason)> {
     slots.fill(None);
     for (name, value) in row.features() {
@@ -104,6 +170,16 @@ fn encode_row<'r, R: RowView>(
             None => {}
         }
     }
+    Ok(())
+}
+
+fn encode_row<'r, R: RowView>(
+    schema: &'r Schema,
+    row: &'r R,
+    slots: &mut [Option<Value<'r>>],
+    out: &mut [f32],
+) -> Result<(), (&'r str, Reason)> {
+    fill_slots(schema, row, slots)?;
     for (field, slot) in schema.fields().iter().zip(slots.iter()) {
         let value = match (slot, &field.missing) {
             (Some(v), _) => *v,
@@ -112,7 +188,7 @@ fn encode_row<'r, R: RowView>(
                 out[*column] = *value;
                 continue;
             }
-            (None, Missing::Reject) => return Err((&field.name, Reason::Missing)),
+            (None, Missing::Reject | Missing::Input(_)) => return Err((&field.name, Reason::Missing)),
         };
         field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
     }

@@ -85,6 +85,8 @@ struct SchemaFile {
     #[serde(default = "yes")]
     strict: bool,
     fields: Vec<FieldSpec>,
+    /// The model-input matrix's columns; empty when every field is its own model input.
+    #[serde(default)]
     columns: Vec<String>,
     /// Feature names accepted and not used (columns the fitted pipeline drops), so a strict
     /// schema does not reject callers that send the whole raw row.
@@ -106,8 +108,12 @@ struct FieldSpec {
     required: bool,
     default: Option<OwnedValue>,
     /// What a missing value writes into the field's column (numeric and ordinal fields), when
-    /// the model itself handles missing values (an encoder's missing code, NaN for trees).
-    missing_value: Option<f64>,
+    /// the model itself handles missing values (an encoder's missing code, NaN for trees). For a
+    /// field that is its own model input: the value passed as is (e.g. "" for a string input
+    /// whose graph imputes it, NaN for a double one).
+    missing_value: Option<OwnedValue>,
+    /// This field is a model input of its own (the raw-input form): the graph encodes it.
+    input: Option<InputSpec>,
     min: Option<f64>,
     max: Option<f64>,
     scaler: Option<ScalerSpec>,
@@ -121,6 +127,35 @@ struct FieldSpec {
     /// Entries may share a column (infrequent categories). Default: `name=category`.
     onehot_columns: Option<Vec<Option<String>>>,
     unknown: Option<UnknownSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSpec {
+    name: String,
+    #[serde(rename = "type")]
+    kind: InputType,
+}
+
+/// The element type of a raw-input model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    String,
+    Int64,
+    Float,
+    Double,
+}
+
+impl InputType {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Int64 => "int64",
+            InputType::Float => "float",
+            InputType::Double => "double",
+        }
+    }
 }
 
 /// One arithmetic step: exactly one of the four is set.
@@ -178,6 +213,8 @@ enum UnknownWord {
     Reject,
     /// One-hot only: an unknown category sets no column.
     Ignore,
+    /// Raw-input form only: the text goes to the model as sent; the graph decides.
+    Pass,
 }
 
 // ---- the compiled form ---------------------------------------------------------------------
@@ -191,6 +228,8 @@ pub struct Schema {
     columns: Vec<String>,
     strict: bool,
     ignored: rustc_hash::FxHashSet<Box<str>>,
+    /// Raw-input form: the model inputs (name, element type), one per field in field order.
+    inputs: Vec<(String, InputType)>,
 }
 
 /// One input field and how it is written into the model input.
@@ -235,6 +274,8 @@ pub enum Missing {
     Default(OwnedValue),
     /// This value is written straight into the field's column.
     Value { column: usize, value: f32 },
+    /// Raw-input form: this value goes to the field's input as is.
+    Input(OwnedValue),
 }
 
 /// One arithmetic step of a numeric field.
@@ -267,6 +308,18 @@ pub enum Encoder {
         unknown: Unknown,
         layout: CategoricalLayout,
     },
+    /// Raw-input form: the checked value goes to model input `input` as its own element type.
+    Input {
+        kind: FieldKind,
+        min: Option<f64>,
+        max: Option<f64>,
+        /// Categorical: the known categories (empty: any text) and the rule for others.
+        vocabulary: FxHashMap<Box<str>, u32>,
+        categories: Box<[Box<str>]>,
+        unknown: Unknown,
+        input: usize,
+        ty: InputType,
+    },
 }
 
 /// What a category outside the vocabulary does.
@@ -279,6 +332,8 @@ pub enum Unknown {
     Ignore,
     /// Ordinal: this value is written.
     Value(f32),
+    /// Raw-input form: the text goes to the model as sent.
+    Pass,
 }
 
 /// Where a categorical field's encoding lands.
@@ -303,6 +358,9 @@ impl Schema {
         }
         if file.fields.is_empty() {
             return Err(SchemaError::Empty);
+        }
+        if file.fields.iter().any(|f| f.input.is_some()) {
+            return Schema::compile_inputs(file);
         }
         let mut column_index: HashMap<&str, usize> = HashMap::with_capacity(file.columns.len());
         for (i, c) in file.columns.iter().enumerate() {
@@ -340,14 +398,45 @@ impl Schema {
         if let Some(i) = claimed.iter().position(Option::is_none) {
             return Err(SchemaError::OrphanColumn(file.columns[i].clone()));
         }
-        let mut ignored = rustc_hash::FxHashSet::default();
-        for name in file.ignored {
-            if by_name.contains_key(name.as_str()) {
-                return Err(SchemaError::Field { field: name, reason: "is both a field and ignored".into() });
-            }
-            ignored.insert(name.into_boxed_str());
+        let ignored = ignored_names(file.ignored, &by_name)?;
+        let schema =
+            Schema { fields, by_name, columns: file.columns, strict: file.strict, ignored, inputs: Vec::new() };
+        schema.check_defaults()?;
+        Ok(schema)
+    }
+
+    /// The raw-input form: every field is a model input of its own, there is no column list.
+    fn compile_inputs(file: SchemaFile) -> Result<Schema, SchemaError> {
+        if !file.columns.is_empty() {
+            return Err(SchemaError::Field {
+                field: file.fields[0].name.clone(),
+                reason: "fields with `input` feed the model directly: the schema lists no columns".into(),
+            });
         }
-        let schema = Schema { fields, by_name, columns: file.columns, strict: file.strict, ignored };
+        let mut fields = Vec::with_capacity(file.fields.len());
+        let mut by_name = FxHashMap::default();
+        let mut inputs: Vec<(String, InputType)> = Vec::with_capacity(file.fields.len());
+        for spec in file.fields {
+            if by_name.insert(spec.name.clone().into_boxed_str(), fields.len()).is_some() {
+                return Err(SchemaError::DuplicateField(spec.name));
+            }
+            let Some(input) = spec.input.clone() else {
+                return Err(SchemaError::Field {
+                    field: spec.name,
+                    reason: "every field needs an `input` once one has (the raw-input form)".into(),
+                });
+            };
+            if let Some((_, _)) = inputs.iter().find(|(n, _)| *n == input.name) {
+                return Err(SchemaError::Field {
+                    field: spec.name,
+                    reason: format!("model input `{}` is fed by two fields", input.name),
+                });
+            }
+            fields.push(compile_input_field(spec, inputs.len(), input.kind)?);
+            inputs.push((input.name, input.kind));
+        }
+        let ignored = ignored_names(file.ignored, &by_name)?;
+        let schema = Schema { fields, by_name, columns: Vec::new(), strict: file.strict, ignored, inputs };
         schema.check_defaults()?;
         Ok(schema)
     }
@@ -355,15 +444,38 @@ impl Schema {
     /// A default that preprocessing would reject is a schema bug: find it at load, not per row.
     fn check_defaults(&self) -> Result<(), SchemaError> {
         let mut scratch = vec![0.0; self.width()];
+        let mut columns = self.input_columns(1);
         for field in &self.fields {
             if let Missing::Default(default) = &field.missing {
-                field.encoder.write(default.as_value(), &mut scratch).map_err(|reason| SchemaError::Field {
+                let written = match &field.encoder {
+                    Encoder::Input { .. } => field.encoder.put(default.as_value(), &mut columns),
+                    _ => field.encoder.write(default.as_value(), &mut scratch),
+                };
+                written.map_err(|reason| SchemaError::Field {
                     field: field.name.to_string(),
                     reason: format!("default is not valid: {reason}"),
                 })?;
             }
         }
         Ok(())
+    }
+
+    /// Raw-input form: the model inputs, one per field in field order; empty for the matrix form.
+    pub fn inputs(&self) -> &[(String, InputType)] {
+        &self.inputs
+    }
+
+    /// Empty input columns for `rows` rows, one per model input (raw-input form).
+    pub fn input_columns(&self, rows: usize) -> Vec<InputColumn> {
+        self.inputs
+            .iter()
+            .map(|(_, ty)| match ty {
+                InputType::String => InputColumn::Text { bytes: String::new(), ends: Vec::with_capacity(rows) },
+                InputType::Int64 => InputColumn::Int64(Vec::with_capacity(rows)),
+                InputType::Float => InputColumn::Float(Vec::with_capacity(rows)),
+                InputType::Double => InputColumn::Double(Vec::with_capacity(rows)),
+            })
+            .collect()
     }
 
     /// Width of the model input (number of columns).
@@ -415,6 +527,9 @@ fn compile_field(
     }
     if spec.scaler.is_some() && spec.transform.is_some() {
         return Err(bad("give either scaler or transform, not both"));
+    }
+    if spec.input.is_some() {
+        return Err(bad("`input` applies to a schema whose fields are all model inputs (no columns)"));
     }
     let imputed = spec.default.is_some() || spec.missing_value.is_some();
     if spec.default.is_some() && spec.missing_value.is_some() {
@@ -480,6 +595,9 @@ fn compile_field(
                 UnknownSpec::Policy(UnknownWord::Ignore) => {
                     return Err(bad("unknown: ignore applies to one-hot fields only"));
                 }
+                UnknownSpec::Policy(UnknownWord::Pass) => {
+                    return Err(bad("unknown: pass applies to fields that are model inputs only"));
+                }
                 UnknownSpec::Value { value } if encoding == Encoding::Ordinal => Unknown::Value(value as f32),
                 UnknownSpec::Value { .. } => return Err(bad("unknown: {value} applies to ordinal fields only")),
                 UnknownSpec::Fallback { fallback } => Unknown::Fallback(
@@ -541,7 +659,11 @@ fn compile_field(
         (Some(default), _) => Missing::Default(default),
         (None, Some(value)) => Missing::Value {
             column: column.ok_or_else(|| bad("missing_value applies to numeric and ordinal fields only"))?,
-            value: value as f32,
+            value: match value {
+                OwnedValue::Number(x) => x as f32,
+                OwnedValue::Integer(i) => i as f32,
+                other => return Err(bad(&format!("missing_value must be a number, got {other:?}"))),
+            },
         },
         (None, None) => Missing::Reject,
     };
@@ -550,6 +672,124 @@ fn compile_field(
         FieldType::Integer => FieldKind::Integer,
         FieldType::Boolean => FieldKind::Boolean,
         FieldType::Categorical => FieldKind::Categorical,
+    };
+    Ok(Field {
+        name: name.into_boxed_str(),
+        kind,
+        required: spec.required,
+        missing,
+        encoder,
+        min: spec.min,
+        max: spec.max,
+    })
+}
+
+fn ignored_names(
+    names: Vec<String>,
+    fields: &FxHashMap<Box<str>, usize>,
+) -> Result<rustc_hash::FxHashSet<Box<str>>, SchemaError> {
+    let mut ignored = rustc_hash::FxHashSet::default();
+    for name in names {
+        if fields.contains_key(name.as_str()) {
+            return Err(SchemaError::Field { field: name, reason: "is both a field and ignored".into() });
+        }
+        ignored.insert(name.into_boxed_str());
+    }
+    Ok(ignored)
+}
+
+/// A field of the raw-input form: checks as in the matrix form, no encoding (the graph does it).
+fn compile_input_field(spec: FieldSpec, input: usize, ty: InputType) -> Result<Field, SchemaError> {
+    let name = spec.name;
+    let bad = |reason: &str| SchemaError::Field { field: name.clone(), reason: reason.to_owned() };
+    if spec.scaler.is_some()
+        || spec.transform.is_some()
+        || spec.encoding.is_some()
+        || spec.codes.is_some()
+        || spec.onehot_columns.is_some()
+    {
+        return Err(bad("scaler, transform, encoding, codes and onehot_columns do not apply to a model input"));
+    }
+    let kind = match spec.kind {
+        FieldType::Number => FieldKind::Number,
+        FieldType::Integer => FieldKind::Integer,
+        FieldType::Boolean => FieldKind::Boolean,
+        FieldType::Categorical => FieldKind::Categorical,
+    };
+    let fits = match kind {
+        FieldKind::Categorical => ty == InputType::String,
+        FieldKind::Number => matches!(ty, InputType::Float | InputType::Double),
+        FieldKind::Integer | FieldKind::Boolean => ty != InputType::String,
+    };
+    if !fits {
+        return Err(bad(&format!("a {} field cannot feed a {} input", kind.name(), ty.name())));
+    }
+    if kind != FieldKind::Categorical && (spec.vocabulary.is_some() || spec.unknown.is_some()) {
+        return Err(bad("vocabulary and unknown apply to categorical fields only"));
+    }
+    let numeric = matches!(kind, FieldKind::Number | FieldKind::Integer);
+    if !numeric && (spec.min.is_some() || spec.max.is_some()) {
+        return Err(bad("min and max apply to numeric fields only"));
+    }
+    if let (Some(lo), Some(hi)) = (spec.min, spec.max) {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(bad("min is greater than max"));
+        }
+    }
+    let words = spec.vocabulary.unwrap_or_default();
+    let mut vocabulary = FxHashMap::default();
+    for (i, w) in words.iter().enumerate() {
+        if vocabulary.insert(w.clone().into_boxed_str(), i as u32).is_some() {
+            return Err(bad(&format!("category `{w}` is listed twice")));
+        }
+    }
+    let unknown = match spec.unknown {
+        None if kind != FieldKind::Categorical => Unknown::Reject,
+        None => return Err(bad("categorical field needs an `unknown` policy (reject, pass or a fallback)")),
+        Some(UnknownSpec::Policy(UnknownWord::Reject)) if words.is_empty() => {
+            return Err(bad("unknown: reject needs a vocabulary"));
+        }
+        Some(UnknownSpec::Policy(UnknownWord::Reject)) => Unknown::Reject,
+        Some(UnknownSpec::Policy(UnknownWord::Pass)) => Unknown::Pass,
+        Some(UnknownSpec::Fallback { fallback }) => Unknown::Fallback(
+            *vocabulary
+                .get(fallback.as_str())
+                .ok_or_else(|| bad(&format!("fallback `{fallback}` is not in the vocabulary")))?,
+        ),
+        Some(_) => return Err(bad("a model input's unknown policy is reject, pass or a fallback")),
+    };
+    if spec.required && (spec.default.is_some() || spec.missing_value.is_some()) {
+        return Err(bad("a required field cannot have a default or missing_value"));
+    }
+    let missing = match (spec.default, spec.missing_value) {
+        (Some(_), Some(_)) => return Err(bad("give either default or missing_value, not both")),
+        (Some(default), None) => Missing::Default(default),
+        (None, Some(value)) => {
+            let fits = matches!(
+                (&value, ty),
+                (OwnedValue::Text(_), InputType::String)
+                    | (OwnedValue::Number(_) | OwnedValue::Integer(_), InputType::Float | InputType::Double)
+                    | (OwnedValue::Integer(_), InputType::Int64)
+            );
+            if !fits {
+                return Err(bad(&format!("missing_value {value:?} cannot go to a {} input", ty.name())));
+            }
+            Missing::Input(value)
+        }
+        (None, None) if spec.required => Missing::Reject,
+        (None, None) => {
+            return Err(bad("an optional field needs a default or a missing_value"));
+        }
+    };
+    let encoder = Encoder::Input {
+        kind,
+        min: spec.min,
+        max: spec.max,
+        vocabulary,
+        categories: words.into_iter().map(String::into_boxed_str).collect(),
+        unknown,
+        input,
+        ty,
     };
     Ok(Field {
         name: name.into_boxed_str(),
@@ -596,7 +836,140 @@ pub enum Reason {
     UnknownField,
 }
 
+/// A numeric value checked for type, finiteness, integrality and range.
+fn number(value: Value<'_>, integer: bool, min: Option<f64>, max: Option<f64>) -> Result<f64, Reason> {
+    let x = match (value, integer) {
+        (Value::Integer(i), _) => i as f64,
+        (Value::Number(x), _) if !x.is_finite() => return Err(Reason::NotFinite(x)),
+        (Value::Number(x), true) if x.fract() != 0.0 => return Err(Reason::NotInteger(x)),
+        (Value::Number(x), _) => x,
+        (other, true) => return Err(Reason::WrongType { expected: "integer", got: other.type_name() }),
+        (other, false) => return Err(Reason::WrongType { expected: "number", got: other.type_name() }),
+    };
+    if min.is_some_and(|lo| x < lo) || max.is_some_and(|hi| x > hi) {
+        return Err(Reason::OutOfRange {
+            value: x,
+            min: min.unwrap_or(f64::NEG_INFINITY),
+            max: max.unwrap_or(f64::INFINITY),
+        });
+    }
+    Ok(x)
+}
+
+/// One model input's values for a batch of rows (the raw-input form).
+#[derive(Debug, Clone)]
+pub enum InputColumn {
+    /// Strings end to end in one buffer: `ends[i]` is where row i's text ends.
+    Text {
+        bytes: String,
+        ends: Vec<usize>,
+    },
+    Int64(Vec<i64>),
+    Float(Vec<f32>),
+    Double(Vec<f64>),
+}
+
+impl InputColumn {
+    pub fn len(&self) -> usize {
+        match self {
+            InputColumn::Text { ends, .. } => ends.len(),
+            InputColumn::Int64(v) => v.len(),
+            InputColumn::Float(v) => v.len(),
+            InputColumn::Double(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the values of rows from `rows` on (a row that failed half way).
+    pub fn truncate(&mut self, rows: usize) {
+        match self {
+            InputColumn::Text { bytes, ends } => {
+                ends.truncate(rows);
+                bytes.truncate(ends.last().copied().unwrap_or(0));
+            }
+            InputColumn::Int64(v) => v.truncate(rows),
+            InputColumn::Float(v) => v.truncate(rows),
+            InputColumn::Double(v) => v.truncate(rows),
+        }
+    }
+
+    /// The texts of a string column, in row order.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            InputColumn::Text { bytes, ends } => {
+                let mut start = 0;
+                ends.iter()
+                    .map(|&end| {
+                        let t = &bytes[start..end];
+                        start = end;
+                        t
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn push_text(&mut self, text: &str) {
+        if let InputColumn::Text { bytes, ends } = self {
+            bytes.push_str(text);
+            ends.push(bytes.len());
+        }
+    }
+
+    fn push_number(&mut self, x: f64) {
+        match self {
+            InputColumn::Int64(v) => v.push(x as i64),
+            InputColumn::Float(v) => v.push(x as f32),
+            InputColumn::Double(v) => v.push(x),
+            InputColumn::Text { .. } => {}
+        }
+    }
+
+    /// A missing field's value, as the field declares it.
+    pub fn push_owned(&mut self, value: &OwnedValue) {
+        match value {
+            OwnedValue::Text(t) => self.push_text(t),
+            OwnedValue::Number(x) => self.push_number(*x),
+            OwnedValue::Integer(i) => self.push_number(*i as f64),
+            OwnedValue::Bool(b) => self.push_number(f64::from(u8::from(*b))),
+        }
+    }
+}
+
 impl Encoder {
+    /// Raw-input form: checks one value and appends it to its model input's column.
+    #[inline]
+    pub fn put(&self, value: Value<'_>, columns: &mut [InputColumn]) -> Result<(), Reason> {
+        let Encoder::Input { kind, min, max, vocabulary, categories, unknown, input, .. } = self else {
+            unreachable!("put is called for raw-input fields only");
+        };
+        let column = &mut columns[*input];
+        match kind {
+            FieldKind::Number | FieldKind::Integer => {
+                column.push_number(number(value, *kind == FieldKind::Integer, *min, *max)?);
+            }
+            FieldKind::Boolean => match value {
+                Value::Bool(b) => column.push_number(f64::from(u8::from(b))),
+                other => return Err(Reason::WrongType { expected: "bool", got: other.type_name() }),
+            },
+            FieldKind::Categorical => {
+                let Value::Text(word) = value else {
+                    return Err(Reason::WrongType { expected: "text", got: value.type_name() });
+                };
+                match (vocabulary.contains_key(word), unknown) {
+                    (true, _) | (false, Unknown::Pass) => column.push_text(word),
+                    (false, Unknown::Fallback(i)) => column.push_text(&categories[*i as usize]),
+                    (false, _) => return Err(Reason::UnknownCategory(word.to_owned())),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one value into the row's slice of the model input.
     ///
     /// One-hot columns are only ever set to 1.0: the caller hands in a zeroed row.
@@ -604,28 +977,7 @@ impl Encoder {
     pub fn write(&self, value: Value<'_>, row: &mut [f32]) -> Result<(), Reason> {
         match self {
             Encoder::Numeric { integer, min, max, ops, column } => {
-                let x = match (value, integer) {
-                    (Value::Integer(i), _) => i as f64,
-                    (Value::Number(x), _) if !x.is_finite() => return Err(Reason::NotFinite(x)),
-                    (Value::Number(x), true) if x.fract() != 0.0 => {
-                        return Err(Reason::NotInteger(x));
-                    }
-                    (Value::Number(x), _) => x,
-                    (other, true) => {
-                        return Err(Reason::WrongType { expected: "integer", got: other.type_name() });
-                    }
-                    (other, false) => {
-                        return Err(Reason::WrongType { expected: "number", got: other.type_name() });
-                    }
-                };
-                if min.is_some_and(|lo| x < lo) || max.is_some_and(|hi| x > hi) {
-                    return Err(Reason::OutOfRange {
-                        value: x,
-                        min: min.unwrap_or(f64::NEG_INFINITY),
-                        max: max.unwrap_or(f64::INFINITY),
-                    });
-                }
-                let mut x = x;
+                let mut x = number(value, *integer, *min, *max)?;
                 for op in ops.iter() {
                     x = match *op {
                         Op::Sub(v) => x - v,
@@ -650,7 +1002,7 @@ impl Encoder {
                     (Some(i), _) => *i,
                     (None, Unknown::Fallback(i)) => *i,
                     (None, Unknown::Reject) => return Err(Reason::UnknownCategory(word.to_owned())),
-                    (None, Unknown::Ignore) => return Ok(()),
+                    (None, Unknown::Ignore | Unknown::Pass) => return Ok(()),
                     (None, Unknown::Value(v)) => {
                         if let CategoricalLayout::Ordinal { column, .. } = layout {
                             row[*column] = *v;
@@ -667,6 +1019,7 @@ impl Encoder {
                     CategoricalLayout::Ordinal { column, codes } => row[*column] = codes[index as usize],
                 }
             }
+            Encoder::Input { .. } => unreachable!("raw-input fields are put, not written"),
         }
         Ok(())
     }

@@ -161,12 +161,17 @@ impl Bundle {
             &path.join("model.onnx"),
             &verified.files["model.onnx"],
             config.output_name(),
+            schema.inputs(),
             options.engine,
         )?;
-        if engine.width() != schema.width() {
+        if schema.inputs().is_empty() && engine.width() != schema.width() {
             return Err(BundleError::Width { schema: schema.width(), model: engine.width() });
         }
-        done("model", format!("{} input columns, {} session(s)", engine.width(), options.engine.sessions.max(1)));
+        let inputs = match schema.inputs().len() {
+            0 => format!("{} input columns", engine.width()),
+            n => format!("{n} raw inputs"),
+        };
+        done("model", format!("{inputs}, {} session(s)", options.engine.sessions.max(1)));
 
         let golden = golden::parse(file("golden.jsonl")?)?;
         let bundle = Bundle {
@@ -182,7 +187,7 @@ impl Bundle {
         };
         let input = bundle.replay_golden(&golden, options.tolerance)?;
         done("golden", format!("{} rows match within {:e}", golden.len(), options.tolerance));
-        bundle.engine.warm_up(&input.data, input.rows)?;
+        bundle.engine.warm_up(&input)?;
         done("warm-up", "every session ran the golden batch".to_owned());
         Ok(bundle)
     }
@@ -220,7 +225,7 @@ impl Bundle {
         let classes = &self.config.class_labels;
         let threshold = self.config.decision_threshold;
         let kind = self.config.kind;
-        self.engine.run(&input.data, input.rows, |out| {
+        self.engine.run(input, |out| {
             let output_error =
                 |reason: String| EngineError::Output { name: self.config.output_name().to_owned(), reason };
             let mut results = Vec::with_capacity(input.rows);

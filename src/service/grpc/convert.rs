@@ -6,7 +6,7 @@ use crate::{
     pb::{self, value::Kind},
     predict::{CallContext, Method, Prediction},
     preprocess::RowView,
-    schema::{Encoder, Field, Missing, OwnedValue, Unknown, Value},
+    schema::{Encoder, Field, FieldKind, Missing, OwnedValue, Unknown, Value},
     service::layers::CallDeadline,
 };
 
@@ -61,19 +61,21 @@ pub fn field_info(field: &Field) -> pb::FieldInfo {
                 OwnedValue::Text(s) => Kind::Text(s.clone()),
             }),
         }),
-        Missing::Reject | Missing::Value { .. } => None,
+        Missing::Reject | Missing::Value { .. } | Missing::Input(_) => None,
     };
     let (categories, unknown) = match &field.encoder {
-        Encoder::Categorical { categories, unknown, .. } => {
+        Encoder::Categorical { categories, unknown, .. }
+        | Encoder::Input { kind: FieldKind::Categorical, categories, unknown, .. } => {
             let unknown = match unknown {
                 Unknown::Reject => "reject".to_owned(),
                 Unknown::Fallback(i) => format!("fallback:{}", categories[*i as usize]),
                 Unknown::Ignore => "ignore".to_owned(),
                 Unknown::Value(_) => "value".to_owned(),
+                Unknown::Pass => "pass".to_owned(),
             };
             (categories.iter().map(|c| c.to_string()).collect(), unknown)
         }
-        Encoder::Numeric { .. } | Encoder::Boolean { .. } => (Vec::new(), String::new()),
+        Encoder::Numeric { .. } | Encoder::Boolean { .. } | Encoder::Input { .. } => (Vec::new(), String::new()),
     };
     pb::FieldInfo {
         name: field.name.to_string(),
