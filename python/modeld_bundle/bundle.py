@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -21,9 +22,10 @@ import pandas as pd
 from sklearn.base import is_classifier, is_regressor
 
 from . import __version__
-from .derive import Plan, plan
-from .errors import ExportError
-from .schema import build, encode
+from .derive import Plan, check_fitted, plan, raw_columns, split
+from .errors import ExportError, Unexpressible
+from .raw import bind_inputs, encode_raw, plan_raw
+from .schema import apply_overrides, build, encode
 from .yaml import dump
 
 # The bar golden rows must clear: modeld's own load check uses the same figures.
@@ -43,6 +45,8 @@ class Report:
     task: str
     version: str
     kind: str
+    form: str  # "schema" or "onnx" (raw inputs)
+    why: str
     fields: list[str]
     columns: list[str]
     golden_rows: int
@@ -53,8 +57,11 @@ class Report:
     def __str__(self) -> str:
         lines = [
             f"exported {self.task} {self.version} ({self.kind}) to {self.out} in {self.seconds:.2f} s",
+            f"  form:    {self.form} ({self.why})",
             f"  fields:  {len(self.fields)} ({', '.join(self.fields)})",
-            f"  columns: {len(self.columns)} model-input columns",
+            f"  columns: {len(self.columns)} model-input columns"
+            if self.form == "schema"
+            else f"  inputs:  {len(self.fields)} named model inputs",
             f"  golden:  {self.golden_rows} rows replayed through onnxruntime with modeld's encoding, "
             f"worst difference {self.worst_difference:.3g}",
         ]
@@ -70,6 +77,7 @@ def export(
     version: str,
     class_labels=None,
     overrides: dict | None = None,
+    mode: str = "auto",
     description: str = "",
     evaluation: dict | None = None,
 ) -> Report:
@@ -78,15 +86,19 @@ def export(
     `sample` holds raw rows with the columns the model was fitted on (the training rows are a good
     choice: they set the score baseline). `class_labels` renames the classifier's classes, in the
     order of `classes_`. `overrides` adds serving policies (ranges, defaults, unknown-category
-    fallbacks). `evaluation` is merged into evaluation.json (e.g. {"metrics": {"auc": 0.8}}).
+    fallbacks). `mode` picks the bundle form: "schema" (the estimator over a float matrix the
+    schema encodes), "onnx" (the whole pipeline, one model input per raw column) or "auto" (the
+    schema form when every step maps onto it). `evaluation` is merged into evaluation.json.
     """
     started = time.monotonic()
     if not task or "/" in task or not version or "/" in version:
         raise ExportError("task and version must be non-empty names without '/'")
     if not isinstance(sample, pd.DataFrame) or sample.empty:
         raise ExportError("sample must be a non-empty pandas DataFrame of raw rows")
-    p = plan(model, sample)
-    est = p.estimator
+    if mode not in ("auto", "schema", "onnx"):
+        raise ExportError(f"mode must be auto, schema or onnx, not {mode!r}")
+    check_fitted(model)
+    _, est = split(model)
     kind = "classifier" if is_classifier(est) else "regressor" if is_regressor(est) else None
     if kind is None:
         raise ExportError(f"{type(est).__name__} is neither a classifier nor a regressor")
@@ -94,26 +106,63 @@ def export(
         raise ExportError(
             f"{type(est).__name__}: native categorical features cannot be exported; encode them"
         )
-    if type(est).__name__ in NATIVE_MISSING:
-        # These trees route a missing value themselves: modeld writes NaN into its column.
-        for f in p.fields:
-            if f.kind == "numeric" and f.default is None and f.missing_value is None:
-                f.missing_value = float("nan")
-    sample = coerce(sample, p)
-    integers = {
-        f.name
-        for f in p.fields
-        if f.kind == "numeric"
-        and pd.api.types.is_integer_dtype(sample[f.name])
-        and (f.default is None or float(f.default).is_integer())
-    }
-    schema = build(p, integers, overrides)
-
     names = labels_of(est, kind, class_labels)
-    onx, output = to_onnx(est, kind, len(p.columns), f"{task}_{version}")
-    rows, frame = golden_rows(p, schema, sample, model)
+
+    p, why = None, "requested"
+    if mode != "onnx":
+        try:
+            p = plan(model, sample)
+            why = "every step maps onto the feature schema"
+        except Unexpressible as e:
+            if mode == "schema":
+                raise
+            why = f"the schema cannot express a step: {e}"
+    if p is not None:
+        form = "schema"
+        if type(est).__name__ in NATIVE_MISSING:
+            # These trees route a missing value themselves: modeld writes NaN into its column.
+            for f in p.fields:
+                if f.kind == "numeric" and f.default is None and f.missing_value is None:
+                    f.missing_value = float("nan")
+        sample = coerce(sample, p)
+        integers = {
+            f.name
+            for f in p.fields
+            if f.kind == "numeric"
+            and pd.api.types.is_integer_dtype(sample[f.name])
+            and (f.default is None or float(f.default).is_integer())
+        }
+        native = {f.name: (f.default, f.unknown) for f in p.fields}
+        dtypes = p.dtypes
+        schema = build(p, integers, None)
+        apply_overrides(schema, overrides or {})
+        onx, output = to_onnx(est, kind, [("input", float_matrix(len(p.columns)))], f"{task}_{version}")
+        tighten_thresholds(onx, est)
+        columns, ignored = p.columns, p.ignored
+    else:
+        form = "onnx"
+        rp = plan_raw(model, sample)
+        native = {f["name"]: (None, f.get("unknown")) for f in rp.fields}
+        schema = {"schema_version": 1, "strict": True, "fields": rp.fields}
+        if rp.ignored:
+            schema["ignored"] = rp.ignored
+        apply_overrides(schema, overrides or {})
+        onx, output = to_onnx(rp.export_model, kind, rp.types, f"{task}_{version}", estimator=est)
+        bind_inputs(schema["fields"], onx)
+        columns, ignored, dtypes = [], rp.ignored, {}
+
+    thresholds = split_points(est, columns) if form == "schema" else {}
+    rows, frame = golden_rows(native, ignored, schema, sample, model, dtypes, thresholds)
     expected = predict(model, frame, kind)
-    worst, mismatches = replay(onx, output, schema, rows, expected, kind)
+    try:
+        feeds = (
+            {"input": encode(schema, [r["features"] for r in rows])}
+            if form == "schema"
+            else encode_raw(schema, [r["features"] for r in rows])
+        )
+    except ValueError as e:
+        raise ExportError(f"golden rows do not encode by the derived schema: {e}") from None
+    worst, mismatches = replay(onx, output, feeds, expected, kind)
     if mismatches:
         lines = "\n".join(f"  row {i} ({rows[i]['row_id']}): {why}" for i, why in mismatches[:10])
         raise ExportError(
@@ -121,7 +170,7 @@ def export(
             f"rows (worst difference {worst:.3g}):\n{lines}"
         )
 
-    scores = score_of(predict(model, model_frame(model, sample), kind), kind)
+    scores = score_of(predict(model, model_frame(model, sample, dtypes), kind), kind)
     doc = {
         "exported_by": f"modeld-bundle {__version__}",
         "model": type(est).__name__,
@@ -163,15 +212,17 @@ def export(
     }
     write_bundle(Path(out), contents)
     notes = []
-    if p.ignored:
-        notes.append(f"dropped by the pipeline and accepted as ignored: {', '.join(p.ignored)}")
+    if ignored:
+        notes.append(f"dropped by the pipeline and accepted as ignored: {', '.join(ignored)}")
     return Report(
         out=Path(out),
         task=task,
         version=version,
         kind=kind,
-        fields=[f.name for f in p.fields],
-        columns=p.columns,
+        form=form,
+        why=why,
+        fields=[f["name"] for f in schema["fields"]],
+        columns=columns,
         golden_rows=len(rows),
         worst_difference=worst,
         seconds=time.monotonic() - started,
@@ -217,20 +268,28 @@ def labels_of(est, kind: str, class_labels) -> list[str]:
     return labels
 
 
-def to_onnx(est, kind: str, width: int, graph_name: str):
-    from skl2onnx import convert_sklearn
+def float_matrix(width: int):
     from skl2onnx.common.data_types import FloatTensorType
 
-    options = {id(est): {"zipmap": False}} if kind == "classifier" else None
+    return FloatTensorType([None, width])
+
+
+def to_onnx(obj, kind: str, types, graph_name: str, estimator=None):
+    """`obj` (the estimator, or the whole pipeline for raw inputs) as an ONNX graph."""
+    from skl2onnx import convert_sklearn
+
+    est = estimator if estimator is not None else obj
+    opset = register_boosters(est)
+    if type(est).__module__.startswith("xgboost") and est.get_booster().feature_names is not None:
+        # onnxmltools reads features as f0, f1, ...: convert a copy without the names.
+        obj = copy.deepcopy(obj)
+        est = obj[-1] if hasattr(obj, "steps") else obj
+        est.get_booster().feature_names = None
+    options = {id(obj): {"zipmap": False}} if kind == "classifier" else None
     try:
-        onx = convert_sklearn(
-            est,
-            initial_types=[("input", FloatTensorType([None, width]))],
-            options=options,
-            target_opset={"": 17, "ai.onnx.ml": 3},
-        )
+        onx = convert_sklearn(obj, initial_types=types, options=options, target_opset=opset)
     except Exception as e:
-        raise ExportError(f"skl2onnx cannot convert {type(est).__name__}: {e}") from None
+        raise ExportError(f"skl2onnx cannot convert {type(obj).__name__}: {e}") from None
     # skl2onnx picks a random graph name and lists opsets in set order: fix both, so the same
     # model exports to the same bytes.
     onx.graph.name = graph_name
@@ -239,6 +298,7 @@ def to_onnx(est, kind: str, width: int, graph_name: str):
     for domain, opset in opsets:
         onx.opset_import.add(domain=domain, version=opset)
     targets = getattr(est, "n_outputs_", 1) if kind == "regressor" else 1
+    targets = targets if isinstance(targets, int) else 1
     if targets > 1:
         # skl2onnx declares [N, 1] for multi-output regressors; the runtime checks the
         # declaration on every run, so state the real width.
@@ -256,6 +316,32 @@ def to_onnx(est, kind: str, width: int, graph_name: str):
     return onx, output
 
 
+def register_boosters(est) -> dict[str, int]:
+    """XGBoost and LightGBM convert through onnxmltools, whose XGBoost converter stops at
+    opset 15; scikit-learn models use 17."""
+    module = type(est).__module__.split(".")[0]
+    if module not in ("xgboost", "lightgbm"):
+        return {"": 17, "ai.onnx.ml": 3}
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    if module == "xgboost":
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost as convert
+    else:
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm as convert
+    shapes = (
+        calculate_linear_classifier_output_shapes
+        if is_classifier(est)
+        else calculate_linear_regressor_output_shapes
+    )
+    options = {"nocl": [True, False], "zipmap": [True, False, "columns"]} if is_classifier(est) else None
+    update_registered_converter(type(est), f"modeld{type(est).__name__}", shapes, convert, options=options)
+    return {"": 15, "ai.onnx.ml": 3}
+
+
 def raw(value, spec: dict):
     """A sample cell as a caller would send it; None when missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -267,12 +353,102 @@ def raw(value, spec: dict):
     return str(value)
 
 
-def golden_rows(p: Plan, schema: dict, sample: pd.DataFrame, model):
+def split_points(est, columns: list[str], per_column: int = 6) -> dict[str, list[float]]:
+    """Split thresholds of XGBoost and LightGBM trees, by model-input column (a few per column,
+    spread over the range). Both compare in double where ONNX trees compare in float, so golden
+    rows at and beside these values show whether the conversion decides the same way."""
+    module = type(est).__module__.split(".")[0]
+    found: dict[int, set[float]] = {}
+    if module == "lightgbm":
+
+        def walk(node):
+            if "split_feature" in node:
+                if node.get("decision_type") == "<=":
+                    found.setdefault(node["split_feature"], set()).add(float(node["threshold"]))
+                walk(node["left_child"])
+                walk(node["right_child"])
+
+        for tree in est.booster_.dump_model()["tree_info"]:
+            walk(tree["tree_structure"])
+    elif module == "xgboost":
+        trees = est.get_booster().trees_to_dataframe()
+        names = est.get_booster().feature_names
+        for feature, split in zip(trees["Feature"], trees["Split"], strict=True):
+            if feature == "Leaf" or pd.isna(split):
+                continue
+            index = names.index(feature) if names else int(str(feature).lstrip("f"))
+            found.setdefault(index, set()).add(float(split))
+    points = {}
+    for index, values in found.items():
+        ordered = sorted(values)
+        if index < len(columns) and ordered:
+            step = max(1, len(ordered) // per_column)
+            points[columns[index]] = ordered[::step][:per_column]
+    return points
+
+
+def tighten_thresholds(onx, est) -> None:
+    """LightGBM compares `x <= t` in double; the ONNX tree compares float32 x with a float32
+    threshold rounded to nearest, which flips the decision for inputs between the two. Rounding
+    each threshold down instead makes the float32 comparison exact for every float32 input."""
+    if type(est).__module__.split(".")[0] != "lightgbm":
+        return
+    by_feature: dict[int, dict[float, float]] = {}
+
+    def walk(node):
+        if "split_feature" in node:
+            if node.get("decision_type") == "<=":
+                t = float(node["threshold"])
+                down = np.float32(t)
+                if float(down) > t:
+                    down = np.nextafter(down, np.float32(-np.inf))
+                by_feature.setdefault(node["split_feature"], {})[float(np.float32(t))] = float(down)
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in est.booster_.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    for node in onx.graph.node:
+        if node.op_type not in ("TreeEnsembleRegressor", "TreeEnsembleClassifier"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        features, modes, values = (
+            attrs["nodes_featureids"].ints,
+            attrs["nodes_modes"].strings,
+            attrs["nodes_values"],
+        )
+        for i, (feature, mode) in enumerate(zip(features, modes, strict=True)):
+            if mode == b"BRANCH_LEQ":
+                values.floats[i] = by_feature.get(feature, {}).get(
+                    float(np.float32(values.floats[i])), values.floats[i]
+                )
+
+
+def near(t: float, integer: bool) -> list[float]:
+    """The values on each side of a threshold that the float32 model input carries exactly: the
+    integers around it, or the float32 values just below (or at) and just above it."""
+    if integer:
+        return sorted({math.floor(t), math.ceil(t), math.floor(t) - 1, math.ceil(t) + 1})
+    below = np.float32(t)
+    if float(below) > t:
+        below = np.nextafter(below, np.float32(-np.inf))
+    above = np.nextafter(below, np.float32(np.inf))
+    return [float(below), float(above)]
+
+
+def golden_rows(
+    native: dict,
+    ignored: list[str],
+    schema: dict,
+    sample: pd.DataFrame,
+    model,
+    dtypes: dict,
+    thresholds: dict[str, list[float]],
+):
     """Rows that exercise every rule: sample rows, then per field every category, an unseen one,
     a missing value where allowed, and the sample's min and max."""
     specs = {s["name"]: s for s in schema["fields"]}
-    plans = {f.name: f for f in p.fields}
-    names = [str(n) for n in model.feature_names_in_]
+    names = raw_columns(model, sample)
     base_rows = []
     for _, rec in sample.iterrows():
         row = {n: raw(rec[n], specs[n]) if n in specs else rec[n] for n in names}
@@ -292,7 +468,7 @@ def golden_rows(p: Plan, schema: dict, sample: pd.DataFrame, model):
 
     for name, s in specs.items():
         if s["type"] == "categorical":
-            for i, v in enumerate(s["vocabulary"]):
+            for i, v in enumerate(s.get("vocabulary", [])):
                 variant(f"category-{i}", name, v)
             if s["unknown"] != "reject":
                 variant("unseen", name, "unseen-category")
@@ -305,26 +481,41 @@ def golden_rows(p: Plan, schema: dict, sample: pd.DataFrame, model):
                 variant(tag, name, v)
         if not s["required"]:
             variant("missing", name, None)
+        # A threshold belongs to a field when the field is its column unchanged.
+        if name in thresholds and s["type"] != "categorical" and not s.get("transform"):
+            for k, t in enumerate(thresholds[name]):
+                for v in near(t, s["type"] == "integer"):
+                    v = int(v) if s["type"] == "integer" else v
+                    if ("min" in s and v < s["min"]) or ("max" in s and v > s["max"]):
+                        continue
+                    variant(f"split-{k}:{v!r}", name, v)
 
     rows, frame_rows = [], []
     for row_id, row in variants:
-        features = {n: v for n, v in row.items() if v is not None and (n in specs or n in p.ignored)}
+        features = {n: v for n, v in row.items() if v is not None and (n in specs or n in ignored)}
         rows.append({"row_id": row_id, "features": features})
         # What the Python model sees: serving policies (override defaults and fallbacks) applied,
         # the model's own rules (imputers, unknown and missing codes) left to the model.
         model_row = {}
         for n in names:
             v = row.get(n)
-            s, f = specs.get(n), plans.get(n)
-            if s is not None and v is None and "default" in s and f.default is None:
+            s = specs.get(n)
+            own_default, own_unknown = native.get(n, (None, None))
+            if s is not None and v is None and "default" in s and own_default is None:
                 v = s["default"]
-            if s is not None and s["type"] == "categorical" and v is not None and v not in s["vocabulary"]:
-                if (
-                    isinstance(s["unknown"], dict)
-                    and "fallback" in s["unknown"]
-                    and f.unknown != s["unknown"]
-                ):
-                    v = s["unknown"]["fallback"]
+            unseen = (
+                s is not None
+                and s["type"] == "categorical"
+                and v is not None
+                and v not in s.get("vocabulary", [])
+            )
+            if (
+                unseen
+                and isinstance(s["unknown"], dict)
+                and "fallback" in s["unknown"]
+                and own_unknown != s["unknown"]
+            ):
+                v = s["unknown"]["fallback"]
             model_row[n] = np.nan if v is None else v
         frame_rows.append(model_row)
     frame = pd.DataFrame(frame_rows, columns=names)
@@ -333,11 +524,15 @@ def golden_rows(p: Plan, schema: dict, sample: pd.DataFrame, model):
             frame[n] = pd.to_numeric(frame[n])
         else:
             frame[n] = frame[n].astype(object)
-    return rows, frame
+    return rows, model_frame(model, frame, dtypes)
 
 
-def model_frame(model, sample: pd.DataFrame) -> pd.DataFrame:
-    return sample[[str(n) for n in model.feature_names_in_]]
+def model_frame(model, sample: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
+    """The columns the model reads, with the pandas dtypes it was fitted with."""
+    frame = sample[raw_columns(model, sample)].copy()
+    for name, dtype in dtypes.items():
+        frame[name] = frame[name].astype(object).astype(dtype)
+    return frame
 
 
 def predict(model, frame: pd.DataFrame, kind: str) -> np.ndarray:
@@ -352,14 +547,10 @@ def predict(model, frame: pd.DataFrame, kind: str) -> np.ndarray:
     return values.reshape(len(frame), -1)
 
 
-def replay(onx, output: str, schema: dict, rows, expected: np.ndarray, kind: str):
-    try:
-        x = encode(schema, [r["features"] for r in rows])
-    except ValueError as e:
-        raise ExportError(f"golden rows do not encode by the derived schema: {e}") from None
+def replay(onx, output: str, feeds: dict, expected: np.ndarray, kind: str):
     session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
-    (got,) = session.run([output], {"input": x})
-    got = np.asarray(got, dtype=np.float64).reshape(len(rows), -1)
+    (got,) = session.run([output], feeds)
+    got = np.asarray(got, dtype=np.float64).reshape(len(expected), -1)
     if kind == "classifier" and got.shape[1] == 1 and expected.shape[1] == 2:
         got = np.hstack([1.0 - got, got])
     if got.shape != expected.shape:

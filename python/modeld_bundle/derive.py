@@ -11,6 +11,7 @@ codes). Only the final estimator goes to ONNX, over the float matrix the schema 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
-from .errors import ExportError
+from .errors import ExportError, Unexpressible
 
 SCALERS = (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler)
 ENCODERS = (OneHotEncoder, OrdinalEncoder)
@@ -62,6 +63,8 @@ class Plan:
     ignored: list[str]
     columns: list[str]
     estimator: BaseEstimator
+    # Columns the model reads as pandas categoricals (LightGBM): the dtype to give them.
+    dtypes: dict[str, Any] = field(default_factory=dict)
 
 
 def split(model) -> tuple[list[tuple[str, Any]], BaseEstimator]:
@@ -75,24 +78,47 @@ def split(model) -> tuple[list[tuple[str, Any]], BaseEstimator]:
     return [], model
 
 
-def plan(model, sample: pd.DataFrame) -> Plan:
+def raw_columns(model, sample: pd.DataFrame) -> list[str]:
+    """The raw columns the model reads, in its order, as the sample (and callers) name them.
+
+    LightGBM replaces characters it cannot store in feature names (spaces, quotes, brackets) with
+    `_`; such a name is matched back to the sample's column."""
     check_fitted(model)
     names = getattr(model, "feature_names_in_", None)
     if names is None:
         raise ExportError(
             "the model has no feature_names_in_: fit it on a pandas DataFrame so its raw columns are named"
         )
-    names = [str(n) for n in names]
-    missing = [n for n in names if n not in sample.columns]
+    plain = {re.sub(r"[^0-9A-Za-z_]", "_", str(c)): str(c) for c in sample.columns}
+    out, missing = [], []
+    for n in map(str, names):
+        if n in sample.columns:
+            out.append(n)
+        elif n in plain:
+            out.append(plain[n])
+        else:
+            missing.append(n)
     if missing:
         raise ExportError(f"the sample lacks column(s) the model was fitted on: {', '.join(missing)}")
+    return out
+
+
+def plan(model, sample: pd.DataFrame) -> Plan:
+    names = raw_columns(model, sample)
     pre, est = split(model)
+    if not pre and getattr(getattr(est, "booster_", None), "pandas_categorical", None):
+        return lightgbm_plan(est, names)
+    if getattr(est, "enable_categorical", False):
+        raise ExportError(
+            f"{type(est).__name__}(enable_categorical=True): XGBoost's categorical splits are not exported; "
+            "encode the categories (e.g. an OrdinalEncoder in a Pipeline)"
+        )
 
     # Groups of raw columns and the chain of steps each goes through, in output order.
     if pre and isinstance(pre[0][1], ColumnTransformer):
         if len(pre) > 1:
             later = pre[1][0]
-            raise ExportError(
+            raise Unexpressible(
                 f"pipeline step `{later}` follows a ColumnTransformer and works on encoded columns; "
                 "put per-column steps inside the ColumnTransformer"
             )
@@ -105,7 +131,7 @@ def plan(model, sample: pd.DataFrame) -> Plan:
     for columns, chain in groups:
         for col in columns:
             if col in seen:
-                raise ExportError(
+                raise Unexpressible(
                     f"column `{col}` feeds two transformers; modeld gives each raw column one chain"
                 )
             seen.add(col)
@@ -118,6 +144,28 @@ def plan(model, sample: pd.DataFrame) -> Plan:
     if width is not None and width != len(out):
         raise ExportError(f"the schema derives {len(out)} columns but the estimator takes {width}")
     return Plan(fields=fields, ignored=ignored, columns=out, estimator=est)
+
+
+def lightgbm_plan(est, names: list[str]) -> Plan:
+    """A LightGBM model fitted on pandas categoricals: each such column is an ordinal field whose
+    codes are the positions in the categories LightGBM recorded; an unseen or missing category is
+    NaN, as pandas gives it to LightGBM."""
+    booster = est.booster_
+    indices = booster.params.get("categorical_column") or []
+    vocabularies = dict(zip(indices, booster.pandas_categorical, strict=True))
+    fields, dtypes = [], {}
+    for i, name in enumerate(names):
+        f = FieldPlan(name=name, kind="numeric", columns=[name])
+        if i in vocabularies:
+            categories = list(vocabularies[i])
+            if not all(isinstance(c, str) for c in categories):
+                raise ExportError(f"column `{name}`: LightGBM categories must be text for modeld")
+            f.kind, f.encoding, f.vocabulary = "categorical", "ordinal", categories
+            f.codes = [float(k) for k in range(len(categories))]
+            f.unknown, f.missing_value = {"value": float("nan")}, float("nan")
+            dtypes[name] = pd.CategoricalDtype(categories)
+        fields.append(f)
+    return Plan(fields=fields, ignored=[], columns=list(names), estimator=est, dtypes=dtypes)
 
 
 def check_fitted(model) -> None:
@@ -202,29 +250,29 @@ def apply_step(f: FieldPlan, j: int, step_name: str, step, position: int, encode
     after_encoder = encoder_at is not None and position > encoder_at
     if isinstance(step, SimpleImputer):
         if after_encoder or f.ops:
-            raise ExportError(f"{where}: imputation after scaling or encoding cannot be expressed")
+            raise Unexpressible(f"{where}: imputation after scaling or encoding cannot be expressed")
         if step.add_indicator:
-            raise ExportError(f"{where}: add_indicator=True adds columns modeld cannot derive")
+            raise Unexpressible(f"{where}: add_indicator=True adds columns modeld cannot derive")
         if not is_nan(step.missing_values):
-            raise ExportError(f"{where}: missing_values={step.missing_values!r}; only NaN is supported")
+            raise Unexpressible(f"{where}: missing_values={step.missing_values!r}; only NaN is supported")
         stat = step.statistics_[j]
         if f.kind == "numeric":
             stat = float(stat)
             if math.isnan(stat):
-                raise ExportError(f"{where}: the fitted statistic is NaN (an all-missing column)")
+                raise Unexpressible(f"{where}: the fitted statistic is NaN (an all-missing column)")
         else:
             stat = str(stat)
         f.default = stat
     elif isinstance(step, SCALERS):
         if f.kind != "numeric" or after_encoder or position == encoder_at:
-            raise ExportError(f"{where}: scaling an encoded column cannot be expressed")
+            raise Unexpressible(f"{where}: scaling an encoded column cannot be expressed")
         f.ops.extend(scaler_ops(where, step, j))
     elif isinstance(step, ENCODERS):
         if position != encoder_at:
-            raise ExportError(f"{where}: a second encoder cannot be expressed")
+            raise Unexpressible(f"{where}: a second encoder cannot be expressed")
         probe_encoder(f, j, where, step)
     else:
-        raise ExportError(
+        raise Unexpressible(
             f"{where}: {type(step).__name__} is not a step modeld can express "
             "(supported: SimpleImputer, StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler, "
             "OneHotEncoder, OrdinalEncoder, passthrough, drop)"
@@ -249,7 +297,7 @@ def scaler_ops(where: str, s, j: int) -> list[dict[str, float]]:
         return ops
     if isinstance(s, MinMaxScaler):
         if s.clip:
-            raise ExportError(f"{where}: MinMaxScaler(clip=True) cannot be expressed")
+            raise Unexpressible(f"{where}: MinMaxScaler(clip=True) cannot be expressed")
         return [{"mul": float(s.scale_[j])}, {"add": float(s.min_[j])}]
     if isinstance(s, MaxAbsScaler):
         return [{"div": float(s.scale_[j])}]
@@ -269,12 +317,12 @@ def probe_encoder(f: FieldPlan, j: int, where: str, enc) -> None:
         # Missing values seen while fitting get encoded_missing_value: probed below.
         categories = [c for c in categories if not (is_nan(c) or c is None)]
     elif fitted_missing:
-        raise ExportError(
+        raise Unexpressible(
             f"{where}: missing values reached the encoder while it was fitted; put a SimpleImputer before it "
             "or fit without missing values"
         )
     if not all(isinstance(c, str) for c in categories):
-        raise ExportError(
+        raise Unexpressible(
             f"{where}: the encoder was fitted on numbers; modeld categories are text: cast the column to str "
             "before fitting"
         )
@@ -318,7 +366,7 @@ def probe_encoder(f: FieldPlan, j: int, where: str, enc) -> None:
     # The columns of feature j are those that change with its value; the others hold baseline.
     offsets = np.cumsum([0] + list(enc._n_features_outs)) if hasattr(enc, "_n_features_outs") else None
     if offsets is None or len(offsets) != width + 1:
-        raise ExportError(f"{where}: cannot locate the encoder's output columns")
+        raise Unexpressible(f"{where}: cannot locate the encoder's output columns")
     lo, hi = int(offsets[j]), int(offsets[j + 1])
     names = [str(n) for n in enc.get_feature_names_out()[lo:hi]]
     prefix = f"{enc.feature_names_in_[j]}_" if hasattr(enc, "feature_names_in_") else None
@@ -330,7 +378,7 @@ def probe_encoder(f: FieldPlan, j: int, where: str, enc) -> None:
     for c, out in zip(categories, outs, strict=True):
         hot = np.flatnonzero(out[lo:hi])
         if len(hot) > 1 or (len(hot) == 1 and out[lo + hot[0]] != 1.0):
-            raise ExportError(f"{where}: category `{c}` does not encode as one 1.0")
+            raise Unexpressible(f"{where}: category `{c}` does not encode as one 1.0")
         f.onehot_columns.append(column_names[hot[0]] if len(hot) else None)
     unknown = attempt(UNSEEN)
     if unknown is None:

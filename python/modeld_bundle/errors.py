@@ -3,3 +3,7 @@
 
 class ExportError(Exception):
     pass
+
+
+class Unexpressible(ExportError):
+    """A fitted step the feature schema cannot express; the raw-input form can still serve it."""

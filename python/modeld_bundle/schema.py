@@ -98,7 +98,14 @@ def apply_overrides(schema: dict, overrides: dict) -> None:
             spec["required"] = False
             spec["default"] = rules["default"]
             try:
-                encode_value(spec, rules["default"], np.zeros(len(schema["columns"])), column_index(schema))
+                if "input" in spec:
+                    from .raw import checked
+
+                    checked(spec, rules["default"], 0)
+                else:
+                    encode_value(
+                        spec, rules["default"], np.zeros(len(schema["columns"])), column_index(schema)
+                    )
             except ValueError as e:
                 raise ExportError(f"{where}: default {rules['default']!r} is not valid: {e}") from None
         if "min" in spec and "max" in spec and spec["min"] > spec["max"]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import Daemon, modeld
+from lightgbm import LGBMClassifier, LGBMRegressor
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
 from sklearn.ensemble import (
@@ -24,14 +25,17 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import (
+    KBinsDiscretizer,
     MaxAbsScaler,
     MinMaxScaler,
     OneHotEncoder,
     OrdinalEncoder,
+    PolynomialFeatures,
     RobustScaler,
     StandardScaler,
 )
 from sklearn.tree import DecisionTreeClassifier
+from xgboost import XGBClassifier, XGBRegressor
 
 from modeld_bundle import export
 from modeld_bundle.examples import LABEL, german_credit
@@ -147,6 +151,55 @@ def breast_cancer_lr():
     return model.fit(data.data, data.target), data.data
 
 
+def kbins_raw_input():
+    """Binning has no schema form: the whole pipeline is the model, one input per raw column."""
+    df, y = credit()
+    cats = text_columns(df)
+    nums = [c for c in df.columns if c not in cats]
+    df = with_gaps(df, ["purpose", "job"], seed=3)
+    cat = make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore"))
+    bins = KBinsDiscretizer(n_bins=4, encode="onehot-dense", quantile_method="averaged_inverted_cdf")
+    prep = ColumnTransformer([("cat", cat, cats), ("num", bins, nums)])
+    return Pipeline([("prep", prep), ("lr", LogisticRegression(max_iter=3000))]).fit(df, y), df
+
+
+def polynomial_raw_input():
+    data = load_diabetes(as_frame=True)
+    model = make_pipeline(StandardScaler(), PolynomialFeatures(degree=2), Ridge(alpha=1.0))
+    return model.fit(data.data, data.target), data.data
+
+
+def xgboost_binary():
+    df, y = credit()
+    prep = ColumnTransformer([("cat", OrdinalEncoder(), text_columns(df))], remainder="passthrough")
+    est = XGBClassifier(n_estimators=80, max_depth=4, learning_rate=0.2)
+    return Pipeline([("prep", prep), ("xgb", est)]).fit(df, (y == "bad").astype(int)), df
+
+
+def xgboost_regressor():
+    data = load_diabetes(as_frame=True)
+    return XGBRegressor(n_estimators=80, max_depth=4).fit(data.data, data.target), data.data
+
+
+def categoricals(df):
+    """Text columns as pandas categoricals, as LightGBM users fit them."""
+    return df.assign(**{c: df[c].astype("category") for c in text_columns(df)})
+
+
+def lightgbm_multiclass_categoricals():
+    df, _ = credit()
+    y = df.pop("housing")
+    x = categoricals(df)
+    return LGBMClassifier(n_estimators=60, num_leaves=15, verbose=-1).fit(x, y), x
+
+
+def lightgbm_regressor():
+    df, _ = credit()
+    y = np.log(df.pop("credit_amount").astype(float))  # a loss model's usual target
+    x = categoricals(df)
+    return LGBMRegressor(n_estimators=80, num_leaves=15, verbose=-1).fit(x, y), x
+
+
 CASES = {
     f.__name__: f
     for f in [
@@ -160,8 +213,17 @@ CASES = {
         drop_passthrough_tree,
         credit_amount_regressor,
         breast_cancer_lr,
+        kbins_raw_input,
+        polynomial_raw_input,
+        xgboost_binary,
+        xgboost_regressor,
+        lightgbm_multiclass_categoricals,
+        lightgbm_regressor,
     ]
 }
+
+# The bundle form each case must get from `mode="auto"`.
+RAW_INPUT = {"kbins_raw_input", "polynomial_raw_input"}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +235,7 @@ def served(tmp_path_factory, pb):
         model, data = build()
         task = name.replace("_", "-")
         report = export(model, data, root / task / "v1", task=task, version="v1")
+        assert report.form == ("onnx" if name in RAW_INPUT else "schema"), report
         (root / task / "current").symlink_to("v1")
         cases[name] = (task, model, data, report)
     daemon = Daemon(root)
@@ -240,6 +303,8 @@ def test_every_row_served_like_python(case, served, pb):
     for c in frame.columns:
         if c in fields and fields[c].type != "categorical":
             frame[c] = pd.to_numeric(frame[c])
+        elif isinstance(data[c].dtype, pd.CategoricalDtype):
+            frame[c] = frame[c].astype(object).astype(data[c].dtype)  # unseen categories become NaN
     if report.kind == "classifier":
         expected = model.predict_proba(frame)
         got = np.array([list(p.probabilities) for p in served_rows])
