@@ -215,7 +215,7 @@ impl RowView for OwnedRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::OwnedValue;
+    use crate::schema::{InputColumn, OwnedValue};
 
     const SCHEMA: &str = r#"
 schema_version: 1
@@ -278,5 +278,65 @@ ignored: [note]
         assert_eq!(outcomes[0], Ok(0));
         assert_eq!(outcomes[1].as_ref().unwrap_err().field, "x");
         assert_eq!(outcomes[2], Ok(1));
+    }
+
+    const RAW: &str = r#"
+schema_version: 1
+fields:
+  - name: purpose
+    type: categorical
+    vocabulary: [car, tv]
+    unknown: pass
+    required: false
+    missing_value: ""
+    input: {name: purpose, type: string}
+  - name: age
+    type: integer
+    min: 18
+    input: {name: age_in_years, type: int64}
+  - name: amount
+    type: number
+    required: false
+    missing_value: .nan
+    input: {name: amount, type: float}
+"#;
+
+    #[test]
+    fn raw_inputs_take_checked_values_per_model_input() {
+        let schema = Schema::parse(RAW).unwrap();
+        assert_eq!(
+            schema.inputs().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["purpose", "age_in_years", "amount"]
+        );
+        let rows = [
+            row("a", &[("purpose", OwnedValue::Text("boat".into())), ("age", OwnedValue::Integer(40))]),
+            row("b", &[("purpose", OwnedValue::Text("car".into())), ("age", OwnedValue::Integer(7))]),
+            row("c", &[("age", OwnedValue::Integer(30)), ("amount", OwnedValue::Number(2.5))]),
+        ];
+        let (input, outcomes) = encode_each(&schema, &rows);
+        assert_eq!(input.rows, 2);
+        assert_eq!(
+            outcomes[1].as_ref().unwrap_err().to_string(),
+            "row 1 (row_id `b`): field `age`: value 7 is out of range [18, inf]"
+        );
+        // The bad row's text was taken back out: only rows a and c remain.
+        assert_eq!(input.columns[0].texts(), ["boat", ""], "an unknown category passes; a missing one is \"\"");
+        assert!(matches!(&input.columns[1], InputColumn::Int64(v) if v == &[40, 30]));
+        assert!(matches!(&input.columns[2], InputColumn::Float(v) if v[0].is_nan() && v[1] == 2.5));
+        assert!(encode(&schema, &rows).is_err(), "encode stops at the first bad row");
+    }
+
+    #[test]
+    fn raw_fields_must_fit_their_input() {
+        let err = |yaml: String| Schema::parse(&yaml).unwrap_err().to_string();
+        assert!(
+            err(RAW.replace("{name: age_in_years, type: int64}", "{name: age_in_years, type: string}"))
+                .contains("a integer field cannot feed a string input")
+        );
+        assert!(
+            err(RAW.replace("    input: {name: amount, type: float}\n", "")).contains("every field needs an `input`")
+        );
+        assert!(err(RAW.replace("missing_value: \"\"", "missing_value: 1")).contains("cannot go to a string input"));
+        assert!(err(format!("{RAW}columns: [purpose]\n")).contains("lists no columns"));
     }
 }

@@ -722,7 +722,7 @@ fn compile_input_field(spec: FieldSpec, input: usize, ty: InputType) -> Result<F
         FieldKind::Integer | FieldKind::Boolean => ty != InputType::String,
     };
     if !fits {
-        return Err(bad(&format!("a {} field cannot feed a {} input", kind.name(), ty.name())));
+        return Err(bad(&format!("{} fields cannot feed {} inputs", kind.name(), ty.name())));
     }
     if kind != FieldKind::Categorical && (spec.vocabulary.is_some() || spec.unknown.is_some()) {
         return Err(bad("vocabulary and unknown apply to categorical fields only"));

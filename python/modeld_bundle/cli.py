@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         "--class-labels", help="comma-separated class names, in the order of the model's classes_"
     )
     ex.add_argument("--overrides", type=Path, help="YAML of serving policies: ranges, defaults, fallbacks")
+    ex.add_argument(
+        "--mode",
+        choices=["auto", "schema", "onnx"],
+        default="auto",
+        help="bundle form: schema (the estimator over the schema's float matrix), onnx (the whole pipeline, "
+        "one model input per raw column), auto (schema when every step maps onto it)",
+    )
     ex.add_argument("--description", default="")
     args = ap.parse_args(argv)
     try:
@@ -53,7 +60,7 @@ def run_export(args) -> object:
         sample = pd.read_csv(args.sample, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as e:
         raise ExportError(f"--sample {args.sample}: cannot read it as CSV: {e}") from None
-    sample = typed_sample(model, sample)
+    # Cells stay text here; the export types each column as the fitted model reads it.
     overrides = None
     if args.overrides:
         try:
@@ -69,25 +76,9 @@ def run_export(args) -> object:
         version=args.version,
         class_labels=labels,
         overrides=overrides,
+        mode=args.mode,
         description=args.description,
     )
-
-
-def typed_sample(model, sample):
-    """Text cells become numbers where the fitted model treats the column as numeric."""
-    import pandas as pd
-
-    from .derive import plan
-
-    p = plan(model, sample)
-    for f in p.fields:
-        if f.kind == "numeric":
-            try:
-                col = pd.to_numeric(sample[f.name])
-            except (ValueError, TypeError) as e:
-                raise ExportError(f"--sample column `{f.name}` must be numeric for the model: {e}") from None
-            sample[f.name] = col
-    return sample
 
 
 if __name__ == "__main__":
