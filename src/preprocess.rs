@@ -331,7 +331,7 @@ fields:
         let err = |yaml: String| Schema::parse(&yaml).unwrap_err().to_string();
         assert!(
             err(RAW.replace("{name: age_in_years, type: int64}", "{name: age_in_years, type: string}"))
-                .contains("a integer field cannot feed a string input")
+                .contains("integer fields cannot feed string inputs")
         );
         assert!(
             err(RAW.replace("    input: {name: amount, type: float}\n", "")).contains("every field needs an `input`")
