@@ -1,7 +1,10 @@
 """Export time, and Predict latency and throughput for exported models beside the example bundle.
 
-Exports a random forest and a gradient-boosted regressor (German Credit), serves them with the
-example bundle (credit_risk v2) from one release daemon, and drives each task with h2load
+Exports a random forest, a gradient-boosted regressor, and one German Credit GBDT pipeline twice:
+as the schema form (the estimator over the schema's float matrix) and as the raw-input form (the
+whole pipeline, 20 named inputs, 13 of them strings). Measures the two forms in-process (the
+`inprocess` criterion bench: µs per row at 1 and 256 rows), then serves everything with the
+example bundle (credit_risk v2) from one release daemon and drives each task with h2load
 (`apt-get install nghttp2-client`): one connection (serial latency), then 32 connections of one
 stream each. Every answer is also counted by the daemon (`modeld_requests_total`); a run with
 any non-OK status fails. Bounded: BENCH_SECONDS per measurement (default 5) after a 1 s warm-up.
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor, RandomForestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
@@ -95,6 +98,43 @@ def failures(admin: str) -> float:
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in bad)
 
 
+def inprocess(root: Path) -> None:
+    """The criterion `inprocess` bench on the two GBDT forms: µs per row, preprocessing + run."""
+    env = {
+        **os.environ,
+        "INPROCESS_BUNDLES": f"schema={root / 'gbdt_schema/v1'},raw-input={root / 'gbdt_raw/v1'}",
+    }
+    out = subprocess.run(
+        [
+            "cargo",
+            "bench",
+            "--quiet",
+            "--bench",
+            "inprocess",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+            "preprocess",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    print("\nin-process, German Credit GBDT (100 x depth 3), preprocessing + model run, µs per row")
+    print(f"{'form':<12} {'1 row':>8} {'256 rows':>9}")
+    units = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}
+    figures: dict[str, dict[int, float]] = {}
+    for m in re.finditer(r"predict/([\w-]+)/preprocess\+run/(\d+)\s+time:\s+\[\S+ \S+ (\S+) (\S+)", out):
+        form, rows, median, unit = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4)
+        figures.setdefault(form, {})[rows] = median * units[unit] / rows
+    for form, per in figures.items():
+        print(f"{form:<12} {per.get(1, float('nan')):>8.2f} {per.get(256, float('nan')):>9.2f}")
+
+
 def wait_ready(admin: str, timeout: float = 120.0) -> None:
     """/readyz answers 200 once every task has a live version."""
     deadline = time.monotonic() + timeout
@@ -136,16 +176,31 @@ def main():
             ("gbr", GradientBoostingRegressor(n_estimators=100, max_depth=3, random_state=0)),
         ]
     ).fit(features, amount)
+    gbdt = Pipeline(
+        [
+            ("prep", ColumnTransformer([("cat", OrdinalEncoder(), cats)], remainder="passthrough")),
+            ("gbdt", GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0)),
+        ]
+    ).fit(df, y)
     print("export time")
-    for task, model, sample in (("forest", forest, df), ("amount", regressor, features)):
+    exports = (
+        ("forest", forest, df, "auto"),
+        ("amount", regressor, features, "auto"),
+        ("gbdt_schema", gbdt, df, "schema"),
+        ("gbdt_raw", gbdt, df, "onnx"),
+    )
+    for task, model, sample, mode in exports:
         started = time.monotonic()
-        report = export(model, sample, root / task / "v1", task=task, version="v1")
+        report = export(model, sample, root / task / "v1", task=task, version="v1", mode=mode)
+        took = time.monotonic() - started
         print(
-            f"  {task:<12} {type(model[-1]).__name__:<28} {time.monotonic() - started:6.2f} s "
-            f"({len(report.columns)} columns, {report.golden_rows} golden rows)"
+            f"  {task:<12} {type(model[-1]).__name__:<27} {report.form:<6} {took:5.2f} s "
+            f"({len(report.fields)} fields, {report.golden_rows} golden rows)"
         )
-    for task in ("credit_risk", "forest", "amount"):
+    tasks = ["credit_risk", *(t for t, *_ in exports)]
+    for task in tasks:
         (root / task / "current").symlink_to("v2" if task == "credit_risk" else "v1")
+    inprocess(root)
 
     env = {
         **os.environ,
@@ -171,7 +226,7 @@ def main():
         print(f"\nPredict, one German Credit row of named raw features per call, h2load, {SECONDS} s each")
         print(f"{'task':<12} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         first = df.iloc[0]
-        for task in ("credit_risk", "forest", "amount"):
+        for task in tasks:
             row = pb2.Row(
                 row_id="bench",
                 features={

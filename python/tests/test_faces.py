@@ -1,5 +1,6 @@
 """A regressor through every face: Predict with compare_versions, `modeld label` over BatchPredict
-(CSV typed by the live schema, so digit categories travel as text), GetVersion."""
+(CSV typed by the live schema, so digit categories travel as text), GetVersion. v1 is the
+raw-input form (the whole pipeline, one model input per raw column), v2 the schema form."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def close(got, expected):
 @pytest.fixture(scope="module")
 def loss(tmp_path_factory, pb):
     df = german_credit().drop(columns=[LABEL])
-    y = df.pop("credit_amount").astype(float)
+    y = np.log(df.pop("credit_amount").astype(float))  # a loss model's usual target
     df[DIGITS] = df[DIGITS].astype(str)  # "1".."4": a categorical whose categories are digits
     cats = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     v1 = Pipeline(
@@ -52,8 +53,8 @@ def loss(tmp_path_factory, pb):
         ]
     ).fit(df, y)
     root = tmp_path_factory.mktemp("loss-models")
-    for version, model in (("v1", v1), ("v2", v2)):
-        export(model, df, root / TASK / version, task=TASK, version=version)
+    for version, model, mode in (("v1", v1, "onnx"), ("v2", v2, "schema")):
+        export(model, df, root / TASK / version, task=TASK, version=version, mode=mode)
     (root / TASK / "current").symlink_to("v2")
     daemon = Daemon(root, {"MODELD_KEEP_VERSIONS": "v1"})
     daemon.wait_serving(pb, [TASK], loaded=["v1", "v2"])
@@ -89,13 +90,17 @@ def test_predict_and_compare_versions_serve_values(loss, pb):
     assert (digits.type, list(digits.categories)) == ("categorical", ["1", "2", "3", "4"])
 
 
-def test_label_streams_a_csv_through_batch_predict(loss, tmp_path):
-    daemon, df, _, v2, _ = loss
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_label_streams_a_csv_through_batch_predict(loss, tmp_path, version):
+    daemon, df, v1, v2, _ = loss
+    model = {"v1": v1, "v2": v2}[version]
     source = tmp_path / "rows.csv"
     df.to_csv(source, index=False)
     out = tmp_path / "scored.csv"
     done = modeld(
         "label",
+        "--version",
+        version,
         "--addr",
         f"http://{daemon.grpc}",
         "--task",
@@ -112,8 +117,8 @@ def test_label_streams_a_csv_through_batch_predict(loss, tmp_path):
         records = list(csv.DictReader(fh))
     assert list(records[0]) == ["row_id", "value", "version", "error"]
     assert len(records) == len(df)
-    assert all(r["error"] == "" and r["version"] == "v2" for r in records)
-    assert close([float(r["value"]) for r in records], v2.predict(df))
+    assert all(r["error"] == "" and r["version"] == version for r in records)
+    assert close([float(r["value"]) for r in records], model.predict(df))
 
 
 def test_regressor_golden_values_are_checked_at_load(loss):
