@@ -98,6 +98,7 @@ def export(
     if mode not in ("auto", "schema", "onnx"):
         raise ExportError(f"mode must be auto, schema or onnx, not {mode!r}")
     check_fitted(model)
+    sample = sample.copy()  # typed below as the model reads it; the caller's frame stays as it is
     _, est = split(model)
     kind = "classifier" if is_classifier(est) else "regressor" if is_regressor(est) else None
     if kind is None:
@@ -134,7 +135,7 @@ def export(
         }
         native = {f.name: (f.default, f.unknown) for f in p.fields}
         dtypes = p.dtypes
-        schema = build(p, integers, None)
+        schema = build(p, integers)
         apply_overrides(schema, overrides or {})
         onx, output = to_onnx(est, kind, [("input", float_matrix(len(p.columns)))], f"{task}_{version}")
         tighten_thresholds(onx, est)
@@ -164,7 +165,7 @@ def export(
         raise ExportError(f"golden rows do not encode by the derived schema: {e}") from None
     worst, mismatches = replay(onx, output, feeds, expected, kind)
     if mismatches:
-        lines = "\n".join(f"  row {i} ({rows[i]['row_id']}): {why}" for i, why in mismatches[:10])
+        lines = "\n".join(f"  row {i} ({rows[i]['row_id']}): {reason}" for i, reason in mismatches[:10])
         raise ExportError(
             f"the exported model disagrees with the Python model on {len(mismatches)} of {len(rows)} golden "
             f"rows (worst difference {worst:.3g}):\n{lines}"

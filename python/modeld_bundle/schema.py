@@ -45,13 +45,11 @@ def field_spec(f: FieldPlan, integer: bool) -> dict[str, Any]:
     return spec
 
 
-def build(plan: Plan, integers: set[str], overrides: dict | None) -> dict[str, Any]:
+def build(plan: Plan, integers: set[str]) -> dict[str, Any]:
     fields = [field_spec(f, f.name in integers) for f in plan.fields]
     schema = {"schema_version": 1, "strict": True, "fields": fields, "columns": plan.columns}
     if plan.ignored:
         schema["ignored"] = plan.ignored
-    if overrides:
-        apply_overrides(schema, overrides)
     return schema
 
 
