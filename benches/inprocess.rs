@@ -14,7 +14,7 @@ use modeld::{
 };
 
 fn load(dir: &Path) -> (Bundle, Vec<modeld::preprocess::OwnedRow>) {
-    let bundle = Bundle::load(&dir, &LoadOptions::default()).expect("shipped bundle loads");
+    let bundle = Bundle::load(dir, &LoadOptions::default()).expect("the bundle loads");
     let text = std::fs::read_to_string(dir.join("golden.jsonl")).unwrap();
     // Rows that send every field: what a caller usually sends.
     let rows: Vec<_> = golden::parse(&text).unwrap().into_iter().map(|g| g.row).collect();
