@@ -22,22 +22,23 @@ use crate::{preprocess::OwnedRow, schema::OwnedValue};
 /// Encoded file descriptor set, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("modeld_descriptor");
 
+/// Wire form of an owned value (golden rows, schema defaults).
+impl From<&OwnedValue> for Value {
+    fn from(value: &OwnedValue) -> Value {
+        let kind = match value {
+            OwnedValue::Bool(b) => value::Kind::Flag(*b),
+            OwnedValue::Integer(i) => value::Kind::Integer(*i),
+            OwnedValue::Number(x) => value::Kind::Number(*x),
+            OwnedValue::Text(s) => value::Kind::Text(s.clone()),
+        };
+        Value { kind: Some(kind) }
+    }
+}
+
 /// Wire form of an owned row (golden files, clients, benchmarks).
 impl From<&OwnedRow> for Row {
     fn from(row: &OwnedRow) -> Row {
-        let features = row
-            .features
-            .iter()
-            .map(|(name, value)| {
-                let kind = match value {
-                    OwnedValue::Bool(b) => value::Kind::Flag(*b),
-                    OwnedValue::Integer(i) => value::Kind::Integer(*i),
-                    OwnedValue::Number(x) => value::Kind::Number(*x),
-                    OwnedValue::Text(s) => value::Kind::Text(s.clone()),
-                };
-                (name.clone(), Value { kind: Some(kind) })
-            })
-            .collect();
+        let features = row.features.iter().map(|(name, value)| (name.clone(), value.into())).collect();
         Row { row_id: row.row_id.clone(), features, values: Vec::new() }
     }
 }

@@ -400,10 +400,7 @@ def tighten_thresholds(onx, est) -> None:
         if "split_feature" in node:
             if node.get("decision_type") == "<=":
                 t = float(node["threshold"])
-                down = np.float32(t)
-                if float(down) > t:
-                    down = np.nextafter(down, np.float32(-np.inf))
-                by_feature.setdefault(node["split_feature"], {})[float(np.float32(t))] = float(down)
+                by_feature.setdefault(node["split_feature"], {})[float(np.float32(t))] = float(f32_down(t))
             walk(node["left_child"])
             walk(node["right_child"])
 
@@ -430,11 +427,15 @@ def near(t: float, integer: bool) -> list[float]:
     integers around it, or the float32 values just below (or at) and just above it."""
     if integer:
         return sorted({math.floor(t), math.ceil(t), math.floor(t) - 1, math.ceil(t) + 1})
-    below = np.float32(t)
-    if float(below) > t:
-        below = np.nextafter(below, np.float32(-np.inf))
+    below = f32_down(t)
     above = np.nextafter(below, np.float32(np.inf))
     return [float(below), float(above)]
+
+
+def f32_down(t: float) -> np.float32:
+    """The largest float32 not above t: for float32 x, `x <= t` exactly when `x <= f32_down(t)`."""
+    down = np.float32(t)
+    return np.nextafter(down, np.float32(-np.inf)) if float(down) > t else down
 
 
 def golden_rows(

@@ -6,7 +6,7 @@ use crate::{
     pb::{self, value::Kind},
     predict::{CallContext, Method, Prediction},
     preprocess::RowView,
-    schema::{Encoder, Field, FieldKind, Missing, OwnedValue, Unknown, Value},
+    schema::{Encoder, Field, FieldKind, Missing, Unknown, Value},
     service::layers::CallDeadline,
 };
 
@@ -53,14 +53,7 @@ pub fn value_of(value: &pb::Value) -> Option<Value<'_>> {
 /// A schema field as GetVersion describes it.
 pub fn field_info(field: &Field) -> pb::FieldInfo {
     let default = match &field.missing {
-        Missing::Default(v) => Some(pb::Value {
-            kind: Some(match v {
-                OwnedValue::Bool(b) => Kind::Flag(*b),
-                OwnedValue::Integer(i) => Kind::Integer(*i),
-                OwnedValue::Number(x) => Kind::Number(*x),
-                OwnedValue::Text(s) => Kind::Text(s.clone()),
-            }),
-        }),
+        Missing::Default(v) => Some(v.into()),
         Missing::Reject | Missing::Value { .. } | Missing::Input(_) => None,
     };
     let (categories, unknown) = match &field.encoder {
