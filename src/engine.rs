@@ -20,10 +20,100 @@ use ort::{
     value::{Tensor, TensorElementType, TensorRef, ValueType},
 };
 
-use crate::{
-    preprocess::Input,
-    schema::{InputColumn, InputType},
-};
+/// The element type of a raw-input model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    String,
+    Int64,
+    Float,
+    Double,
+}
+
+impl InputType {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Int64 => "int64",
+            InputType::Float => "float",
+            InputType::Double => "double",
+        }
+    }
+}
+
+/// One model input's values for a batch of rows (the raw-input form).
+#[derive(Debug, Clone)]
+pub enum InputColumn {
+    /// Strings end to end in one buffer: `ends[i]` is where row i's text ends.
+    Text {
+        bytes: String,
+        ends: Vec<usize>,
+    },
+    Int64(Vec<i64>),
+    Float(Vec<f32>),
+    Double(Vec<f64>),
+}
+
+impl InputColumn {
+    pub fn len(&self) -> usize {
+        match self {
+            InputColumn::Text { ends, .. } => ends.len(),
+            InputColumn::Int64(v) => v.len(),
+            InputColumn::Float(v) => v.len(),
+            InputColumn::Double(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the values of rows from `rows` on (a row that failed half way).
+    pub fn truncate(&mut self, rows: usize) {
+        match self {
+            InputColumn::Text { bytes, ends } => {
+                ends.truncate(rows);
+                bytes.truncate(ends.last().copied().unwrap_or(0));
+            }
+            InputColumn::Int64(v) => v.truncate(rows),
+            InputColumn::Float(v) => v.truncate(rows),
+            InputColumn::Double(v) => v.truncate(rows),
+        }
+    }
+
+    /// The texts of a string column, in row order.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            InputColumn::Text { bytes, ends } => {
+                let mut start = 0;
+                ends.iter()
+                    .map(|&end| {
+                        let t = &bytes[start..end];
+                        start = end;
+                        t
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub(crate) fn push_text(&mut self, text: &str) {
+        if let InputColumn::Text { bytes, ends } = self {
+            bytes.push_str(text);
+            ends.push(bytes.len());
+        }
+    }
+
+    pub(crate) fn push_number(&mut self, x: f64) {
+        match self {
+            InputColumn::Int64(v) => v.push(x as i64),
+            InputColumn::Float(v) => v.push(x as f32),
+            InputColumn::Double(v) => v.push(x),
+            InputColumn::Text { .. } => {}
+        }
+    }
+}
 
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -186,15 +276,23 @@ impl Engine {
 
     /// Runs the encoded rows and hands the outputs to `read` while they are still borrowed from
     /// the session: no copy of the outputs is made.
-    pub fn run<T>(&self, input: &Input, read: impl FnOnce(Outputs<'_>) -> T) -> Result<T, EngineError> {
-        let rows = input.rows;
+    ///
+    /// `rows` rows come as `data` (row-major, `rows * width` values) for the matrix form, or as
+    /// `columns` (one per model input) for a raw-input model.
+    pub fn run<T>(
+        &self,
+        rows: usize,
+        data: &[f32],
+        columns: &[InputColumn],
+        read: impl FnOnce(Outputs<'_>) -> T,
+    ) -> Result<T, EngineError> {
         let mut session = self.session();
         let out = if self.feeds.is_empty() {
-            debug_assert_eq!(input.data.len(), rows * self.width);
-            let tensor = TensorRef::from_array_view(([rows, self.width], &*input.data)).map_err(EngineError::Run)?;
+            debug_assert_eq!(data.len(), rows * self.width);
+            let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
             session.run(ort::inputs![tensor]).map_err(EngineError::Run)?
         } else {
-            session.run(self.feed(input)?).map_err(EngineError::Run)?
+            session.run(self.feed(rows, columns)?).map_err(EngineError::Run)?
         };
         let output_error = |reason: String| EngineError::Output { name: self.output.clone(), reason };
         let (shape, data) =
@@ -208,15 +306,14 @@ impl Engine {
     }
 
     /// Runs the input once on every session, so no session meets its first request cold.
-    pub fn warm_up(&self, input: &Input) -> Result<(), EngineError> {
+    pub fn warm_up(&self, rows: usize, data: &[f32], columns: &[InputColumn]) -> Result<(), EngineError> {
         for session in self.sessions.iter() {
             let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
             if self.feeds.is_empty() {
-                let tensor =
-                    TensorRef::from_array_view(([input.rows, self.width], &*input.data)).map_err(EngineError::Run)?;
+                let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
                 session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
             } else {
-                session.run(self.feed(input)?).map_err(EngineError::Run)?;
+                session.run(self.feed(rows, columns)?).map_err(EngineError::Run)?;
             }
         }
         Ok(())
@@ -224,11 +321,14 @@ impl Engine {
 
     /// A raw-input model's feeds: one tensor per input, numbers viewed in place, strings copied
     /// once into the runtime's string tensor.
-    fn feed<'a>(&'a self, input: &'a Input) -> Result<Vec<(&'a str, SessionInputValue<'a>)>, EngineError> {
-        let rows = input.rows;
+    fn feed<'a>(
+        &'a self,
+        rows: usize,
+        columns: &'a [InputColumn],
+    ) -> Result<Vec<(&'a str, SessionInputValue<'a>)>, EngineError> {
         self.feeds
             .iter()
-            .zip(&input.columns)
+            .zip(columns)
             .map(|((name, column), values)| {
                 let shape = if *column { vec![rows, 1] } else { vec![rows] };
                 let value: SessionInputValue<'a> = match values {

@@ -13,8 +13,8 @@
 //! - [`validate`]: `modeld validate`, the load checks as a report.
 //! - [`bundle`]: one version directory loaded and checked (manifest and identity, schema, model, golden rows).
 //! - [`preprocess`]: rows of named raw features -> the model's float32 input, per the schema.
-//! - [`engine`]: ONNX Runtime sessions of one model and the reading of their outputs.
 //! - [`schema`]: the feature schema of a bundle, parsed, checked and compiled for preprocessing.
+//! - [`engine`]: ONNX Runtime sessions of one model, the inputs it takes and the reading of its outputs.
 //! - [`telemetry`]: log set-up and the Prometheus metrics, in a registry passed down.
 //! - [`config`]: the typed configuration (YAML, `MODELD_*` environment, flags); the only reader of the environment.
 //! - [`shutdown`]: the process's signals (SIGTERM/SIGINT to stop, SIGHUP to reload).

@@ -4,7 +4,7 @@
 //! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
 //! per call. The first bad value stops the call with a [`RowError`] naming row and field.
 
-use crate::schema::{InputColumn, Missing, Reason, Schema, Value};
+use crate::schema::{InputColumn, Missing, OwnedValue, Reason, Schema, Value};
 
 /// Read access to one row, whatever its wire or file form.
 pub trait RowView {
@@ -145,7 +145,12 @@ fn put_row<'r, R: RowView>(
             (None, Missing::Default(default)) => default.as_value(),
             (None, Missing::Input(value)) => {
                 if let crate::schema::Encoder::Input { input, .. } = field.encoder {
-                    columns[input].push_owned(value);
+                    match value {
+                        OwnedValue::Text(t) => columns[input].push_text(t),
+                        OwnedValue::Number(x) => columns[input].push_number(*x),
+                        OwnedValue::Integer(i) => columns[input].push_number(*i as f64),
+                        OwnedValue::Bool(b) => columns[input].push_number(f64::from(u8::from(*b))),
+                    }
                 }
                 continue;
             }

@@ -11,6 +11,8 @@ use rustc_hash::FxHashMap;
 
 use serde::Deserialize;
 
+pub use crate::engine::{InputColumn, InputType};
+
 /// Errors found while reading or checking a schema. Each names what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -135,27 +137,6 @@ struct InputSpec {
     name: String,
     #[serde(rename = "type")]
     kind: InputType,
-}
-
-/// The element type of a raw-input model's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputType {
-    String,
-    Int64,
-    Float,
-    Double,
-}
-
-impl InputType {
-    pub fn name(self) -> &'static str {
-        match self {
-            InputType::String => "string",
-            InputType::Int64 => "int64",
-            InputType::Float => "float",
-            InputType::Double => "double",
-        }
-    }
 }
 
 /// One arithmetic step: exactly one of the four is set.
@@ -854,90 +835,6 @@ fn number(value: Value<'_>, integer: bool, min: Option<f64>, max: Option<f64>) -
         });
     }
     Ok(x)
-}
-
-/// One model input's values for a batch of rows (the raw-input form).
-#[derive(Debug, Clone)]
-pub enum InputColumn {
-    /// Strings end to end in one buffer: `ends[i]` is where row i's text ends.
-    Text {
-        bytes: String,
-        ends: Vec<usize>,
-    },
-    Int64(Vec<i64>),
-    Float(Vec<f32>),
-    Double(Vec<f64>),
-}
-
-impl InputColumn {
-    pub fn len(&self) -> usize {
-        match self {
-            InputColumn::Text { ends, .. } => ends.len(),
-            InputColumn::Int64(v) => v.len(),
-            InputColumn::Float(v) => v.len(),
-            InputColumn::Double(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Drops the values of rows from `rows` on (a row that failed half way).
-    pub fn truncate(&mut self, rows: usize) {
-        match self {
-            InputColumn::Text { bytes, ends } => {
-                ends.truncate(rows);
-                bytes.truncate(ends.last().copied().unwrap_or(0));
-            }
-            InputColumn::Int64(v) => v.truncate(rows),
-            InputColumn::Float(v) => v.truncate(rows),
-            InputColumn::Double(v) => v.truncate(rows),
-        }
-    }
-
-    /// The texts of a string column, in row order.
-    pub fn texts(&self) -> Vec<&str> {
-        match self {
-            InputColumn::Text { bytes, ends } => {
-                let mut start = 0;
-                ends.iter()
-                    .map(|&end| {
-                        let t = &bytes[start..end];
-                        start = end;
-                        t
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    fn push_text(&mut self, text: &str) {
-        if let InputColumn::Text { bytes, ends } = self {
-            bytes.push_str(text);
-            ends.push(bytes.len());
-        }
-    }
-
-    fn push_number(&mut self, x: f64) {
-        match self {
-            InputColumn::Int64(v) => v.push(x as i64),
-            InputColumn::Float(v) => v.push(x as f32),
-            InputColumn::Double(v) => v.push(x),
-            InputColumn::Text { .. } => {}
-        }
-    }
-
-    /// A missing field's value, as the field declares it.
-    pub fn push_owned(&mut self, value: &OwnedValue) {
-        match value {
-            OwnedValue::Text(t) => self.push_text(t),
-            OwnedValue::Number(x) => self.push_number(*x),
-            OwnedValue::Integer(i) => self.push_number(*i as f64),
-            OwnedValue::Bool(b) => self.push_number(f64::from(u8::from(*b))),
-        }
-    }
 }
 
 impl Encoder {

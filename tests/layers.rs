@@ -14,7 +14,8 @@ use std::{
 const FLOORS: &[&[&str]] = &[
     &["config", "shutdown"],
     &["telemetry"],
-    &["schema", "engine"],
+    &["engine"],
+    &["schema"],
     &["preprocess"],
     &["bundle"],
     &["runner", "validate"],

@@ -187,7 +187,7 @@ impl Bundle {
         };
         let input = bundle.replay_golden(&golden, options.tolerance)?;
         done("golden", format!("{} rows match within {:e}", golden.len(), options.tolerance));
-        bundle.engine.warm_up(&input)?;
+        bundle.engine.warm_up(input.rows, &input.data, &input.columns)?;
         done("warm-up", "every session ran the golden batch".to_owned());
         Ok(bundle)
     }
@@ -225,7 +225,7 @@ impl Bundle {
         let classes = &self.config.class_labels;
         let threshold = self.config.decision_threshold;
         let kind = self.config.kind;
-        self.engine.run(input, |out| {
+        self.engine.run(input.rows, &input.data, &input.columns, |out| {
             let output_error =
                 |reason: String| EngineError::Output { name: self.config.output_name().to_owned(), reason };
             let mut results = Vec::with_capacity(input.rows);
