@@ -235,6 +235,17 @@ pub enum FieldKind {
     Categorical,
 }
 
+impl From<FieldType> for FieldKind {
+    fn from(t: FieldType) -> FieldKind {
+        match t {
+            FieldType::Number => FieldKind::Number,
+            FieldType::Integer => FieldKind::Integer,
+            FieldType::Boolean => FieldKind::Boolean,
+            FieldType::Categorical => FieldKind::Categorical,
+        }
+    }
+}
+
 impl FieldKind {
     pub fn name(self) -> &'static str {
         match self {
@@ -648,12 +659,7 @@ fn compile_field(
         },
         (None, None) => Missing::Reject,
     };
-    let kind = match spec.kind {
-        FieldType::Number => FieldKind::Number,
-        FieldType::Integer => FieldKind::Integer,
-        FieldType::Boolean => FieldKind::Boolean,
-        FieldType::Categorical => FieldKind::Categorical,
-    };
+    let kind = FieldKind::from(spec.kind);
     Ok(Field {
         name: name.into_boxed_str(),
         kind,
@@ -691,12 +697,7 @@ fn compile_input_field(spec: FieldSpec, input: usize, ty: InputType) -> Result<F
     {
         return Err(bad("scaler, transform, encoding, codes and onehot_columns do not apply to a model input"));
     }
-    let kind = match spec.kind {
-        FieldType::Number => FieldKind::Number,
-        FieldType::Integer => FieldKind::Integer,
-        FieldType::Boolean => FieldKind::Boolean,
-        FieldType::Categorical => FieldKind::Categorical,
-    };
+    let kind = FieldKind::from(spec.kind);
     let fits = match kind {
         FieldKind::Categorical => ty == InputType::String,
         FieldKind::Number => matches!(ty, InputType::Float | InputType::Double),

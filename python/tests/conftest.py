@@ -30,6 +30,17 @@ def ort_library() -> str:
     return os.environ.get("MODELD_ORT_LIBRARY", str(default))
 
 
+def reseal(bundle: Path) -> None:
+    """Rewrites MANIFEST.sha256 after a test edited the bundle's files."""
+    import hashlib
+
+    lines = []
+    for line in (bundle / "MANIFEST.sha256").read_text().splitlines():
+        name = line.split()[1]
+        lines.append(f"{hashlib.sha256((bundle / name).read_bytes()).hexdigest()}  {name}\n")
+    (bundle / "MANIFEST.sha256").write_text("".join(lines))
+
+
 def modeld(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "MODELD_ORT_LIBRARY": ort_library()}
     done = subprocess.run([str(modeld_binary()), *args], env=env, capture_output=True, text=True, timeout=120)

@@ -3,7 +3,6 @@ A bundle modeld cannot serve is refused by `modeld validate` with the reason."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import modeld
+from conftest import modeld, reseal
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
@@ -109,11 +108,7 @@ def test_zipmap_model_is_refused_by_modeld_validate(cancer, tmp_path):
     (bundle / "model.onnx").write_bytes(onx.SerializeToString())
     config = (bundle / "config.yaml").read_text().replace('"probabilities"', '"output_probability"')
     (bundle / "config.yaml").write_text(config)
-    manifest = []
-    for line in (bundle / "MANIFEST.sha256").read_text().splitlines():
-        name = line.split()[1]
-        manifest.append(f"{hashlib.sha256((bundle / name).read_bytes()).hexdigest()}  {name}\n")
-    (bundle / "MANIFEST.sha256").write_text("".join(manifest))
+    reseal(bundle)
     done = modeld("validate", str(bundle), check=False)
     assert done.returncode == 1
     assert "output `output_probability` is a sequence of maps (a ZipMap)" in done.stdout

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Daemon, modeld
+from conftest import Daemon, modeld, reseal
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
@@ -131,13 +131,7 @@ def test_regressor_golden_values_are_checked_at_load(loss):
     for f in broken.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     (copy / "golden.jsonl").write_text(text)
-    import hashlib
-
-    lines = []
-    for line in (copy / "MANIFEST.sha256").read_text().splitlines():
-        name = line.split()[1]
-        lines.append(f"{hashlib.sha256((copy / name).read_bytes()).hexdigest()}  {name}\n")
-    (copy / "MANIFEST.sha256").write_text("".join(lines))
+    reseal(copy)
     done = modeld("validate", str(copy), check=False)
     assert done.returncode == 1
     assert "golden.jsonl line 1 (row_id `sample-0`)" in done.stdout and "relative tolerance" in done.stdout
