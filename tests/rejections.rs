@@ -192,3 +192,26 @@ async fn a_stream_chunk_that_is_not_protobuf_ends_the_stream_with_invalid_argume
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_message_over_max_message_bytes_is_resource_exhausted() {
+    let root = model_root(Some("v2"));
+    let mut config = test_config(root.path());
+    config.max_message_bytes = 16 << 10;
+    let server = TestServer::start_ready(config).await;
+    let mut client = server.client().await;
+    let huge = with(good_row(), "purpose", Some(Kind::Text("x".repeat(64 << 10))));
+
+    let err = client.predict(predict_request(vec![huge.clone()])).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("over max_message_bytes"), "{}", err.message());
+
+    let chunk = pb::BatchPredictRequest { task: TASK.into(), rows: vec![huge], ..Default::default() };
+    let mut stream = client.batch_predict(tokio_stream::iter([chunk])).await.unwrap().into_inner();
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // A request within the limit is served as before.
+    let answer = client.predict(predict_request(vec![good_row()])).await.unwrap().into_inner();
+    assert_eq!(answer.predictions.len(), 1);
+}

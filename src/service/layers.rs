@@ -19,6 +19,7 @@ use tower::{
     layer::util::{Identity, Stack},
 };
 
+use super::status::oversize;
 use crate::config::Config;
 
 /// Most calls handled at once on one connection; more wait in HTTP/2 instead of piling up.
@@ -217,7 +218,15 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout_at(answer_by.into(), fut).await {
-                Ok(result) => result,
+                // A unary request over max_message_bytes is refused by tonic before our code
+                // sees it: its answer is rewritten here (a stream's, where the stream reads it).
+                Ok(Ok(response)) => {
+                    match tonic::Status::from_header_map(response.headers()).as_ref().and_then(oversize) {
+                        Some(status) => Ok(status.into_http()),
+                        None => Ok(response),
+                    }
+                }
+                Ok(Err(e)) => Err(e),
                 Err(_) => {
                     Ok(tonic::Status::deadline_exceeded("deadline exceeded before the call was answered").into_http())
                 }

@@ -43,6 +43,14 @@ pub fn kind_of(code: Code) -> ErrorKind {
     })
 }
 
+/// tonic refuses a message over `max_message_bytes` with OUT_OF_RANGE before any codec runs;
+/// gRPC's convention for a message too large is RESOURCE_EXHAUSTED. Returns the status to send
+/// instead, or None for any other status.
+pub fn oversize(status: &Status) -> Option<Status> {
+    (status.code() == Code::OutOfRange && status.message().contains("message length too large"))
+        .then(|| Status::resource_exhausted(format!("request message over max_message_bytes: {}", status.message())))
+}
+
 impl From<PredictError> for Status {
     fn from(e: PredictError) -> Status {
         Status::new(code(e.kind()), e.to_string())
@@ -63,6 +71,17 @@ mod tests {
             assert_eq!(name, spelled, "{kind:?}");
             assert_eq!(kind_of(sent), kind);
         }
+    }
+
+    #[test]
+    fn an_oversize_message_is_resource_exhausted() {
+        let tonic_says = Status::out_of_range(
+            "Error, decoded message length too large: found 2000000 bytes, the limit is: 1048576 bytes",
+        );
+        let sent = oversize(&tonic_says).unwrap();
+        assert_eq!(sent.code(), Code::ResourceExhausted);
+        assert!(sent.message().contains("found 2000000 bytes"), "{}", sent.message());
+        assert!(oversize(&Status::out_of_range("something else")).is_none());
     }
 
     #[test]
