@@ -145,6 +145,30 @@ async fn bad_candidates_never_replace_the_live_version() {
         reseal(d);
     });
     make("width-mismatch", &drop_one_column);
+    // What a full disk, an interrupted copy or a stray special file leave behind.
+    let mkfifo = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success());
+    };
+    make("fifo-model", &|d| mkfifo(&d.join("model.onnx")));
+    make("fifo-manifest", &|d| mkfifo(&d.join("MANIFEST.sha256")));
+    make("directory-model", &|d| {
+        std::fs::remove_file(d.join("model.onnx")).unwrap();
+        std::fs::create_dir(d.join("model.onnx")).unwrap();
+    });
+    make("empty-model", &|d| {
+        std::fs::write(d.join("model.onnx"), b"").unwrap();
+        reseal(d);
+    });
+    make("truncated-model", &|d| {
+        let bytes = std::fs::read(d.join("model.onnx")).unwrap();
+        std::fs::write(d.join("model.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    });
+    make("half-copied", &|d| {
+        for name in ["MANIFEST.sha256", "golden.jsonl", "evaluation.json"] {
+            std::fs::remove_file(d.join(name)).unwrap();
+        }
+    });
     std::os::unix::fs::symlink("loop-b", task.join("loop-a")).unwrap();
     std::os::unix::fs::symlink("loop-a", task.join("loop-b")).unwrap();
 
@@ -160,6 +184,12 @@ async fn bad_candidates_never_replace_the_live_version() {
         ("width-mismatch", "declares 19 columns but model.onnx takes 20"),
         ("no-such-version", "cannot resolve"),
         ("loop-a", "cannot resolve"),
+        ("fifo-model", "cannot read model.onnx: not a regular file"),
+        ("fifo-manifest", "cannot read MANIFEST.sha256: not a regular file"),
+        ("directory-model", "cannot read model.onnx: not a regular file"),
+        ("empty-model", "model.onnx: cannot open model"),
+        ("truncated-model", "MANIFEST.sha256: model.onnx: sha256 is"),
+        ("half-copied", "cannot read MANIFEST.sha256"),
     ];
     for (n, (target, cause)) in cases.iter().enumerate() {
         point_current(root.path(), target);
@@ -274,4 +304,68 @@ async fn start_up_can_be_made_to_fail_without_a_good_bundle() {
     let server = TestServer::start(config).await;
     let err = server.stop().await.expect_err("start-up must fail");
     assert!(err.to_string().contains("has no usable bundle at start-up"), "{err}");
+}
+
+/// `current` flapping 100 times a second for 10 s (between both versions and a dangling
+/// target) under load: no request fails or mixes versions, and the registry settles on the
+/// final target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_current_link_fails_no_request_and_settles_on_the_final_target() {
+    const CLIENTS: usize = 2;
+    let root = model_root(Some("v1"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let golden = Arc::new(golden_by_version());
+    let rows: Arc<Vec<pb::Row>> = Arc::new(common::golden("v1").iter().map(|g| to_pb(&g.row)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (mut client, golden, rows, stop) = (server.client().await, golden.clone(), rows.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut answered, mut i) = (0usize, c);
+            while !stop.load(Ordering::Relaxed) && i < 2_000_000 {
+                let row = rows[i % rows.len()].clone();
+                let resp =
+                    client.predict(predict_request(vec![row.clone()])).await.expect("no request fails").into_inner();
+                let (label, probs) = &golden[&resp.version][&row.row_id];
+                assert_eq!(&resp.predictions[0].label, label, "version {}", resp.version);
+                assert_close(&resp.predictions[0].probabilities, probs, &resp.version);
+                answered += 1;
+                i += CLIENTS;
+            }
+            answered
+        }));
+    }
+
+    // The flapping: a release tool gone wrong. Paced at 10 ms a flip, bounded by count.
+    let flapper = {
+        let root = root.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            for flip in 0..1000 {
+                point_current(&root, ["v2", "v1", "gone"][flip % 3]);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            point_current(&root, "v2");
+        })
+    };
+    flapper.await.unwrap();
+    await_version(&server, "v2").await;
+    eventually("the error of the dangling target cleared", || async { reload_error(&server).await.is_empty() }).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    assert!(answered > 0);
+    // Settled: a further poll finds nothing new to load.
+    let loads = || async {
+        let text = http_get(server.admin, "/metrics").await.1;
+        metric_value(&text, "modeld_bundle_loads_total", &[("task", TASK), ("result", "success")])
+    };
+    let before = loads().await;
+    let polls = test_config(root.path()).poll_interval * 4;
+    tokio::time::sleep(polls).await; // the time for polls to happen, not a timing assertion
+    assert_eq!(loads().await, before, "no reload once current stays put");
+    assert_eq!(live_version(&mut server.client().await).await, "v2");
+    println!("{answered} calls answered while current flapped 1000 times");
 }

@@ -45,9 +45,8 @@ pub struct Verified {
 
 /// Checks every listed file against its checksum and that the required files are listed.
 pub fn verify(dir: &Path) -> Result<Verified, ManifestError> {
-    let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|source| ManifestError::Read { name: name.to_owned(), source })
-    };
+    let read =
+        |name: &str| read_file(&dir.join(name)).map_err(|source| ManifestError::Read { name: name.to_owned(), source });
     let manifest = read(MANIFEST)?;
     let manifest_sha256 = sha256_hex(&manifest);
     let text = String::from_utf8_lossy(&manifest);
@@ -96,9 +95,25 @@ impl Identity {
                 format!("{} is not a directory", path.display()),
             ));
         }
-        let manifest_sha256 = std::fs::read(path.join(MANIFEST)).ok().map(|bytes| sha256_hex(&bytes));
+        let manifest_sha256 = read_file(&path.join(MANIFEST)).ok().map(|bytes| sha256_hex(&bytes));
         Ok(Identity { path, manifest_sha256 })
     }
+}
+
+/// Reads a bundle file, refusing anything but a regular file: opening a FIFO for reading would
+/// block the loader until some writer came along, and a directory has no bytes to check. The
+/// open does not block (O_NONBLOCK), and the type is checked on the opened file, so a file
+/// swapped between a check and the open cannot slip through.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Lower-case hex sha256 of `bytes`.
