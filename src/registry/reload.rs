@@ -57,9 +57,10 @@ impl Registry {
         let error = Arc::new(error);
         {
             let mut status = self.lock(slot);
-            // A missing link is not a candidate: keep looking without counting it again and again.
-            let repeated = identity.is_none()
-                && status.failed.is_none()
+            // The same candidate failing the same way again (a missing link looked at once more,
+            // or a known-bad candidate retried in case it was repaired in place) is one failure:
+            // it is logged and counted once, not once per poll.
+            let repeated = status.failed == identity
                 && status.last_error.as_ref().is_some_and(|e| e.to_string() == error.to_string());
             status.last_error = Some(error.clone());
             status.failed = identity;
