@@ -9,7 +9,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::{
     pb::health_server::HealthServer,
     server::{HealthReporter, HealthService},
@@ -27,7 +26,7 @@ use crate::{
     },
     runner::{BulkRuntime, Runner, RunnerLimits},
     service::{
-        admin,
+        admin, conn,
         grpc::InferenceService,
         health::Readiness,
         layers::{self, CallTracker},
@@ -136,6 +135,7 @@ impl App {
             max_streams: config.max_streams,
         };
         let predictor = Predictor::new(registry.clone(), runner, metrics.clone(), limits);
+        pb::limit_rows(config.max_rows);
 
         let reporter = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
@@ -174,9 +174,9 @@ impl App {
 
         let drain = CancellationToken::new();
         let tracker = CallTracker::default();
-        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        let incoming = conn::Incoming::new(listeners.grpc, config.max_connections, config.handshake_timeout, &metrics);
         let mut grpc = tokio::spawn(
-            layers::grpc_server(&config, &tracker)
+            layers::grpc_server(&config, &tracker, &metrics)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -79,6 +79,25 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted, in bytes [default: 16777216].
     #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// gRPC calls admitted at once (every RPC but grpc.health.v1); beyond it a call gets
+    /// RESOURCE_EXHAUSTED at once instead of waiting [default: 4096].
+    #[arg(long, env = "MODELD_MAX_INFLIGHT_CALLS")]
+    pub max_inflight_calls: Option<usize>,
+    /// gRPC connections open at once; beyond it a new connection is closed as soon as it is
+    /// accepted [default: 4096].
+    #[arg(long, env = "MODELD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Concurrent HTTP/2 streams (calls) one connection may open, advertised to clients; a
+    /// client past it has its extra streams refused [default: 1024].
+    #[arg(long, env = "MODELD_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Largest HTTP/2 header list (all of a call's metadata) accepted, in bytes [default: 16384].
+    #[arg(long, env = "MODELD_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<u32>,
+    /// Time a new gRPC connection has to send its HTTP/2 preface, in milliseconds; a
+    /// connection silent past it is closed [default: 10000].
+    #[arg(long, env = "MODELD_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
     /// Server-side limit for one unary call, in milliseconds; a client's shorter grpc-timeout
     /// wins; past it the call is answered DEADLINE_EXCEEDED. Streams are bound only by their
     /// caller's grpc-timeout [default: 10000].
@@ -165,6 +184,11 @@ pub struct Config {
     pub max_streams: usize,
     pub bulk_threads: usize,
     pub max_message_bytes: usize,
+    pub max_inflight_calls: usize,
+    pub max_connections: usize,
+    pub max_streams_per_connection: u32,
+    pub max_header_bytes: u32,
+    pub handshake_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub poll_interval: Duration,
@@ -232,6 +256,11 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         max_streams: cli.max_streams.or(file.max_streams).unwrap_or(64),
         bulk_threads: cli.bulk_threads.or(file.bulk_threads).unwrap_or(inference_threads.saturating_sub(1)).max(1),
         max_message_bytes: cli.max_message_bytes.or(file.max_message_bytes).unwrap_or(16 << 20),
+        max_inflight_calls: cli.max_inflight_calls.or(file.max_inflight_calls).unwrap_or(4096),
+        max_connections: cli.max_connections.or(file.max_connections).unwrap_or(4096),
+        max_streams_per_connection: cli.max_streams_per_connection.or(file.max_streams_per_connection).unwrap_or(1024),
+        max_header_bytes: cli.max_header_bytes.or(file.max_header_bytes).unwrap_or(16 << 10),
+        handshake_timeout: ms(cli.handshake_timeout_ms.or(file.handshake_timeout_ms), 10_000),
         request_timeout: ms(cli.request_timeout_ms.or(file.request_timeout_ms), 10_000),
         shutdown_grace: ms(cli.shutdown_grace_ms.or(file.shutdown_grace_ms), 20_000),
         poll_interval: ms(cli.poll_interval_ms.or(file.poll_interval_ms), 2_000),
@@ -250,6 +279,18 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     {
         return invalid(
             "inference_threads, max_rows, max_batch_rows, max_streams and max_message_bytes must be at least 1".into(),
+        );
+    }
+    if config.max_inflight_calls == 0
+        || config.max_connections == 0
+        || config.max_streams_per_connection == 0
+        || config.max_header_bytes == 0
+        || config.handshake_timeout.is_zero()
+    {
+        return invalid(
+            "max_inflight_calls, max_connections, max_streams_per_connection, max_header_bytes and \
+             handshake_timeout_ms must be at least 1"
+                .into(),
         );
     }
     if config.poll_interval.is_zero() {

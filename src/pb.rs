@@ -11,6 +11,9 @@ mod generated {
 
 pub use generated::*;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Buf;
 use tonic::{
     Code, Status,
     codec::{BufferSettings, DecodeBuf, Decoder},
@@ -53,6 +56,9 @@ pub struct Codec<T, U>(ProstCodec<T, U>);
 /// Which way a message travels: requests are decoded by the server, responses by clients.
 pub trait Direction {
     const REQUEST: bool;
+    /// The field number of the message's rows and what one message is called in errors, for
+    /// the requests that carry rows.
+    const ROWS: Option<(u32, &'static str)> = None;
 }
 
 macro_rules! direction {
@@ -60,8 +66,64 @@ macro_rules! direction {
         $(impl Direction for $message { const REQUEST: bool = $request; })*
     };
 }
-direction!(true => PredictRequest, BatchPredictRequest, GetVersionRequest, HealthRequest);
+direction!(true => GetVersionRequest, HealthRequest);
 direction!(false => PredictResponse, BatchPredictResponse, GetVersionResponse, HealthResponse);
+
+impl Direction for PredictRequest {
+    const REQUEST: bool = true;
+    const ROWS: Option<(u32, &'static str)> = Some((2, "request"));
+}
+
+impl Direction for BatchPredictRequest {
+    const REQUEST: bool = true;
+    const ROWS: Option<(u32, &'static str)> = Some((2, "chunk"));
+}
+
+/// Most rows a request or chunk may carry before it is decoded: the largest `max_rows` of the
+/// servers in this process (0 until one starts: no limit). The generated services build their
+/// codecs with `Default`, so the limit cannot be handed to them and lives here.
+static ROW_LIMIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the pre-decode row limit to `max_rows` (or keeps a larger one already set). The core
+/// still checks each server's own `max_rows` exactly; this only spares decoding a request that
+/// can never pass.
+pub fn limit_rows(max_rows: usize) {
+    ROW_LIMIT.fetch_max(max_rows, Ordering::Relaxed);
+}
+
+/// Whether the encoded message has more than `limit` entries of top-level field `number`,
+/// counted without decoding them. A message too broken to walk is left to the decoder.
+fn more_rows_than(message: &[u8], number: u32, limit: usize) -> bool {
+    let mut rest = message;
+    let mut rows = 0usize;
+    while !rest.is_empty() {
+        let Ok(key) = prost::encoding::decode_varint(&mut rest) else { return false };
+        let skip = match key & 7 {
+            0 => match prost::encoding::decode_varint(&mut rest) {
+                Ok(_) => 0,
+                Err(_) => return false,
+            },
+            1 => 8,
+            2 => match prost::encoding::decode_varint(&mut rest) {
+                Ok(len) => len as usize,
+                Err(_) => return false,
+            },
+            5 => 4,
+            _ => return false,
+        };
+        if skip > rest.len() {
+            return false;
+        }
+        rest = &rest[skip..];
+        if key >> 3 == u64::from(number) && key & 7 == 2 {
+            rows += 1;
+            if rows > limit {
+                return true;
+            }
+        }
+    }
+    false
+}
 
 impl<T, U> tonic::codec::Codec for Codec<T, U>
 where
@@ -90,6 +152,16 @@ impl<U: Message + Default + Direction> Decoder for RequestDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        // A row costs far more decoded than encoded (an empty one is 2 bytes on the wire and a
+        // hundred in memory): a request over the row limit is refused before it is decoded.
+        if let Some((number, unit)) = U::ROWS {
+            let limit = ROW_LIMIT.load(Ordering::Relaxed);
+            if limit > 0 && more_rows_than(buf.chunk(), number, limit) {
+                return Err(Status::invalid_argument(format!(
+                    "rows: more than {limit} rows exceed the limit of {limit} per {unit}"
+                )));
+            }
+        }
         self.0.decode(buf).map_err(|status| match status.code() {
             Code::Internal if U::REQUEST => {
                 Status::invalid_argument(format!("the request is not a valid message: {}", status.message()))
@@ -100,5 +172,23 @@ impl<U: Message + Default + Direction> Decoder for RequestDecoder<U> {
 
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_counted_without_decoding() {
+        let row = Row { row_id: "r".into(), ..Row::default() };
+        let request = PredictRequest { task: "t".into(), rows: vec![row; 5], ..PredictRequest::default() };
+        let bytes = request.encode_to_vec();
+        assert!(more_rows_than(&bytes, 2, 4));
+        assert!(!more_rows_than(&bytes, 2, 5));
+        assert!(more_rows_than(&bytes, 1, 0), "the task field, once, is more than none");
+        // Broken messages are left to the decoder, which names what is wrong.
+        assert!(!more_rows_than(&[0x12, 0xff, 0x7f], 2, 0));
+        assert!(!more_rows_than(&[0xff; 12], 2, 0));
     }
 }

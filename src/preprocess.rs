@@ -4,7 +4,7 @@
 //! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
 //! per call. The first bad value stops the call with a [`RowError`] naming row and field.
 
-use crate::schema::{InputColumn, Missing, OwnedValue, Reason, Schema, Value};
+use crate::schema::{Echo, InputColumn, Missing, OwnedValue, Reason, Schema, Value};
 
 /// Read access to one row, whatever its wire or file form.
 pub trait RowView {
@@ -12,6 +12,11 @@ pub trait RowView {
     fn row_id(&self) -> &str;
     /// Every feature the caller sent: name and value, `None` for an explicit missing value.
     fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)>;
+    /// Whether the row also carries values by position, which only a stream with named columns
+    /// can read: a call that cannot read them refuses the row rather than drop them silently.
+    fn has_positional_values(&self) -> bool {
+        false
+    }
 }
 
 /// A row that could not be encoded.
@@ -28,9 +33,9 @@ impl std::fmt::Display for RowError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "row {}", self.row_index)?;
         if !self.row_id.is_empty() {
-            write!(f, " (row_id `{}`)", self.row_id)?;
+            write!(f, " (row_id `{}`)", Echo(&self.row_id))?;
         }
-        write!(f, ": field `{}`: {}", self.field, self.reason)
+        write!(f, ": field `{}`: {}", Echo(&self.field), self.reason)
     }
 }
 

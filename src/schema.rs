@@ -799,6 +799,26 @@ fn compile_op(spec: &OpSpec) -> Result<Op, String> {
     Ok(op)
 }
 
+/// Caller text quoted in an error message, cut to its first [`Echo::KEEP`] bytes (on a
+/// character boundary) with its full length named. Error messages travel in the `grpc-message`
+/// header, which clients cap at a few KiB: a megabyte category or row id quoted whole would make
+/// the answer unreadable to the very caller who needs it.
+pub struct Echo<'a>(pub &'a str);
+
+impl Echo<'_> {
+    pub const KEEP: usize = 64;
+}
+
+impl std::fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= Echo::KEEP {
+            return f.write_str(self.0);
+        }
+        let cut = (0..=Echo::KEEP).rev().find(|&i| self.0.is_char_boundary(i)).unwrap_or(0);
+        write!(f, "{}… ({} bytes)", &self.0[..cut], self.0.len())
+    }
+}
+
 /// Why one value cannot be encoded. Preprocessing adds the row and the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Reason {
@@ -812,7 +832,7 @@ pub enum Reason {
     NotInteger(f64),
     #[error("value {value} is out of range [{min}, {max}]")]
     OutOfRange { value: f64, min: f64, max: f64 },
-    #[error("unknown category `{0}`")]
+    #[error("unknown category `{}`", Echo(.0))]
     UnknownCategory(String),
     #[error("unknown field (the schema is strict)")]
     UnknownField,

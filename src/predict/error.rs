@@ -5,7 +5,7 @@
 //! kind's [`ErrorKind::name`] is the gRPC code name, which is also the `code` label of
 //! `modeld_requests_total` for every face, so dashboards read the same whatever the protocol.
 
-use crate::{engine::EngineError, preprocess::RowError, registry::RegistryError, runner::RunError};
+use crate::{engine::EngineError, preprocess::RowError, registry::RegistryError, runner::RunError, schema::Echo};
 
 /// Everything a prediction can fail with. Each variant is a kind of failure with its data, so
 /// a face can report the row and field, the limit, or the versions loaded, in its own shape.
@@ -18,7 +18,7 @@ pub enum PredictError {
     #[error("task: the first chunk must name a task")]
     MissingStreamTask,
     /// A later chunk names another task than the stream's.
-    #[error("task: `{chunk}` differs from the stream's task `{stream}`")]
+    #[error("task: `{}` differs from the stream's task `{stream}`", Echo(chunk))]
     TaskChanged { stream: String, chunk: String },
     #[error("rows: at least one row is required")]
     NoRows,
@@ -26,6 +26,11 @@ pub enum PredictError {
     /// an invalid argument everywhere, never a resource condition.
     #[error("rows: {rows} rows exceed the limit of {limit} per {unit}")]
     TooManyRows { rows: usize, limit: usize, unit: &'static str },
+    /// A unary row with values by position: only a stream names their columns.
+    #[error(
+        "values: row {row} has positional values; Predict takes named features (positional values need BatchPredict's columns)"
+    )]
+    PositionalValues { row: usize },
     /// A positional row whose value count does not match the stream's columns.
     #[error("values: row {row} has {values} values for {columns} columns")]
     ValueCount { row: usize, values: usize, columns: usize },
@@ -107,6 +112,7 @@ impl PredictError {
             | PredictError::NoRows
             | PredictError::TooManyRows { .. }
             | PredictError::ValueCount { .. }
+            | PredictError::PositionalValues { .. }
             | PredictError::BadRow(_) => ErrorKind::InvalidArgument,
             PredictError::Registry(RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. }) => {
                 ErrorKind::NotFound

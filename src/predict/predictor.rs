@@ -81,6 +81,9 @@ impl Predictor {
         if req.rows.len() > limit {
             return Err(PredictError::TooManyRows { rows: req.rows.len(), limit, unit: "request" });
         }
+        if let Some(row) = req.rows.iter().position(RowView::has_positional_values) {
+            return Err(PredictError::PositionalValues { row });
+        }
         // Every snapshot is taken before any scoring: a swap mid-request changes nothing here.
         let bundle = self.snapshot(req.task, req.version)?;
         let others = req

@@ -46,6 +46,7 @@ use self::loader::Loader;
 pub use self::loader::ReloadError;
 use crate::{
     bundle::{Bundle, LoadOptions, manifest::Identity},
+    schema::Echo,
     telemetry::Metrics,
 };
 
@@ -55,9 +56,9 @@ pub const CURRENT: &str = "current";
 /// Why a request cannot get a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown task `{0}`")]
+    #[error("unknown task `{}`", Echo(.0))]
     UnknownTask(String),
-    #[error("task `{task}` has no version `{version}` loaded (loaded: {})", loaded.join(", "))]
+    #[error("task `{task}` has no version `{}` loaded (loaded: {})", Echo(version), loaded.join(", "))]
     UnknownVersion { task: String, version: String, loaded: Vec<String> },
     /// The task has no live bundle: still loading (`last_error` None) or every candidate so far
     /// was rejected.

@@ -1,5 +1,6 @@
 //! The gRPC transport stack, built in one place, outermost first: the call tracker that
-//! shutdown uses to know when every call has been answered, and the call deadline.
+//! shutdown uses to know when every call has been answered and that admits at most
+//! `max_inflight_calls` at once, and the call deadline.
 
 use std::{
     pin::Pin,
@@ -19,11 +20,8 @@ use tower::{
     layer::util::{Identity, Stack},
 };
 
-use super::status::oversize;
-use crate::config::Config;
-
-/// Most calls handled at once on one connection; more wait in HTTP/2 instead of piling up.
-const CALLS_PER_CONNECTION: usize = 1024;
+use super::status;
+use crate::{config::Config, telemetry::Metrics};
 
 /// HTTP/2 flow-control window per stream, in bytes.
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -32,12 +30,16 @@ const STREAM_WINDOW: u32 = 1 << 20;
 pub fn grpc_server(
     config: &Config,
     tracker: &CallTracker,
+    metrics: &Metrics,
 ) -> Server<Stack<DeadlineLayer, Stack<TrackLayer, Identity>>> {
     Server::builder()
         // Trace: one span per call, at debug so the hot path pays nothing at the default level.
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
-        // Concurrency: bound per connection; model runs are bounded again by the runner.
-        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        // Concurrency: streams per connection are bounded by HTTP/2 itself (the client is told
+        // the limit and queues); calls across connections by the tracker below; model runs
+        // again by the runner.
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_max_header_list_size(config.max_header_bytes)
         // Liveness of idle connections through load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // Flow control: static windows large enough for bulk streams, without the BDP pings
@@ -45,7 +47,11 @@ pub fn grpc_server(
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(2 * STREAM_WINDOW))
         // Tracking: counts each call until its response body is fully handed to the connection.
-        .layer(TrackLayer(tracker.clone()))
+        .layer(TrackLayer {
+            tracker: tracker.clone(),
+            limit: config.max_inflight_calls,
+            rejected: metrics.grpc_rejected.with_label_values(&["calls_in_flight"]),
+        })
         // Deadline: a call may not outlive `request_timeout_ms`; a caller's shorter grpc-timeout
         // wins. Past it the answer is DEADLINE_EXCEEDED (tonic's own timeout says CANCELLED).
         .layer(DeadlineLayer(config.request_timeout))
@@ -83,9 +89,10 @@ impl CallTracker {
         }
     }
 
-    fn enter(&self) -> CallGuard {
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        CallGuard(self.clone())
+    /// Counts a call in; also returns how many were open before it.
+    fn enter(&self) -> (CallGuard, usize) {
+        let before = self.inner.open.fetch_add(1, Ordering::AcqRel);
+        (CallGuard(self.clone()), before)
     }
 }
 
@@ -99,32 +106,40 @@ impl Drop for CallGuard {
     }
 }
 
-/// Tower layer of [`CallTracker`].
+/// Tower layer of [`CallTracker`] with the admission limit.
 #[derive(Clone)]
-pub struct TrackLayer(CallTracker);
+pub struct TrackLayer {
+    tracker: CallTracker,
+    limit: usize,
+    rejected: prometheus::IntCounter,
+}
 
 impl<S> Layer<S> for TrackLayer {
     type Service = Track<S>;
     fn layer(&self, inner: S) -> Track<S> {
-        Track { inner, tracker: self.0.clone() }
+        Track { inner, layer: self.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct Track<S> {
     inner: S,
-    tracker: CallTracker,
+    layer: TrackLayer,
 }
 
 /// grpc.health.v1 Watch streams last as long as their client wants: they have said all they
 /// will say once shutdown reports NOT_SERVING, so the drain does not wait for them.
 const UNTRACKED: &str = "/grpc.health.v1.Health/Watch";
 
+/// Health checks are never refused for load: an overloaded server is alive, and its probes
+/// must say so rather than have it restarted.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
 impl<S, ReqBody, B> Service<http::Request<ReqBody>> for Track<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<B>>,
     S::Future: Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B: Body<Data = bytes::Bytes> + Default + Send + Unpin + 'static,
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -135,7 +150,23 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let guard = (req.uri().path() != UNTRACKED).then(|| self.tracker.enter());
+        let path = req.uri().path();
+        let guard = if path == UNTRACKED {
+            None
+        } else {
+            let (guard, before) = self.layer.tracker.enter();
+            if before >= self.layer.limit && !path.starts_with(HEALTH) {
+                drop(guard);
+                self.layer.rejected.inc();
+                let status = tonic::Status::resource_exhausted(format!(
+                    "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
+                    self.layer.limit
+                ));
+                let response = status.into_http().map(|body| TrackedBody { body, _guard: None });
+                return Box::pin(async move { Ok(response) });
+            }
+            Some(guard)
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
@@ -218,10 +249,11 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout_at(answer_by.into(), fut).await {
-                // A unary request over max_message_bytes is refused by tonic before our code
-                // sees it: its answer is rewritten here (a stream's, where the stream reads it).
+                // A unary request over max_message_bytes or cut short is refused by tonic before
+                // our code sees it: its answer is rewritten here (a stream's, where the stream
+                // reads it).
                 Ok(Ok(response)) => {
-                    match tonic::Status::from_header_map(response.headers()).as_ref().and_then(oversize) {
+                    match tonic::Status::from_header_map(response.headers()).as_ref().and_then(status::transport) {
                         Some(status) => Ok(status.into_http()),
                         None => Ok(response),
                     }

@@ -3,6 +3,7 @@
 //! ([`crate::predict`]), and maps the core's errors through [`status`].
 
 pub mod admin;
+pub mod conn;
 pub mod grpc;
 pub mod health;
 pub mod layers;

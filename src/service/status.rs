@@ -43,12 +43,28 @@ pub fn kind_of(code: Code) -> ErrorKind {
     })
 }
 
-/// tonic refuses a message over `max_message_bytes` with OUT_OF_RANGE before any codec runs;
-/// gRPC's convention for a message too large is RESOURCE_EXHAUSTED. Returns the status to send
-/// instead, or None for any other status.
-pub fn oversize(status: &Status) -> Option<Status> {
-    (status.code() == Code::OutOfRange && status.message().contains("message length too large"))
-        .then(|| Status::resource_exhausted(format!("request message over max_message_bytes: {}", status.message())))
+/// The status to send instead of one tonic's transport gave a request before any codec ran, or
+/// None to send it as it is:
+/// - a message over `max_message_bytes` is OUT_OF_RANGE there; gRPC's convention for a message
+///   too large is RESOURCE_EXHAUSTED;
+/// - a request cut short (a truncated frame, a unary call without its message) is INTERNAL
+///   there, which would page an operator for a caller's bug: it is INVALID_ARGUMENT, like a
+///   message that does not decode. (A compressed flag without `grpc-encoding` stays INTERNAL:
+///   gRPC's compression specification requires it.)
+pub fn transport(status: &Status) -> Option<Status> {
+    let message = status.message();
+    match status.code() {
+        Code::OutOfRange if message.contains("message length too large") => {
+            Some(Status::resource_exhausted(format!("request message over max_message_bytes: {message}")))
+        }
+        Code::Internal
+            if message.starts_with("Unexpected EOF decoding stream")
+                || message.starts_with("Missing request message") =>
+        {
+            Some(Status::invalid_argument(format!("the request is not a valid message: {message}")))
+        }
+        _ => None,
+    }
 }
 
 impl From<PredictError> for Status {
@@ -78,10 +94,22 @@ mod tests {
         let tonic_says = Status::out_of_range(
             "Error, decoded message length too large: found 2000000 bytes, the limit is: 1048576 bytes",
         );
-        let sent = oversize(&tonic_says).unwrap();
+        let sent = transport(&tonic_says).unwrap();
         assert_eq!(sent.code(), Code::ResourceExhausted);
         assert!(sent.message().contains("found 2000000 bytes"), "{}", sent.message());
-        assert!(oversize(&Status::out_of_range("something else")).is_none());
+        assert!(transport(&Status::out_of_range("something else")).is_none());
+    }
+
+    #[test]
+    fn a_request_cut_short_is_invalid_argument() {
+        for said in ["Unexpected EOF decoding stream.", "Missing request message."] {
+            let sent = transport(&Status::internal(said)).unwrap();
+            assert_eq!(sent.code(), Code::InvalidArgument);
+            assert!(sent.message().ends_with(said), "{}", sent.message());
+        }
+        let spec = "protocol error: received message with compressed-flag but no grpc-encoding was specified";
+        assert!(transport(&Status::internal(spec)).is_none(), "INTERNAL as gRPC's compression spec requires");
+        assert!(transport(&Status::internal("engine failed")).is_none());
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub struct Metrics {
     /// gRPC calls accepted and not yet fully answered: what shutdown waits for. Set from the
     /// call tracker when metrics are scraped, so calls pay nothing for it.
     pub calls_open: IntGauge,
+    /// gRPC connections open now.
+    pub connections_open: IntGauge,
+    /// Work the gRPC listener turned away, by reason: `calls_in_flight` (over
+    /// `max_inflight_calls`), `connections` (over `max_connections`), `handshake_timeout` (no
+    /// HTTP/2 preface within `handshake_timeout_ms`).
+    pub grpc_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -140,6 +146,16 @@ impl Metrics {
             "gRPC calls accepted and not yet fully answered (what shutdown drains).",
         )
         .expect("static metric definition is valid");
+        let connections_open = IntGauge::new("modeld_grpc_connections_open", "gRPC connections open now.")
+            .expect("static metric definition is valid");
+        let grpc_rejected = IntCounterVec::new(
+            Opts::new("modeld_grpc_rejected_total", "Calls and connections the gRPC listener turned away, by reason."),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        for reason in ["calls_in_flight", "connections", "handshake_timeout"] {
+            grpc_rejected.with_label_values(&[reason]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -156,6 +172,8 @@ impl Metrics {
             Box::new(stream_chunks_in_flight.clone()),
             Box::new(stream_seconds.clone()),
             Box::new(calls_open.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(grpc_rejected.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
@@ -176,6 +194,8 @@ impl Metrics {
             stream_chunks_in_flight,
             stream_seconds,
             calls_open,
+            connections_open,
+            grpc_rejected,
         }
     }
 

@@ -38,6 +38,10 @@ impl RowView for pb::Row {
     fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
         self.features.iter().map(|(name, value)| (name.as_str(), value_of(value)))
     }
+
+    fn has_positional_values(&self) -> bool {
+        !self.values.is_empty()
+    }
 }
 
 /// A wire value as preprocessing reads it; an unset kind is a missing value.

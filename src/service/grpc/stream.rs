@@ -73,7 +73,7 @@ async fn run(
             // A chunk that does not decode (or a broken transport): the caller gets the status,
             // not a clean end of stream. Sending fails harmlessly if the caller is gone.
             Err(status) => {
-                let status = status::oversize(&status).unwrap_or(status);
+                let status = status::transport(&status).unwrap_or(status);
                 let kind = status::kind_of(status.code());
                 let _ = out_tx.send((session.chunk_received(), Err(status))).await;
                 return Err(kind);
