@@ -80,7 +80,8 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
     /// gRPC calls admitted at once (every RPC but grpc.health.v1); beyond it a call gets
-    /// RESOURCE_EXHAUSTED at once instead of waiting [default: 4096].
+    /// RESOURCE_EXHAUSTED at once instead of waiting. Size it as the calls per second the
+    /// server sustains times the queueing delay callers accept [default: 1024].
     #[arg(long, env = "MODELD_MAX_INFLIGHT_CALLS")]
     pub max_inflight_calls: Option<usize>,
     /// gRPC connections open at once; beyond it a new connection is closed as soon as it is
@@ -256,7 +257,7 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         max_streams: cli.max_streams.or(file.max_streams).unwrap_or(64),
         bulk_threads: cli.bulk_threads.or(file.bulk_threads).unwrap_or(inference_threads.saturating_sub(1)).max(1),
         max_message_bytes: cli.max_message_bytes.or(file.max_message_bytes).unwrap_or(16 << 20),
-        max_inflight_calls: cli.max_inflight_calls.or(file.max_inflight_calls).unwrap_or(4096),
+        max_inflight_calls: cli.max_inflight_calls.or(file.max_inflight_calls).unwrap_or(1024),
         max_connections: cli.max_connections.or(file.max_connections).unwrap_or(4096),
         max_streams_per_connection: cli.max_streams_per_connection.or(file.max_streams_per_connection).unwrap_or(1024),
         max_header_bytes: cli.max_header_bytes.or(file.max_header_bytes).unwrap_or(16 << 10),
