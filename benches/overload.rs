@@ -53,7 +53,8 @@ fn main() {
     rt.block_on(async move {
         common::eventually("ready", || async move { common::http_get(admin, "/readyz").await.0 == 200 }).await;
         let golden = common::golden("v2");
-        let request = common::predict_request(golden.iter().cycle().take(rows).map(|g| common::to_pb(&g.row)).collect());
+        let request =
+            common::predict_request(golden.iter().cycle().take(rows).map(|g| common::to_pb(&g.row)).collect());
         // Encoded once: the client's cost per call is then a few microseconds whatever the rows,
         // so the cores go to the daemon.
         let mut frame = vec![0u8];
@@ -108,8 +109,12 @@ fn main() {
         for (message, n) in &summary.messages {
             println!("    {n:>7} x {message}");
         }
-        let unexpected: u64 =
-            summary.codes.iter().filter(|(c, _)| ![Code::Ok as i32, Code::ResourceExhausted as i32].contains(c)).map(|(_, n)| n).sum();
+        let unexpected: u64 = summary
+            .codes
+            .iter()
+            .filter(|(c, _)| ![Code::Ok as i32, Code::ResourceExhausted as i32].contains(c))
+            .map(|(_, n)| n)
+            .sum();
         Summary::of(&after).print(&format!("S/2 = {:.0}/s", sustainable / 2.0));
         // Recovery: the last call sent after the drop that was refused or slow.
         let recovered = after
@@ -172,7 +177,12 @@ async fn call(mut client: SendRequest<Bytes>, uri: http::Uri, request: Bytes) ->
 }
 
 /// Sends calls at each (rate, duration) in turn, open loop, and waits for every answer.
-async fn run(clients: &[SendRequest<Bytes>], uri: &http::Uri, request: &Bytes, phases: &[(f64, Duration)]) -> Vec<Record> {
+async fn run(
+    clients: &[SendRequest<Bytes>],
+    uri: &http::Uri,
+    request: &Bytes,
+    phases: &[(f64, Duration)],
+) -> Vec<Record> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let start = Instant::now();
     let tick = Duration::from_millis(1);
@@ -194,9 +204,10 @@ async fn run(clients: &[SendRequest<Bytes>], uri: &http::Uri, request: &Bytes, p
                     let began = Instant::now();
                     // The daemon answers by the deadline it was sent; a second more is the
                     // client's own bound, counted as a time-out if the daemon missed it.
-                    let result = tokio::time::timeout(DEADLINE + Duration::from_secs(1), call(client, uri, request)).await;
-                    let (code, message) =
-                        result.unwrap_or_else(|_| (Code::DeadlineExceeded, "no answer: client-side timeout".to_owned()));
+                    let result =
+                        tokio::time::timeout(DEADLINE + Duration::from_secs(1), call(client, uri, request)).await;
+                    let (code, message) = result
+                        .unwrap_or_else(|_| (Code::DeadlineExceeded, "no answer: client-side timeout".to_owned()));
                     let _ = tx.send(Record { sent: at, latency: began.elapsed(), code, message });
                 });
                 sent += 1;

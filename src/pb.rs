@@ -191,4 +191,23 @@ mod tests {
         assert!(!more_rows_than(&[0x12, 0xff, 0x7f], 2, 0));
         assert!(!more_rows_than(&[0xff; 12], 2, 0));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(7),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// The count agrees with prost's decoding for any request; no bytes make it panic.
+        #[test]
+        fn the_row_count_matches_decoding(rows in 0usize..40, limit in 0usize..40, id in "\\PC{0,8}", junk in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let row = Row { row_id: id, ..Row::default() };
+            let request = PredictRequest { task: "t".into(), rows: vec![row; rows], ..PredictRequest::default() };
+            let bytes = request.encode_to_vec();
+            proptest::prop_assert_eq!(more_rows_than(&bytes, 2, limit), rows > limit);
+            let _ = more_rows_than(&junk, 2, limit);
+        }
+    }
 }
