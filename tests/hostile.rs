@@ -24,15 +24,19 @@ use tonic::Code;
 /// Longest any one case may take; a case that hangs fails the test.
 const CASE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Passes over the corpus: the first warms every path; later ones must not keep growing.
+/// Passes over the corpus: the first warms every path (thread heaps, buffers, metric series
+/// grow to their working size), then two measured passes: the second must end no higher than
+/// the first.
 const PASSES: usize = 3;
 
-/// How far apart two readings of the same steady state fall (allocator caches, thread-local
-/// heaps), measured over six passes at about ±3 MiB. A leak of 11 KiB per case exceeds it.
-const RSS_NOISE_MIB: f64 = 4.0;
+/// How far apart two readings of the same steady state fall (allocator caches), measured over
+/// forty runs at 4.5 MiB at most. A leak of 42 KiB per case (a megabyte string kept by one case
+/// in twenty) exceeds it.
+const RSS_NOISE_MIB: f64 = 8.0;
 
-/// Good calls after each pass before memory is read.
-const SETTLE_CALLS: u64 = 2000;
+/// Readings of memory after each pass, and good calls between two readings.
+const SETTLE_READINGS: usize = 10;
+const SETTLE_CALLS: u64 = 200;
 
 /// The daemon's handshake timeout here, so silent connections are closed quickly.
 const HANDSHAKE_MS: &str = "300";
@@ -400,8 +404,10 @@ async fn raw_call(addr: SocketAddr, path: &str, headers: &[(&'static str, String
     let Ok((response, mut send)) = client.send_request(head.body(()).unwrap(), body.is_empty()) else {
         return Outcome::Closed;
     };
-    if !body.is_empty() && send.send_data(bytes::Bytes::copy_from_slice(body), true).is_err() {
-        return Outcome::Closed;
+    // The server may answer (and close the stream) before the body is out: what counts is
+    // the answer, so a refused send is not itself an outcome.
+    if !body.is_empty() {
+        let _ = send.send_data(bytes::Bytes::copy_from_slice(body), true);
     }
     let Ok(response) = response.await else { return Outcome::Closed };
     let read = |map: &http::HeaderMap| {
@@ -529,16 +535,21 @@ async fn a_hostile_corpus_gets_documented_answers_while_a_good_client_sees_no_er
             *tally.entry(key).or_default() += 1;
             peak = peak.max(daemon.rss_mib());
         }
-        // Freed memory goes back to the system as the allocator next runs on each thread: the
-        // reading is taken once ordinary traffic has run for a while (a count of calls).
-        let settled = good_calls.load(Ordering::Relaxed) + SETTLE_CALLS;
-        let calls = good_calls.clone();
-        eventually("the good client ran on", || {
-            let calls = calls.clone();
-            async move { calls.load(Ordering::Relaxed) >= settled }
-        })
-        .await;
-        after_pass.push(daemon.rss_mib());
+        // Freed memory goes back to the system as the allocator next runs on each thread, and
+        // a reading also catches whatever a call in progress holds: the pass's figure is the
+        // lowest of readings taken while ordinary traffic runs on (counted in calls).
+        let mut lowest = f64::MAX;
+        for _ in 0..SETTLE_READINGS {
+            let next = good_calls.load(Ordering::Relaxed) + SETTLE_CALLS;
+            let calls = good_calls.clone();
+            eventually("the good client ran on", || {
+                let calls = calls.clone();
+                async move { calls.load(Ordering::Relaxed) >= next }
+            })
+            .await;
+            lowest = lowest.min(daemon.rss_mib());
+        }
+        after_pass.push(lowest);
     }
     stop.store(true, Ordering::Relaxed);
     let first_error = good.await.unwrap();
@@ -557,10 +568,11 @@ async fn a_hostile_corpus_gets_documented_answers_while_a_good_client_sees_no_er
     assert!(good_calls.load(Ordering::Relaxed) > 0, "the good client ran");
     let last = after_pass[PASSES - 1];
     assert!(last - baseline <= 32.0, "RSS ended {:.1} MiB over the baseline", last - baseline);
+    let first_measured = after_pass[1];
     assert!(
-        last <= after_pass[0] + RSS_NOISE_MIB,
+        last <= first_measured + RSS_NOISE_MIB,
         "memory grows pass after pass: {after_pass:.1?} MiB (a leak of about {:.0} KiB per case)",
-        (last - after_pass[0]) * 1024.0 / ((PASSES - 1) * corpus.len()) as f64
+        (last - first_measured) * 1024.0 / ((PASSES - 2) * corpus.len()) as f64
     );
     // The daemon still answers: readiness and a good request.
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
