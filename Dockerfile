@@ -52,10 +52,12 @@ ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so.1.31.1 \
     MODELD_MODEL_ROOT=/models \
     MODELD_GRPC_ADDR=0.0.0.0:50051 \
     MODELD_ADMIN_ADDR=0.0.0.0:9090 \
+    MODELD_HTTP_ADDR=0.0.0.0:8080 \
     MODELD_LOG_FORMAT=json
 
-# gRPC (Predict, BatchPredict, grpc.health.v1, reflection) and admin HTTP (/healthz /readyz /metrics).
-EXPOSE 50051 9090
+# gRPC (Predict, BatchPredict, grpc.health.v1, reflection), HTTP/JSON (/v1/tasks/{task}/predict,
+# /v1/models/{task}:predict) and admin HTTP (/healthz /readyz /metrics).
+EXPOSE 50051 8080 9090
 # A numeric non-root user: runAsNonRoot can verify it without an /etc/passwd entry. modeld
 # writes nothing to disk, so a read-only root filesystem works.
 USER 65532:65532

@@ -5,10 +5,12 @@
 //! a C load generator whose own cost is the same for every call: Predict, then grpc.health.v1
 //! Check (the transport-only baseline: same server, same stack, no model work), each with 1, 8
 //! and 32 connections of one stream each. It prints req/s and latency percentiles for both and
-//! Predict's share of Check's rate.
+//! Predict's share of Check's rate. The same row as JSON through the HTTP face
+//! (`POST /v1/tasks/credit_risk/predict`, HTTP/1.1 keep-alive, `h2load --h1`) runs beside them,
+//! with its share of Predict's rate.
 //!
-//! h2load counts any HTTP 200 as a success, so every Predict answer is also counted through the
-//! daemon's own `modeld_requests_total{code="OK"}`: a run where they differ fails.
+//! h2load counts any HTTP 200 as a success, so every Predict and JSON answer is also counted
+//! through the daemon's own `modeld_requests_total{code="OK"}`: a run where they differ fails.
 //!
 //! Bounded: HOT_PATH_SECONDS per measurement (default 5) after a 1 s warm-up.
 
@@ -47,6 +49,9 @@ fn main() {
     let check = grpc_frame(&tonic_health::pb::HealthCheckRequest { service: String::new() }.encode_to_vec());
     std::fs::write(work.path().join("predict.bin"), predict).unwrap();
     std::fs::write(work.path().join("check.bin"), check).unwrap();
+    let json = serde_json::json!({ "rows": [common::json_row(&common::golden("v2")[0].row)] });
+    std::fs::write(work.path().join("predict.json"), json.to_string()).unwrap();
+    let json_url = format!("http://{}/v1/tasks/{}/predict", daemon.http.expect("the HTTP face is on"), common::TASK);
     let base = format!("http://{}", daemon.grpc);
     let predict_url = format!("{base}/modeld.v1.Inference/Predict");
     let check_url = format!("{base}/grpc.health.v1.Health/Check");
@@ -55,23 +60,34 @@ fn main() {
     println!("{:<10} {:>5}  {:>10}  {:>9}  {:>9}", "call", "conns", "req/s", "p50 ms", "p99 ms");
     let mut rows = Vec::new();
     for conns in CONNECTIONS {
-        let (ok_before, failed_before) = predict_counts(&rt, admin);
-        let p = h2load(&predict_url, &work.path().join("predict.bin"), conns, seconds, work.path());
-        let (ok_after, failed_after) = predict_counts(&rt, admin);
-        assert_eq!(failed_after, failed_before, "Predict calls answered with an error status");
-        assert!(ok_after - ok_before >= p.done as f64, "h2load counted {} answers, the daemon fewer", p.done);
+        let counted = |method: &str, run: &dyn Fn() -> Figures| {
+            let (ok_before, failed_before) = predict_counts(&rt, admin, method);
+            let f = run();
+            let (ok_after, failed_after) = predict_counts(&rt, admin, method);
+            assert_eq!(failed_after, failed_before, "{method} calls answered with an error status");
+            assert!(ok_after - ok_before >= f.done as f64, "h2load counted {} answers, the daemon fewer", f.done);
+            f
+        };
+        let p =
+            counted("Predict", &|| h2load(&predict_url, &work.path().join("predict.bin"), conns, seconds, work.path()));
+        let j = counted("POST /v1/tasks/{task}/predict", &|| {
+            let protocol = ["--h1", "-H", "content-type: application/json"];
+            h2load_with(&json_url, &work.path().join("predict.json"), conns, seconds, work.path(), &protocol)
+        });
         let c = h2load(&check_url, &work.path().join("check.bin"), conns, seconds, work.path());
-        for (name, f) in [("Predict", &p), ("Check", &c)] {
+        for (name, f) in [("Predict", &p), ("JSON", &j), ("Check", &c)] {
             println!("{name:<10} {conns:>5}  {:>10.0}  {:>9.3}  {:>9.3}", f.rps, f.p50_ms, f.p99_ms);
         }
-        rows.push((conns, p, c));
+        rows.push((conns, p, j, c));
     }
     println!();
-    for (conns, p, c) in &rows {
+    for (conns, p, j, c) in &rows {
         println!(
-            "{conns:>2} connections: Predict = {:.0}% of Check's req/s; p50 {:+.1} µs over Check",
+            "{conns:>2} connections: Predict = {:.0}% of Check's req/s; p50 {:+.1} µs over Check; \
+             JSON = {:.0}% of Predict's req/s",
             100.0 * p.rps / c.rps,
-            (p.p50_ms - c.p50_ms) * 1e3
+            (p.p50_ms - c.p50_ms) * 1e3,
+            100.0 * j.rps / p.rps
         );
     }
 }
@@ -84,11 +100,12 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Predict calls the daemon answered so far: OK, and with any other status.
-fn predict_counts(rt: &tokio::runtime::Runtime, admin: std::net::SocketAddr) -> (f64, f64) {
+/// Calls of `method` the daemon answered so far: OK, and with any other status.
+fn predict_counts(rt: &tokio::runtime::Runtime, admin: std::net::SocketAddr, method: &str) -> (f64, f64) {
     let text = rt.block_on(common::http_get(admin, "/metrics")).1;
     let (mut ok, mut failed) = (0.0, 0.0);
-    for line in text.lines().filter(|l| l.starts_with("modeld_requests_total{") && l.contains("method=\"Predict\"")) {
+    let label = format!("method=\"{method}\"");
+    for line in text.lines().filter(|l| l.starts_with("modeld_requests_total{") && l.contains(&label)) {
         let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
         if line.contains("code=\"OK\"") {
             ok += value;
@@ -102,13 +119,18 @@ fn predict_counts(rt: &tokio::runtime::Runtime, admin: std::net::SocketAddr) -> 
 /// Runs h2load for 1 s of warm-up plus `seconds`, one stream per connection, and reads its
 /// per-request log for the percentiles.
 fn h2load(url: &str, body: &Path, conns: usize, seconds: u64, work: &Path) -> Figures {
+    h2load_with(url, body, conns, seconds, work, &["-H", "content-type: application/grpc", "-H", "te: trailers"])
+}
+
+/// [`h2load`] with other protocol arguments (headers, `--h1`).
+fn h2load_with(url: &str, body: &Path, conns: usize, seconds: u64, work: &Path, protocol: &[&str]) -> Figures {
     let log = work.join("requests.tsv");
     let _ = std::fs::remove_file(&log);
     let out = Command::new("h2load")
         .args(["-t", "1", "-m", "1", "-c", &conns.to_string()])
         .args(["--warm-up-time", "1", "-D", &seconds.to_string()])
         .arg(format!("--data={}", body.display()))
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(protocol)
         .arg(format!("--log-file={}", log.display()))
         .arg(url)
         .output()

@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 
 docker run -d --name "$name" --read-only --cap-drop ALL --security-opt no-new-privileges \
-  -p 127.0.0.1:50051:50051 -p 127.0.0.1:9090:9090 "$image" >/dev/null
+  -p 127.0.0.1:50051:50051 -p 127.0.0.1:8080:8080 -p 127.0.0.1:9090:9090 "$image" >/dev/null
 
 ready=
 for _ in $(seq 60); do
@@ -28,7 +28,11 @@ done
 docker run --rm --network host "$image" \
   verify --addr http://127.0.0.1:50051 --bundle /models/credit_risk/current --wait-secs 60
 
+# The HTTP/JSON face answers too.
+curl -fsS http://127.0.0.1:8080/v1/tasks | grep -q '"serving":true' \
+  || { echo "the HTTP/JSON face does not list a serving task" >&2; exit 1; }
+
 docker stop --time 30 "$name" >/dev/null
 code=$(docker inspect --format '{{.State.ExitCode}}' "$name")
 [[ $code == 0 ]] || { echo "modeld exited with $code on SIGTERM" >&2; exit 1; }
-echo "image $image: ready, golden rows verified, clean shutdown"
+echo "image $image: ready, golden rows verified, HTTP/JSON face up, clean shutdown"

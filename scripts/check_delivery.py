@@ -34,6 +34,7 @@ SCENARIOS = [
     ("credit_risk", ["values/credit_risk.yaml"]),
     ("credit_risk-canary", ["values/credit_risk.yaml", "values/credit_risk-canary.yaml"]),
     ("credit_risk-volume", ["values/credit_risk-volume.yaml"]),
+    ("credit_risk-grpc-only", ["values/credit_risk.yaml", "values/grpc-only.yaml"]),
 ]
 
 failures: list[str] = []
@@ -130,6 +131,16 @@ def check_consistency(scenario: str, docs: list[dict]) -> None:
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
         if modeld.get(probe, {}).get("grpc", {}).get("port") != grpc_port:
             problems.append(f"{probe} is not a gRPC probe on the gRPC port")
+
+    # The HTTP/JSON face: when on, modeld listens where the http containerPort and a Service say.
+    if env.get("MODELD_HTTP_ENABLED", {}).get("value") == "true":
+        http_port = int(env["MODELD_HTTP_ADDR"]["value"].rsplit(":", 1)[1])
+        if http_port != ports.get("http"):
+            problems.append("MODELD_HTTP_ADDR is not the http containerPort")
+        if services and not any("http" in {p["name"] for p in s["spec"]["ports"]} for s in services):
+            problems.append("no Service has the http port")
+    elif "http" in ports:
+        problems.append("an http containerPort while the HTTP/JSON face is off")
 
     # Shutdown: the kubelet must not kill a pod that is still draining.
     pre_stop = modeld["lifecycle"]["preStop"]["sleep"]["seconds"]

@@ -29,6 +29,7 @@ use crate::{
         admin, conn,
         grpc::InferenceService,
         health::Readiness,
+        http,
         layers::{self, CallTracker},
     },
     shutdown,
@@ -65,10 +66,11 @@ pub enum AppError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// The two bound listeners.
+/// The bound listeners: gRPC, admin, and HTTP/JSON unless it is turned off.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub admin: TcpListener,
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -76,12 +78,18 @@ impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
         let bind =
             |addr| async move { TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source }) };
-        Ok(Listeners { grpc: bind(config.grpc_addr).await?, admin: bind(config.admin_addr).await? })
+        let http = if config.http_enabled { Some(bind(config.http_addr).await?) } else { None };
+        Ok(Listeners { grpc: bind(config.grpc_addr).await?, admin: bind(config.admin_addr).await?, http })
     }
 
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
         Ok((self.grpc.local_addr()?, self.admin.local_addr()?))
+    }
+
+    /// The HTTP/JSON face's address, if it is on.
+    pub fn http_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.http.as_ref().map(TcpListener::local_addr).transpose()
     }
 }
 
@@ -93,6 +101,7 @@ pub struct App {
     readiness: Readiness,
     health_service: HealthServer<HealthService>,
     inference: InferenceService,
+    predictor: Predictor,
     bulk: BulkRuntime,
     hangups: Option<tokio::signal::unix::Signal>,
 }
@@ -141,14 +150,24 @@ impl App {
         let health_service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
         let readiness = Readiness::new(registry.clone(), reporter).await;
         let bulk = BulkRuntime::start(config.bulk_threads).map_err(AppError::Runtime)?;
-        let inference = InferenceService::new(predictor, registry.clone(), readiness.clone(), bulk.handle());
+        let inference = InferenceService::new(predictor.clone(), registry.clone(), readiness.clone(), bulk.handle());
         let hangups = shutdown::hangups();
-        Ok(App { config: config.clone(), metrics, registry, readiness, health_service, inference, bulk, hangups })
+        Ok(App {
+            config: config.clone(),
+            metrics,
+            registry,
+            readiness,
+            health_service,
+            inference,
+            predictor,
+            bulk,
+            hangups,
+        })
     }
 
     /// Serves until `shutdown` resolves, then drains within `shutdown_grace`.
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let App { config, metrics, registry, readiness, health_service, inference, bulk, hangups } = self;
+        let App { config, metrics, registry, readiness, health_service, inference, predictor, bulk, hangups } = self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
         let timing =
@@ -183,6 +202,22 @@ impl App {
                 .add_service(inference)
                 .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
         );
+        // The HTTP/JSON face stops taking connections with gRPC (step 2 below); its calls are
+        // in the same tracker, so the drain waits for them too.
+        let http = listeners.http.map(|listener| {
+            let limits = http::HttpLimits {
+                max_body_bytes: config.max_message_bytes,
+                max_inflight_calls: config.max_inflight_calls,
+                request_timeout: config.request_timeout,
+            };
+            let router =
+                http::router(predictor, registry.clone(), readiness.clone(), tracker.clone(), &metrics, limits);
+            tokio::spawn(
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(drain.clone().cancelled_owned())
+                    .into_future(),
+            )
+        });
         let admin_stop = CancellationToken::new();
         let admin = tokio::spawn(
             axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics, tracker.clone()))
@@ -197,6 +232,7 @@ impl App {
             result = &mut grpc => {
                 background.cancel();
                 admin_stop.cancel();
+                drain.cancel();
                 result??;
                 return Ok(());
             }
@@ -232,6 +268,9 @@ impl App {
         background.cancel();
         let rest = async {
             let _ = admin.await;
+            if let Some(http) = http {
+                let _ = http.await;
+            }
             let _ = reload_loop.await;
             let _ = health_sync.await;
             if let Some(hangup) = hangup {

@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// gRPC listen address. Use 0.0.0.0 in containers [default: 127.0.0.1:50051].
     #[arg(long, env = "MODELD_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+    /// HTTP/JSON listen address (/v1/tasks/{task}/predict, /v1/models/{task}:predict) [default: 127.0.0.1:8080].
+    #[arg(long, env = "MODELD_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Serve the HTTP/JSON face on `http_addr` [default: true].
+    #[arg(long, env = "MODELD_HTTP_ENABLED")]
+    pub http_enabled: Option<bool>,
     /// Admin HTTP listen address (/healthz /readyz /metrics /model/version) [default: 127.0.0.1:9090].
     #[arg(long, env = "MODELD_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
@@ -176,6 +182,8 @@ pub struct Config {
     pub model_root: PathBuf,
     pub tasks: Vec<String>,
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub http_enabled: bool,
     pub admin_addr: SocketAddr,
     pub inference_threads: usize,
     pub max_queued_runs: usize,
@@ -248,6 +256,8 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     let config = Config {
         tasks,
         grpc_addr: cli.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
+        http_addr: cli.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
+        http_enabled: cli.http_enabled.or(file.http_enabled).unwrap_or(true),
         admin_addr: cli.admin_addr.or(file.admin_addr).unwrap_or_else(|| ([127, 0, 0, 1], 9090).into()),
         inference_threads,
         max_queued_runs: cli.max_queued_runs.or(file.max_queued_runs).unwrap_or(1024),

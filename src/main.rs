@@ -62,7 +62,8 @@ fn serve(config: &Config) -> anyhow::Result<()> {
         let listeners = Listeners::bind(config).await?;
         let stop = shutdown::signal();
         let (grpc, admin) = listeners.local_addrs()?;
-        tracing::info!(%grpc, %admin, "listening");
+        let http = listeners.http_addr()?.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%grpc, %admin, %http, "listening");
         app.run(listeners, stop).await?;
         Ok(())
     })

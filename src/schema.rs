@@ -41,6 +41,8 @@ pub enum Value<'a> {
     Integer(i64),
     Text(&'a str),
     Bool(bool),
+    /// A value of a kind no field takes (a JSON array or object), named for the error.
+    Other(&'static str),
 }
 
 impl Value<'_> {
@@ -51,6 +53,7 @@ impl Value<'_> {
             Value::Integer(_) => "integer",
             Value::Text(_) => "text",
             Value::Bool(_) => "bool",
+            Value::Other(kind) => kind,
         }
     }
 }

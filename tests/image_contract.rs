@@ -152,7 +152,7 @@ fn dockerfile_runtime_contract_matches_the_binary() {
         );
     }
     // Listeners: reachable from outside the container, on the ports the image declares.
-    for key in ["MODELD_GRPC_ADDR", "MODELD_ADMIN_ADDR"] {
+    for key in ["MODELD_GRPC_ADDR", "MODELD_ADMIN_ADDR", "MODELD_HTTP_ADDR"] {
         let addr: SocketAddr = rt.env[key].parse().unwrap();
         assert!(addr.ip().is_unspecified(), "{key} must listen on all interfaces in a container");
         assert!(rt.expose.contains(&addr.port()), "{key} port {} is not EXPOSEd", addr.port());
@@ -170,6 +170,7 @@ fn dockerfile_runtime_contract_matches_the_binary() {
         .envs(rt.env.iter().map(|(k, v)| (k.clone(), in_root(root.path(), v))))
         .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
         .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MODELD_HTTP_ADDR", "127.0.0.1:0")
         .current_dir(in_root(root.path(), rt.workdir.as_deref().unwrap_or("/")));
     let mut daemon = Daemon::spawn(command);
 

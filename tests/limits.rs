@@ -18,7 +18,7 @@ fn good_request() -> pb::PredictRequest {
 
 async fn rejected(admin: SocketAddr, reason: &str) -> f64 {
     let text = http_get(admin, "/metrics").await.1;
-    metric_value(&text, "modeld_grpc_rejected_total", &[("reason", reason)]).unwrap_or(0.0)
+    metric_value(&text, "modeld_rejected_total", &[("reason", reason)]).unwrap_or(0.0)
 }
 
 /// Whether the server closes a connection that has sent nothing (within the test's bound).
@@ -56,6 +56,24 @@ async fn calls_over_max_inflight_calls_are_resource_exhausted_and_health_still_a
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("max_inflight_calls"), "{}", err.message());
     assert_eq!(rejected(server.admin, "calls_in_flight").await, 1.0);
+
+    // The HTTP/JSON face shares the limit: refused at once with 429 and a JSON error.
+    let http = server.http;
+    let json_call = tokio::task::spawn_blocking(move || {
+        let body = serde_json::json!({ "rows": [json_row(&golden("v2")[0].row)] }).to_string();
+        let url = format!("http://{http}/v1/tasks/{TASK}/predict");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", "--data-binary", &body, &url])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    let (body, status) = json_call.rsplit_once('\n').unwrap();
+    assert_eq!(status, "429", "{body}");
+    assert!(body.contains("\"RESOURCE_EXHAUSTED\"") && body.contains("max_inflight_calls"), "{body}");
+    assert_eq!(rejected(server.admin, "calls_in_flight").await, 2.0);
 
     // Probes are never turned away for load.
     let mut health = HealthClient::new(server.channel().await);

@@ -135,6 +135,7 @@ fn signals_right_after_listening_are_handled_and_piped_text_logs_are_plain() {
         .env("MODELD_TASKS", TASK)
         .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
         .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MODELD_HTTP_ADDR", "127.0.0.1:0")
         .env("MODELD_CONFIG", "/dev/null")
         .env("MODELD_LOG_FORMAT", "text")
         .stderr(std::process::Stdio::piped())

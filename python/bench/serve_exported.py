@@ -207,6 +207,7 @@ def main():
         "MODELD_MODEL_ROOT": str(root),
         "MODELD_GRPC_ADDR": "127.0.0.1:0",
         "MODELD_ADMIN_ADDR": "127.0.0.1:0",
+        "MODELD_HTTP_ADDR": "127.0.0.1:0",
         "MODELD_CONFIG": "/dev/null",
         "MODELD_LOG_FORMAT": "json",
         "MODELD_ORT_LIBRARY": str(REPO / ".ort/libonnxruntime.so.1.31.1"),

@@ -84,6 +84,7 @@ class Daemon:
             "MODELD_MODEL_ROOT": str(root),
             "MODELD_GRPC_ADDR": "127.0.0.1:0",
             "MODELD_ADMIN_ADDR": "127.0.0.1:0",
+            "MODELD_HTTP_ADDR": "127.0.0.1:0",
             "MODELD_CONFIG": "/dev/null",
             "MODELD_LOG_FORMAT": "json",
             **(settings or {}),
@@ -98,6 +99,7 @@ class Daemon:
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._drain, daemon=True).start()
         self.grpc = None
+        self.http = None
         while self.grpc is None:
             try:
                 line = self.lines.get(timeout=60)
@@ -112,6 +114,7 @@ class Daemon:
                 continue
             if entry.get("message") == "listening":
                 self.grpc = entry["grpc"]
+                self.http = entry.get("http") or None
 
     def wait_serving(self, pb, tasks, timeout=120.0, loaded=()):
         """Waits until every task has a live version and the versions in `loaded` are loaded

@@ -18,18 +18,27 @@ pub struct Limits {
 /// The operation a call performs, as metrics name it (`method` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// gRPC `Predict`.
     Predict,
+    /// gRPC `BatchPredict`.
     BatchPredict,
+    /// HTTP/JSON `POST /v1/tasks/{task}/predict`.
+    JsonPredict,
+    /// HTTP/JSON, KServe V1 style: `POST /v1/models/{task}:predict`.
+    KserveV1Predict,
 }
 
 impl Method {
-    pub(super) const ALL: [Method; 2] = [Method::Predict, Method::BatchPredict];
+    pub(super) const ALL: [Method; 4] =
+        [Method::Predict, Method::BatchPredict, Method::JsonPredict, Method::KserveV1Predict];
 
-    /// The `method` label value: the RPC's name.
+    /// The `method` label value: the RPC's name, or the HTTP route.
     pub const fn name(self) -> &'static str {
         match self {
             Method::Predict => "Predict",
             Method::BatchPredict => "BatchPredict",
+            Method::JsonPredict => "POST /v1/tasks/{task}/predict",
+            Method::KserveV1Predict => "POST /v1/models/{task}:predict",
         }
     }
 }

@@ -51,8 +51,8 @@ impl Incoming {
             listener,
             slots: Arc::new(Semaphore::new(max_connections)),
             handshake,
-            over_limit: metrics.grpc_rejected.with_label_values(&["connections"]),
-            handshake_timeouts: metrics.grpc_rejected.with_label_values(&["handshake_timeout"]),
+            over_limit: metrics.rejected.with_label_values(&["connections"]),
+            handshake_timeouts: metrics.rejected.with_label_values(&["handshake_timeout"]),
             metrics: metrics.clone(),
             backoff: None,
         }

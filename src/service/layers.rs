@@ -50,7 +50,7 @@ pub fn grpc_server(
         .layer(TrackLayer {
             tracker: tracker.clone(),
             limit: config.max_inflight_calls,
-            rejected: metrics.grpc_rejected.with_label_values(&["calls_in_flight"]),
+            rejected: metrics.rejected.with_label_values(&["calls_in_flight"]),
         })
         // Deadline: a call may not outlive `request_timeout_ms`; a caller's shorter grpc-timeout
         // wins. Past it the answer is DEADLINE_EXCEEDED (tonic's own timeout says CANCELLED).
@@ -94,9 +94,17 @@ impl CallTracker {
         let before = self.inner.open.fetch_add(1, Ordering::AcqRel);
         (CallGuard(self.clone()), before)
     }
+
+    /// Counts a call in if fewer than `limit` are open: the admission of every face. The call
+    /// stays counted (and the drain waits for it) until the guard is dropped.
+    pub fn admit(&self, limit: usize) -> Option<CallGuard> {
+        let (guard, before) = self.enter();
+        (before < limit).then_some(guard)
+    }
 }
 
-struct CallGuard(CallTracker);
+/// One counted call; dropping it counts the call out.
+pub struct CallGuard(CallTracker);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {

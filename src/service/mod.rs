@@ -1,4 +1,5 @@
-//! The faces of modeld: the gRPC inference API with health and reflection, and admin HTTP.
+//! The faces of modeld: the gRPC inference API with health and reflection, HTTP/JSON, and admin
+//! HTTP.
 //! Only this layer speaks a wire protocol: it converts at the edge, calls the core
 //! ([`crate::predict`]), and maps the core's errors through [`status`].
 
@@ -6,5 +7,6 @@ pub mod admin;
 pub mod conn;
 pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod layers;
 pub mod status;

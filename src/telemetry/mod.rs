@@ -60,10 +60,10 @@ pub struct Metrics {
     pub calls_open: IntGauge,
     /// gRPC connections open now.
     pub connections_open: IntGauge,
-    /// Work the gRPC listener turned away, by reason: `calls_in_flight` (over
-    /// `max_inflight_calls`), `connections` (over `max_connections`), `handshake_timeout` (no
+    /// Work turned away at the door, by reason: `calls_in_flight` (over `max_inflight_calls`,
+    /// either face), `connections` (gRPC, over `max_connections`), `handshake_timeout` (gRPC, no
     /// HTTP/2 preface within `handshake_timeout_ms`).
-    pub grpc_rejected: IntCounterVec,
+    pub rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -148,13 +148,16 @@ impl Metrics {
         .expect("static metric definition is valid");
         let connections_open = IntGauge::new("modeld_grpc_connections_open", "gRPC connections open now.")
             .expect("static metric definition is valid");
-        let grpc_rejected = IntCounterVec::new(
-            Opts::new("modeld_grpc_rejected_total", "Calls and connections the gRPC listener turned away, by reason."),
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "modeld_rejected_total",
+                "Calls (either face) and gRPC connections turned away at the door, by reason.",
+            ),
             &["reason"],
         )
         .expect("static metric definition is valid");
         for reason in ["calls_in_flight", "connections", "handshake_timeout"] {
-            grpc_rejected.with_label_values(&[reason]);
+            rejected.with_label_values(&[reason]);
         }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -173,7 +176,7 @@ impl Metrics {
             Box::new(stream_seconds.clone()),
             Box::new(calls_open.clone()),
             Box::new(connections_open.clone()),
-            Box::new(grpc_rejected.clone()),
+            Box::new(rejected.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
@@ -195,7 +198,7 @@ impl Metrics {
             stream_seconds,
             calls_open,
             connections_open,
-            grpc_rejected,
+            rejected,
         }
     }
 

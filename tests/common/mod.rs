@@ -17,6 +17,7 @@ use modeld::{
     config::Config,
     pb::{self, inference_client::InferenceClient},
     preprocess::OwnedRow,
+    schema::OwnedValue,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -77,6 +78,8 @@ pub fn test_config(root: &Path) -> Config {
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTP/JSON face.
+    pub http: SocketAddr,
     stop_tx: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), AppError>>>,
 }
@@ -86,8 +89,10 @@ impl TestServer {
         let listeners = Listeners {
             grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
         };
         let (grpc, admin) = listeners.local_addrs().unwrap();
+        let http = listeners.http_addr().unwrap().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel();
         let handle = tokio::spawn(async move {
             app::serve(&config, listeners, async {
@@ -95,7 +100,7 @@ impl TestServer {
             })
             .await
         });
-        TestServer { grpc, admin, stop_tx: Some(stop_tx), handle: Some(handle) }
+        TestServer { grpc, admin, http, stop_tx: Some(stop_tx), handle: Some(handle) }
     }
 
     /// Starts a server and waits until it reports ready.
@@ -135,6 +140,8 @@ pub struct Daemon {
     pub child: std::process::Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTP/JSON face, unless it is turned off.
+    pub http: Option<SocketAddr>,
     /// The log lines after "listening", until taken.
     pub log: Option<std::io::Lines<BufReader<std::process::ChildStderr>>>,
 }
@@ -150,6 +157,7 @@ impl Daemon {
             .env("MODELD_TASKS", TASK)
             .env("MODELD_GRPC_ADDR", "127.0.0.1:0")
             .env("MODELD_ADMIN_ADDR", "127.0.0.1:0")
+            .env("MODELD_HTTP_ADDR", "127.0.0.1:0")
             .env("MODELD_CONFIG", "/dev/null")
             .env("MODELD_LOG_FORMAT", "json")
             .envs(env.iter().copied());
@@ -161,16 +169,16 @@ impl Daemon {
     pub fn spawn(mut command: std::process::Command) -> Daemon {
         let mut child = command.stderr(std::process::Stdio::piped()).spawn().expect("start modeld");
         let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (grpc, admin) = loop {
+        let (grpc, admin, http) = loop {
             let line = log.next().expect("daemon exited before listening").unwrap();
             let entry: serde_json::Value =
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
             if entry["message"] == "listening" {
-                let addr = |k: &str| entry[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                break (addr("grpc"), addr("admin"));
+                let addr = |k: &str| entry[k].as_str().unwrap().parse::<SocketAddr>().ok();
+                break (addr("grpc").unwrap(), addr("admin").unwrap(), addr("http"));
             }
         };
-        Daemon { child, grpc, admin, log: Some(log) }
+        Daemon { child, grpc, admin, http, log: Some(log) }
     }
 
     /// Reads the rest of the log on a thread, so the daemon never blocks on a full pipe; the
@@ -271,6 +279,20 @@ pub fn all_golden(version: &str) -> Vec<GoldenRow> {
 /// A golden (or any owned) row in wire form.
 pub fn to_pb(row: &OwnedRow) -> pb::Row {
     row.into()
+}
+
+/// A golden (or any owned) row as the HTTP/JSON face takes it: feature name to plain value.
+pub fn json_row(row: &OwnedRow) -> serde_json::Value {
+    let features = row.features.iter().map(|(name, value)| {
+        let value = match value {
+            OwnedValue::Bool(b) => serde_json::json!(b),
+            OwnedValue::Integer(i) => serde_json::json!(i),
+            OwnedValue::Number(x) => serde_json::json!(x),
+            OwnedValue::Text(s) => serde_json::json!(s),
+        };
+        (name.clone(), value)
+    });
+    serde_json::Value::Object(features.collect())
 }
 
 pub fn predict_request(rows: Vec<pb::Row>) -> pb::PredictRequest {

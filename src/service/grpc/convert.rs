@@ -17,8 +17,8 @@ pub fn call_context<T>(method: Method, request: &Request<T>) -> CallContext {
     let mut ctx = CallContext::new(method).with_peer(request.remote_addr());
     if let Some(d) = request.extensions().get::<CallDeadline>() {
         ctx.deadline = match method {
-            Method::Predict => Some(d.answer_by),
             Method::BatchPredict => d.caller,
+            _ => Some(d.answer_by),
         };
     }
     ctx

@@ -4,7 +4,7 @@
 //! through [`super::status`]. The BatchPredict transport loop lives in [`stream`], wire <->
 //! domain conversions in `convert`.
 
-mod convert;
+pub mod convert;
 pub mod stream;
 
 use std::pin::Pin;

@@ -1,0 +1,497 @@
+//! The HTTP/JSON face, on its own port: conversion only. Rows come in as JSON objects, go to the
+//! same core as gRPC Predict, and leave as JSON; the core's errors leave through [`status`],
+//! this protocol's table.
+//!
+//! - `POST /v1/tasks/{task}/predict`: `{"rows": [{feature: value}], "row_ids", "request_id",
+//!   "version", "compare_versions"}`, answered like gRPC Predict.
+//! - `POST /v1/models/{task}:predict`: KServe V1 / TF-Serving style, `{"instances": [...]}` in,
+//!   `{"predictions": [...]}` out.
+//! - `GET /v1/tasks`, `GET /v1/tasks/{task}`: what is served, and a task's schema.
+//! - `GET /openapi.json`: the OpenAPI 3.1 document of all of the above.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
+use tower_http::{compression::CompressionLayer, decompression::RequestDecompressionLayer};
+
+use super::{grpc::convert::field_info, health::Readiness, layers::CallTracker};
+use crate::{
+    bundle::Kind,
+    pb,
+    predict::{CallContext, ErrorKind, Method, PredictError, Prediction, Predictor, Request as Call},
+    preprocess::RowView,
+    registry::Registry,
+    schema::Value,
+    telemetry::Metrics,
+};
+
+/// The OpenAPI document served at `/openapi.json`.
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// Limits of the HTTP face, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body, after decompression (`max_message_bytes`): past it, 413.
+    pub max_body_bytes: usize,
+    /// Calls admitted at once across both faces (`max_inflight_calls`): past it, 429.
+    pub max_inflight_calls: usize,
+    /// Time a call has until it is answered (`request_timeout_ms`): past it, 504.
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Face {
+    predictor: Predictor,
+    registry: Registry,
+    readiness: Readiness,
+    calls: CallTracker,
+    limits: HttpLimits,
+    rejected: prometheus::IntCounter,
+}
+
+/// The HTTP/JSON router. `calls` is shared with the gRPC face: one admission limit for both,
+/// and the drain waits for calls from either.
+pub fn router(
+    predictor: Predictor,
+    registry: Registry,
+    readiness: Readiness,
+    calls: CallTracker,
+    metrics: &Metrics,
+    limits: HttpLimits,
+) -> Router {
+    let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
+    Router::new()
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{task}", get(describe_task))
+        .route("/v1/tasks/{task}/predict", post(predict))
+        // axum cannot match a parameter followed by `:predict`: the whole segment is taken and
+        // split in the handler.
+        .route("/v1/models/{model}", post(kserve_predict))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route (see /openapi.json)".into()) })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(RequestDecompressionLayer::new())
+        .layer(CompressionLayer::new())
+        .with_state(Face { predictor, registry, readiness, calls, limits, rejected })
+}
+
+/// The HTTP status of a kind of failure: this protocol's row of the one error table.
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        // The caller went away; nobody reads this answer.
+        ErrorKind::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        ErrorKind::Internal | ErrorKind::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The JSON body of every error: the gRPC code name, the message, and for a bad row its index
+/// and field.
+#[derive(Serialize)]
+struct ErrorBody {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+fn error(status: StatusCode, code: &'static str, message: String) -> Response {
+    (status, Json(ErrorBody { code, message, row: None, field: None })).into_response()
+}
+
+fn core_error(e: PredictError) -> Response {
+    let (row, field) = match &e {
+        PredictError::BadRow(r) => (Some(r.row_index), Some(r.field.clone())),
+        _ => (None, None),
+    };
+    let kind = e.kind();
+    (status(kind), Json(ErrorBody { code: kind.name(), message: e.to_string(), row, field })).into_response()
+}
+
+/// A body that could not be read: over the size limit (413) or not valid gzip (400).
+fn body_error(rejection: BytesRejection, limit: usize) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let message = format!("body: over the limit of {limit} bytes (max_message_bytes)");
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "RESOURCE_EXHAUSTED", message);
+    }
+    error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {}", rejection.body_text()))
+}
+
+/// `POST /v1/tasks/{task}/predict`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictBody {
+    rows: Vec<JsonRow>,
+    /// One id per row, echoed in its prediction and named in errors.
+    #[serde(default)]
+    row_ids: Vec<String>,
+    #[serde(default)]
+    request_id: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    compare_versions: Vec<String>,
+}
+
+/// `POST /v1/models/{task}:predict`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KserveBody {
+    instances: Vec<JsonRow>,
+}
+
+#[derive(Serialize)]
+struct PredictAnswer<'a> {
+    task: &'a str,
+    version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_id: &'a str,
+    class_names: &'a [String],
+    predictions: Vec<JsonPrediction<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    comparisons: Vec<JsonComparison<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonComparison<'a> {
+    version: &'a str,
+    predictions: Vec<JsonPrediction<'a>>,
+}
+
+#[derive(Serialize)]
+struct KserveAnswer<'a> {
+    predictions: Vec<JsonPrediction<'a>>,
+}
+
+/// One row's answer: label and probabilities for a classifier, values for a regressor.
+#[derive(Serialize)]
+struct JsonPrediction<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    row_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    probabilities: Vec<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    values: Vec<f64>,
+}
+
+fn to_json<'a>(p: Prediction, row: &'a JsonRow, classes: &'a [String]) -> JsonPrediction<'a> {
+    JsonPrediction {
+        row_id: &row.row_id,
+        label: p.class.map(|c| classes[c].as_str()),
+        probabilities: p.probabilities,
+        values: p.values,
+    }
+}
+
+async fn predict(
+    State(face): State<Face>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(task): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return body_error(r, face.limits.max_body_bytes),
+    };
+    let mut request: PredictBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {e}")),
+    };
+    if !request.row_ids.is_empty() {
+        if request.row_ids.len() != request.rows.len() {
+            let message = format!(
+                "row_ids: {} ids for {} rows (give one per row, or none)",
+                request.row_ids.len(),
+                request.rows.len()
+            );
+            return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message);
+        }
+        for (row, id) in request.rows.iter_mut().zip(std::mem::take(&mut request.row_ids)) {
+            row.row_id = id;
+        }
+    }
+    let call = Call {
+        task: &task,
+        rows: &request.rows,
+        request_id: &request.request_id,
+        version: request.version.as_deref(),
+        compare_versions: &request.compare_versions,
+    };
+    let answer = match face.score(Method::JsonPredict, peer, call).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let classes = answer.bundle.class_labels();
+    let comparisons = answer
+        .comparisons
+        .iter()
+        .map(|c| JsonComparison {
+            version: &c.bundle.version,
+            predictions: c
+                .predictions
+                .iter()
+                .zip(&request.rows)
+                .map(|(p, row)| to_json(p.clone(), row, c.bundle.class_labels()))
+                .collect(),
+        })
+        .collect();
+    let predictions =
+        answer.predictions.into_iter().zip(&request.rows).map(|(p, row)| to_json(p, row, classes)).collect();
+    Json(PredictAnswer {
+        task: &task,
+        version: &answer.bundle.version,
+        request_id: &request.request_id,
+        class_names: classes,
+        predictions,
+        comparisons,
+    })
+    .into_response()
+}
+
+async fn kserve_predict(
+    State(face): State<Face>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(model): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(task) = model.strip_suffix(":predict") else {
+        let message = format!("no such route: /v1/models/{model} (the verb is `:predict`)");
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", message);
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return body_error(r, face.limits.max_body_bytes),
+    };
+    let request: KserveBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {e}")),
+    };
+    let call = Call { task, rows: &request.instances, request_id: "", version: None, compare_versions: &[] };
+    let answer = match face.score(Method::KserveV1Predict, peer, call).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let classes = answer.bundle.class_labels();
+    let predictions =
+        answer.predictions.into_iter().zip(&request.instances).map(|(p, row)| to_json(p, row, classes)).collect();
+    Json(KserveAnswer { predictions }).into_response()
+}
+
+impl Face {
+    /// Admits the call, scores it in the core, and maps a failure to its response.
+    async fn score(
+        &self,
+        method: Method,
+        peer: SocketAddr,
+        call: Call<'_, JsonRow>,
+    ) -> Result<crate::predict::Answer, Response> {
+        let Some(_admitted) = self.calls.admit(self.limits.max_inflight_calls) else {
+            self.rejected.inc();
+            let message = format!(
+                "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
+                self.limits.max_inflight_calls
+            );
+            return Err(error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message));
+        };
+        let mut ctx = CallContext::new(method).with_peer(Some(peer));
+        ctx.deadline = Some(ctx.started + self.limits.request_timeout);
+        self.predictor.predict(&ctx, call).await.map_err(core_error)
+    }
+}
+
+#[derive(Serialize)]
+struct TaskSummary {
+    task: String,
+    serving: bool,
+    version: Option<String>,
+    loaded_versions: Vec<String>,
+    last_error: Option<String>,
+}
+
+/// `GET /v1/tasks`.
+async fn list_tasks(State(face): State<Face>) -> Response {
+    let draining = face.readiness.is_draining();
+    let tasks: Vec<TaskSummary> = face
+        .registry
+        .reports()
+        .into_iter()
+        .map(|r| TaskSummary {
+            serving: r.live.is_some() && !draining,
+            version: r.live.as_ref().map(|b| b.version.clone()),
+            loaded_versions: r.loaded_versions(),
+            last_error: r.last_error.as_ref().map(|e| e.to_string()),
+            task: r.task,
+        })
+        .collect();
+    Json(serde_json::json!({ "tasks": tasks })).into_response()
+}
+
+/// `GET /v1/tasks/{task}`: the live version and its schema, as GetVersion gives them.
+async fn describe_task(State(face): State<Face>, Path(task): Path<String>) -> Response {
+    let bundle = match face.registry.get(&task) {
+        Ok(b) => b,
+        Err(e) => return core_error(PredictError::from(e)),
+    };
+    let report = face.registry.report(&task);
+    let fields: Vec<serde_json::Value> = bundle.schema.fields().iter().map(|f| field_json(field_info(f))).collect();
+    Json(serde_json::json!({
+        "task": task,
+        "version": bundle.version,
+        "kind": match bundle.config.kind { Kind::Classifier => "classifier", Kind::Regressor => "regressor" },
+        "model_type": bundle.config.model_type,
+        "class_names": bundle.class_labels(),
+        "manifest_sha256": bundle.manifest_sha256,
+        "loaded_versions": report.map(|r| r.loaded_versions()).unwrap_or_default(),
+        "fields": fields,
+    }))
+    .into_response()
+}
+
+/// A schema field as JSON, from the one description both faces give.
+fn field_json(f: pb::FieldInfo) -> serde_json::Value {
+    let default = f.default.and_then(|v| v.kind).map(|k| match k {
+        pb::value::Kind::Number(x) => serde_json::json!(x),
+        pb::value::Kind::Integer(i) => serde_json::json!(i),
+        pb::value::Kind::Text(s) => serde_json::json!(s),
+        pb::value::Kind::Flag(b) => serde_json::json!(b),
+    });
+    let mut out = serde_json::json!({ "name": f.name, "type": f.r#type, "required": f.required });
+    let map = out.as_object_mut().expect("built as an object");
+    if let Some(d) = default {
+        map.insert("default".into(), d);
+    }
+    if let Some(min) = f.min {
+        map.insert("min".into(), serde_json::json!(min));
+    }
+    if let Some(max) = f.max {
+        map.insert("max".into(), serde_json::json!(max));
+    }
+    if !f.categories.is_empty() {
+        map.insert("categories".into(), serde_json::json!(f.categories));
+        map.insert("unknown".into(), serde_json::json!(f.unknown));
+    }
+    out
+}
+
+/// One row of named features as JSON gives it, kept in the order sent.
+#[derive(Debug, Default)]
+pub struct JsonRow {
+    row_id: String,
+    features: Vec<(String, JsonValue)>,
+}
+
+/// A JSON feature value: scalars as they are; arrays and objects only to be refused by name.
+#[derive(Debug)]
+enum JsonValue {
+    Null,
+    Bool(bool),
+    Integer(i64),
+    Number(f64),
+    Text(String),
+    Other(&'static str),
+}
+
+impl RowView for JsonRow {
+    fn row_id(&self) -> &str {
+        &self.row_id
+    }
+
+    fn features(&self) -> impl Iterator<Item = (&str, Option<Value<'_>>)> {
+        self.features.iter().map(|(name, value)| {
+            let value = match value {
+                JsonValue::Null => None,
+                JsonValue::Bool(b) => Some(Value::Bool(*b)),
+                JsonValue::Integer(i) => Some(Value::Integer(*i)),
+                JsonValue::Number(x) => Some(Value::Number(*x)),
+                JsonValue::Text(s) => Some(Value::Text(s)),
+                JsonValue::Other(kind) => Some(Value::Other(kind)),
+            };
+            (name.as_str(), value)
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonRow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JsonRow, D::Error> {
+        struct RowVisitor;
+        impl<'de> Visitor<'de> for RowVisitor {
+            type Value = JsonRow;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a row: an object of feature names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRow, A::Error> {
+                let mut features = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(entry) = map.next_entry::<String, JsonValue>()? {
+                    features.push(entry);
+                }
+                Ok(JsonRow { row_id: String::new(), features })
+            }
+        }
+        deserializer.deserialize_map(RowVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JsonValue, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = JsonValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a feature value")
+            }
+            fn visit_unit<E>(self) -> Result<JsonValue, E> {
+                Ok(JsonValue::Null)
+            }
+            fn visit_none<E>(self) -> Result<JsonValue, E> {
+                Ok(JsonValue::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<JsonValue, E> {
+                Ok(JsonValue::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<JsonValue, E> {
+                Ok(JsonValue::Integer(i))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<JsonValue, E> {
+                // Past i64, an integer is kept as the number it is; a range check names it.
+                Ok(i64::try_from(u).map_or(JsonValue::Number(u as f64), JsonValue::Integer))
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<JsonValue, E> {
+                Ok(JsonValue::Number(x))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<JsonValue, E> {
+                Ok(JsonValue::Text(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<JsonValue, E> {
+                Ok(JsonValue::Text(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonValue, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(JsonValue::Other("array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonValue, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(JsonValue::Other("object"))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
