@@ -5,7 +5,7 @@
 //! checks this, and that no two files import each other).
 //! - [`clients`]: `modeld label` and `modeld verify`, clients of the public gRPC API.
 //! - [`app`]: the wired application: build every part, serve on given listeners, drain on shutdown.
-//! - [`service`]: the faces (gRPC inference, health, reflection, admin HTTP): wire <-> core, one status table.
+//! - [`service`]: the faces (gRPC inference, HTTP/JSON, health, reflection, admin HTTP): wire <-> core, one status table per protocol.
 //! - [`pb`]: the generated `modeld.v1` protobuf code, for the faces and the clients only.
 //! - [`predict`]: the protocol-neutral core: request -> snapshot -> preprocess -> run -> results; errors, metrics.
 //! - [`registry`]: the live bundle of each task, swapped atomically; the reload loop.
