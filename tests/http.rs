@@ -188,6 +188,7 @@ async fn bad_calls_get_their_status_and_a_json_error_naming_the_problem() {
             "unknown task",
         ),
         ("unknown route", "/v2/anything".into(), json!({}), 404, "NOT_FOUND", "no such route"),
+        ("wrong method", "/v1/tasks".into(), json!({}), 405, "UNIMPLEMENTED", "another method"),
         (
             "oversize body",
             predict.clone(),

@@ -80,6 +80,10 @@ pub fn router(
         .route("/v1/models/{model}", post(kserve_predict))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route (see /openapi.json)".into()) })
+        .method_not_allowed_fallback(|| async {
+            let message = "the route takes another method (see /openapi.json)".to_owned();
+            error(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED", message)
+        })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestDecompressionLayer::new())
         .layer(CompressionLayer::new())
@@ -394,7 +398,7 @@ fn field_json(f: pb::FieldInfo) -> serde_json::Value {
 
 /// One row of named features as JSON gives it, kept in the order sent.
 #[derive(Debug, Default)]
-pub struct JsonRow {
+struct JsonRow {
     row_id: String,
     features: Vec<(String, JsonValue)>,
 }
