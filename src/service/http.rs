@@ -21,7 +21,7 @@ use axum::{
 };
 use serde::{
     Deserialize, Deserializer, Serialize,
-    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor},
 };
 use tower_http::{compression::CompressionLayer, decompression::RequestDecompressionLayer};
 
@@ -32,7 +32,7 @@ use crate::{
     predict::{CallContext, ErrorKind, Method, PredictError, Prediction, Predictor, Request as Call},
     preprocess::RowView,
     registry::Registry,
-    schema::Value,
+    schema::{Echo, Value},
     telemetry::Metrics,
 };
 
@@ -129,13 +129,19 @@ fn core_error(e: PredictError) -> Response {
     (status(kind), Json(ErrorBody { code: kind.name(), message: e.to_string(), row, field })).into_response()
 }
 
-/// A body that could not be read: over the size limit (413) or not valid gzip (400).
-fn body_error(rejection: BytesRejection, limit: usize) -> Response {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        let message = format!("body: over the limit of {limit} bytes (max_message_bytes)");
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "RESOURCE_EXHAUSTED", message);
-    }
-    error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {}", rejection.body_text()))
+/// The request body as `T`, or the answer to a body that cannot be read (over the size limit:
+/// 413; not valid gzip: 400) or is not a valid request (400 naming the problem).
+// The error is the finished answer, built only when a call fails: its size costs nothing.
+#[allow(clippy::result_large_err)]
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, Response> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let message = format!("body: over the limit of {limit} bytes (max_message_bytes)");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "RESOURCE_EXHAUSTED", message);
+        }
+        error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {}", rejection.body_text()))
+    })?;
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {e}")))
 }
 
 /// `POST /v1/tasks/{task}/predict`.
@@ -212,13 +218,9 @@ async fn predict(
     Path(task): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return body_error(r, face.limits.max_body_bytes),
-    };
-    let mut request: PredictBody = match serde_json::from_slice(&body) {
+    let mut request: PredictBody = match parse(body, face.limits.max_body_bytes) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {e}")),
+        Err(response) => return response,
     };
     if !request.row_ids.is_empty() {
         if request.row_ids.len() != request.rows.len() {
@@ -278,16 +280,12 @@ async fn kserve_predict(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(task) = model.strip_suffix(":predict") else {
-        let message = format!("no such route: /v1/models/{model} (the verb is `:predict`)");
+        let message = format!("no such route: /v1/models/{} (the verb is `:predict`)", Echo(&model));
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", message);
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return body_error(r, face.limits.max_body_bytes),
-    };
-    let request: KserveBody = match serde_json::from_slice(&body) {
+    let request: KserveBody = match parse(body, face.limits.max_body_bytes) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("body: {e}")),
+        Err(response) => return response,
     };
     let call = Call { task, rows: &request.instances, request_id: "", version: None, compare_versions: &[] };
     let answer = match face.score(Method::KserveV1Predict, peer, call).await {
