@@ -19,7 +19,8 @@ use crate::{
     config::Config,
     engine::{self, EngineOptions},
     pb,
-    predict::{Limits, Predictor},
+    config::AuditConfig,
+    predict::{Auditor, FeatureSelection, Limits, Predictor},
     registry::{
         Registry, RegistryOptions, ReloadError, ReloadOutcome,
         watch::{self, Reload, ReloadTiming},
@@ -33,7 +34,10 @@ use crate::{
         layers::{self, CallTracker},
     },
     shutdown,
-    telemetry::Metrics,
+    telemetry::{
+        Metrics,
+        audit::{AuditWriter, WriterOptions},
+    },
 };
 
 /// How long connections get after the last call is answered to flush and close.
@@ -62,6 +66,8 @@ pub enum AppError {
     },
     #[error("cannot start the bulk runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("audit log: {0}")]
+    Audit(String),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -104,6 +110,7 @@ pub struct App {
     predictor: Predictor,
     bulk: BulkRuntime,
     hangups: Option<tokio::signal::unix::Signal>,
+    audit: Option<Arc<AuditWriter>>,
 }
 
 impl App {
@@ -143,7 +150,15 @@ impl App {
             max_batch_rows: config.max_batch_rows,
             max_streams: config.max_streams,
         };
-        let predictor = Predictor::new(registry.clone(), runner, metrics.clone(), limits);
+        let mut predictor = Predictor::new(registry.clone(), runner, metrics.clone(), limits);
+        let audit = match &config.audit {
+            Some(audit) => {
+                let (writer, auditor) = start_audit(audit, &metrics)?;
+                predictor = predictor.audited(auditor);
+                Some(writer)
+            }
+            None => None,
+        };
         pb::limit_rows(config.max_rows);
 
         let reporter = HealthReporter::new();
@@ -162,12 +177,14 @@ impl App {
             predictor,
             bulk,
             hangups,
+            audit,
         })
     }
 
     /// Serves until `shutdown` resolves, then drains within `shutdown_grace`.
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let App { config, metrics, registry, readiness, health_service, inference, predictor, bulk, hangups } = self;
+        let App { config, metrics, registry, readiness, health_service, inference, predictor, bulk, hangups, audit } =
+            self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
         let timing =
@@ -233,6 +250,10 @@ impl App {
                 background.cancel();
                 admin_stop.cancel();
                 drain.cancel();
+                if let Some(writer) = audit {
+                    let grace = config.shutdown_grace;
+                    let _ = tokio::task::spawn_blocking(move || writer.close(grace)).await;
+                }
                 result??;
                 return Ok(());
             }
@@ -279,6 +300,15 @@ impl App {
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
         drop(bulk);
+        // 4. Every call is answered: write out every audit record accepted, bounded in case the
+        //    writer is stuck on a pipe nobody reads.
+        if let Some(writer) = audit {
+            let grace = config.shutdown_grace;
+            let closed = tokio::task::spawn_blocking(move || writer.close(grace)).await.unwrap_or(false);
+            if !closed {
+                tracing::error!(grace_ms = grace.as_millis() as u64, "audit writer still blocked; queued records not written");
+            }
+        }
         match ended {
             Some(result) => Ok(result??),
             None => {
@@ -287,6 +317,40 @@ impl App {
             }
         }
     }
+}
+
+/// The audit writer and the core's recorder, from the audit settings.
+fn start_audit(audit: &AuditConfig, metrics: &Metrics) -> Result<(Arc<AuditWriter>, Auditor), AppError> {
+    let key = match &audit.hmac_key_file {
+        Some(path) => {
+            let key = std::fs::read(path)
+                .map_err(|e| AppError::Audit(format!("cannot read the HMAC key file {}: {e}", path.display())))?;
+            // A Secret written by hand often ends in a newline that is not part of the key.
+            let key = key.trim_ascii_end().to_vec();
+            if key.is_empty() {
+                return Err(AppError::Audit(format!("the HMAC key file {} is empty", path.display())));
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let options = WriterOptions {
+        target: audit.target.clone(),
+        max_bytes: audit.max_bytes,
+        keep_files: audit.keep_files,
+        queue: audit.queue,
+    };
+    let writer = Arc::new(
+        AuditWriter::start(options, metrics)
+            .map_err(|e| AppError::Audit(format!("cannot start the writer thread: {e}")))?,
+    );
+    let features = match &audit.features {
+        None => FeatureSelection::All,
+        Some(names) => FeatureSelection::Only(names.iter().map(|n| n.as_str().into()).collect()),
+    };
+    let redact = audit.redact.iter().map(|n| n.as_str().into()).collect();
+    let auditor = Auditor::new(writer.clone(), audit.sample, features, redact, key.as_deref());
+    Ok((writer, auditor))
 }
 
 /// Builds the application and serves it on `listeners` until `shutdown` resolves.

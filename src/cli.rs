@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use modeld::{
     clients::{
+        audit::{self, AuditArgs},
         label::{self, LabelArgs},
         verify::{self, VerifyArgs},
     },
@@ -31,6 +32,8 @@ pub enum Command {
     /// Check a running server: wait until it serves a bundle's version, then replay the bundle's
     /// golden rows through Predict; exit 0 (all equal) or 1.
     Verify(VerifyArgs),
+    /// Read the audit log (rotated files included), filter it and print JSON lines or a table.
+    Audit(AuditArgs),
 }
 
 /// `modeld validate`: exit 0 when the bundle passes every check.
@@ -77,6 +80,24 @@ pub fn verify(args: &VerifyArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("FAIL {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `modeld audit`: the matching records on stdout, a count on stderr; exit 0 when the log was
+/// read, 1 when it could not be.
+pub fn audit(args: &AuditArgs) -> ExitCode {
+    match audit::run(args, &mut std::io::stdout().lock()) {
+        Ok(s) => {
+            eprintln!("{} of {} records matched", s.matched, s.records);
+            if s.unreadable > 0 {
+                eprintln!("{} lines were not audit records and were skipped", s.unreadable);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("modeld audit: {e}");
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,8 @@ use std::{
 };
 
 use clap::Args;
+
+use crate::telemetry::audit::AuditTarget;
 use serde::Deserialize;
 
 /// Default location of the ONNX Runtime library, as `scripts/fetch-onnxruntime.sh` leaves it.
@@ -138,6 +140,34 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELD_REQUIRE_BUNDLES")]
     pub require_bundles: Option<bool>,
 
+    /// Audit log: a file to append one JSON record per scored request (per chunk for
+    /// BatchPredict) to, or `-` for stdout [default: none, no audit log].
+    #[arg(long, env = "MODELD_AUDIT_PATH")]
+    pub audit_path: Option<String>,
+    /// Share of successful requests recorded, 0 to 1; failed ones are always recorded [default: 1].
+    #[arg(long, env = "MODELD_AUDIT_SAMPLE")]
+    pub audit_sample: Option<f64>,
+    /// Input features recorded, comma-separated; `*` for all, an empty value for none [default: *].
+    #[arg(long, env = "MODELD_AUDIT_FEATURES", value_delimiter = ',')]
+    pub audit_features: Option<Vec<String>>,
+    /// Features recorded only as HMAC-SHA256 digests under `audit_hmac_key_file`, comma-separated
+    /// [default: none].
+    #[arg(long, env = "MODELD_AUDIT_REDACT", value_delimiter = ',')]
+    pub audit_redact: Option<Vec<String>>,
+    /// File holding the HMAC key for `audit_redact` (e.g. a Secret mount); required with it.
+    #[arg(long, env = "MODELD_AUDIT_HMAC_KEY_FILE")]
+    pub audit_hmac_key_file: Option<PathBuf>,
+    /// Rotate the audit file before it grows past this many bytes [default: 104857600].
+    #[arg(long, env = "MODELD_AUDIT_MAX_BYTES")]
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept beside the current one (`<path>.1` newest) [default: 5].
+    #[arg(long, env = "MODELD_AUDIT_KEEP_FILES")]
+    pub audit_keep_files: Option<usize>,
+    /// Records that may wait for the audit writer; past it records are dropped and counted in
+    /// modeld_audit_dropped_total [default: 8192].
+    #[arg(long, env = "MODELD_AUDIT_QUEUE")]
+    pub audit_queue: Option<usize>,
+
     /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
     #[arg(long, env = "MODELD_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
@@ -209,6 +239,22 @@ pub struct Config {
     pub ort_library: PathBuf,
     pub log: String,
     pub log_format: LogFormat,
+    /// The audit log, when on.
+    pub audit: Option<AuditConfig>,
+}
+
+/// The audit log's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    pub target: AuditTarget,
+    pub sample: f64,
+    /// None records every feature; otherwise only these (none when empty).
+    pub features: Option<Vec<String>>,
+    pub redact: Vec<String>,
+    pub hmac_key_file: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub keep_files: usize,
+    pub queue: usize,
 }
 
 impl Config {
@@ -237,6 +283,7 @@ pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
 
 fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
+    let audit = audit_config(&cli, &file)?;
     let model_root = cli.model_root.or(file.model_root).unwrap_or_else(|| PathBuf::from("models"));
     let tasks = match cli.tasks.or(file.tasks).filter(|t| !t.is_empty()) {
         Some(tasks) => tasks.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
@@ -283,6 +330,7 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         ort_library: cli.ort_library.or(file.ort_library).unwrap_or_else(default_ort_library),
         log: cli.log.or(file.log).unwrap_or_else(|| "info,ort=warn".to_owned()),
         log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        audit,
         model_root,
     };
     if [config.inference_threads, config.max_rows, config.max_message_bytes, config.max_batch_rows, config.max_streams]
@@ -308,6 +356,46 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         return invalid("poll_interval_ms must be at least 1".into());
     }
     Ok(config)
+}
+
+/// The audit settings, or None when `audit_path` is unset or empty.
+fn audit_config(cli: &ServeArgs, file: &ServeArgs) -> Result<Option<AuditConfig>, ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+    let target = match cli.audit_path.as_deref().or(file.audit_path.as_deref()).map(str::trim) {
+        None | Some("") => return Ok(None),
+        Some("-") => AuditTarget::Stdout,
+        Some(path) => AuditTarget::File(PathBuf::from(path)),
+    };
+    let sample = cli.audit_sample.or(file.audit_sample).unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        return invalid("audit_sample must be between 0 and 1");
+    }
+    let names = |list: Option<&Vec<String>>| -> Option<Vec<String>> {
+        list.map(|l| l.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect())
+    };
+    let features = match names(cli.audit_features.as_ref().or(file.audit_features.as_ref())) {
+        Some(list) if list.iter().any(|n| n == "*") => None,
+        other => other,
+    };
+    let redact = names(cli.audit_redact.as_ref().or(file.audit_redact.as_ref())).unwrap_or_default();
+    let hmac_key_file = cli.audit_hmac_key_file.clone().or(file.audit_hmac_key_file.clone());
+    if !redact.is_empty() && hmac_key_file.is_none() {
+        return invalid("audit_redact needs audit_hmac_key_file: redacted fields are recorded as keyed digests");
+    }
+    let config = AuditConfig {
+        target,
+        sample,
+        features,
+        redact,
+        hmac_key_file,
+        max_bytes: cli.audit_max_bytes.or(file.audit_max_bytes).unwrap_or(100 << 20),
+        keep_files: cli.audit_keep_files.or(file.audit_keep_files).unwrap_or(5),
+        queue: cli.audit_queue.or(file.audit_queue).unwrap_or(8192),
+    };
+    if config.max_bytes == 0 || config.queue == 0 {
+        return invalid("audit_max_bytes and audit_queue must be at least 1");
+    }
+    Ok(Some(config))
 }
 
 /// The library path when none is configured: ort's own variable, then the fetch script's spot.
@@ -341,6 +429,25 @@ mod tests {
         assert_eq!(config.inference_threads, 1);
         assert_eq!(config.max_rows, 50);
         assert_eq!(config.inline_max_rows, 16);
+    }
+
+    #[test]
+    fn audit_settings_resolve_and_are_checked() {
+        let file: ServeArgs = serde_yaml::from_str("tasks: [a]\naudit_path: /var/log/modeld/audit.log\n").unwrap();
+        let audit = resolve(ServeArgs::default(), file).unwrap().audit.unwrap();
+        assert_eq!(audit.target, AuditTarget::File("/var/log/modeld/audit.log".into()));
+        assert_eq!((audit.sample, audit.features, audit.queue), (1.0, None, 8192));
+
+        let parse = |yaml: &str| resolve(ServeArgs::default(), serde_yaml::from_str(yaml).unwrap());
+        let audit = parse("tasks: [a]\naudit_path: '-'\naudit_features: [age, ' ']\naudit_sample: 0.01\n").unwrap().audit;
+        let audit = audit.unwrap();
+        assert_eq!((audit.target, audit.features, audit.sample), (AuditTarget::Stdout, Some(vec!["age".into()]), 0.01));
+        assert_eq!(parse("tasks: [a]\naudit_path: '-'\naudit_features: []\n").unwrap().audit.unwrap().features, Some(vec![]));
+        assert_eq!(parse("tasks: [a]\naudit_path: '-'\naudit_features: ['*']\n").unwrap().audit.unwrap().features, None);
+        assert!(parse("tasks: [a]\n").unwrap().audit.is_none());
+        let err = parse("tasks: [a]\naudit_path: a.log\naudit_redact: [age]\n").unwrap_err().to_string();
+        assert!(err.contains("audit_hmac_key_file"), "{err}");
+        assert!(parse("tasks: [a]\naudit_path: a.log\naudit_sample: 1.5\n").is_err());
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cli::validate(args),
         Command::Label(args) => cli::label(&args),
         Command::Verify(args) => cli::verify(&args),
+        Command::Audit(args) => cli::audit(&args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Clients of modeld's public gRPC API, for the `modeld` subcommands that talk to a running
-//! server. They stand above the server: they know only the wire contract ([`crate::pb`]) and
+//! server, and the reader of the audit log it writes. They stand above the server: they know only the wire contract ([`crate::pb`]) and
 //! the bundle files they replay, never the server's internals.
 
+pub mod audit;
 pub mod label;
 pub mod verify;

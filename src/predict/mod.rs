@@ -15,12 +15,14 @@
 //! One-way imports: `error` and `call` at the bottom, then `predictor` (the [`Predictor`] and the
 //! unary path), then `stream`; this file only re-exports.
 
+pub mod audit;
 mod call;
 mod error;
 mod predictor;
 mod stream;
 
 pub use self::{
+    audit::{Auditor, FeatureSelection},
     call::{Answer, CallContext, Comparison, Limits, Method, Prediction, Request},
     error::{ErrorKind, PredictError},
     predictor::Predictor,

@@ -6,6 +6,7 @@ use prometheus::IntGauge;
 use tokio::sync::Semaphore;
 
 use super::{
+    audit::{Auditor, Entry, Rows},
     call::{Answer, CallContext, Comparison, Limits, Method, Prediction, Request},
     error::{ErrorKind, PredictError},
 };
@@ -32,6 +33,7 @@ pub(super) struct Inner {
     /// `modeld_requests_in_flight` per [`Method`], resolved once.
     pub(super) in_flight: [IntGauge; Method::ALL.len()],
     pub(super) streams: Arc<Semaphore>,
+    pub(super) audit: Option<Auditor>,
 }
 
 impl Predictor {
@@ -39,7 +41,13 @@ impl Predictor {
     pub fn new(registry: Registry, runner: Runner, metrics: Metrics, limits: Limits) -> Predictor {
         let in_flight = Method::ALL.map(|m| metrics.in_flight.with_label_values(&[m.name()]));
         let streams = Arc::new(Semaphore::new(limits.max_streams));
-        Predictor { inner: Arc::new(Inner { registry, runner, metrics, limits, in_flight, streams }) }
+        Predictor { inner: Arc::new(Inner { registry, runner, metrics, limits, in_flight, streams, audit: None }) }
+    }
+
+    /// The core recording every call through `auditor`. Call before the first clone.
+    pub fn audited(mut self, auditor: Auditor) -> Predictor {
+        Arc::get_mut(&mut self.inner).expect("auditing is set up before the core is shared").audit = Some(auditor);
+        self
     }
 
     /// Scores `request`'s rows with the live (or pinned) version and each compare version, and
@@ -63,7 +71,51 @@ impl Predictor {
                 log_rejection(ctx, request.task, request.request_id, e);
             }
         }
+        if let Some(audit) = &self.inner.audit {
+            if result.is_err() || audit.sampled() {
+                self.audit_call(audit, ctx, &request, &result);
+            }
+        }
         result
+    }
+
+    /// The call's audit record: every version's answers, or the error.
+    fn audit_call<R: RowView>(
+        &self,
+        audit: &Auditor,
+        ctx: &CallContext,
+        request: &Request<'_, R>,
+        result: &Result<Answer, PredictError>,
+    ) {
+        let task_label = self.inner.registry.task_name(request.task).unwrap_or("-");
+        let mut entry = Entry {
+            ctx,
+            task: request.task,
+            request_id: request.request_id,
+            stream: None,
+            bundle: None,
+            compare: &[],
+            error: None,
+            latency: ctx.started.elapsed(),
+        };
+        match result {
+            Ok(answer) => {
+                let versions: Vec<(&Bundle, &[Prediction])> = std::iter::once(&*answer.bundle)
+                    .zip(std::iter::once(&answer.predictions[..]))
+                    .chain(answer.comparisons.iter().map(|c| (&*c.bundle, &c.predictions[..])))
+                    .collect();
+                let compare: Vec<&Bundle> = answer.comparisons.iter().map(|c| &*c.bundle).collect();
+                entry.bundle = Some(&answer.bundle);
+                entry.compare = &compare;
+                audit.submit(task_label, &entry, Rows::Unary { rows: request.rows, versions: &versions });
+            }
+            Err(e) => {
+                let live = self.inner.registry.get(request.task).ok();
+                entry.bundle = live.as_deref();
+                entry.error = Some(e);
+                audit.submit(task_label, &entry, Rows::Unary { rows: request.rows, versions: &[] });
+            }
+        }
     }
 
     async fn score_request<R: RowView + Sync>(

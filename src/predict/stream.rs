@@ -6,11 +6,18 @@
 //! session owns everything else: the open-streams limit, checks, the model runs on the bulk
 //! slots, and the stream's metrics, recorded once when it is finished or dropped.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
+    audit::{Entry, Rows},
     call::{CallContext, Method, Prediction},
     error::{ErrorKind, PredictError},
     predictor::{Predictor, log_rejection, prediction},
@@ -37,8 +44,15 @@ pub struct StreamSession {
     /// How the stream ended, once the face says so; a session dropped without a word was cut
     /// off (the caller went away, or the stream's task was aborted).
     outcome: Option<Result<(), ErrorKind>>,
+    /// The stream's number in this process, for its audit records.
+    number: u64,
+    /// Chunks seen so far.
+    chunks: u64,
     _open: (OwnedSemaphorePermit, GaugeGuard, GaugeGuard),
 }
+
+/// Streams opened by this process: numbers them for audit records.
+static STREAMS: AtomicU64 = AtomicU64::new(0);
 
 impl Predictor {
     /// Opens a stream, or refuses it with [`PredictError::TooManyStreams`] (counted like any
@@ -57,6 +71,8 @@ impl Predictor {
             task: String::new(),
             bundle: None,
             outcome: None,
+            number: STREAMS.fetch_add(1, Ordering::Relaxed) + 1,
+            chunks: 0,
             _open: (permit, in_flight, open),
         })
     }
@@ -66,11 +82,52 @@ impl StreamSession {
     /// Checks a chunk's task against the stream's. The first chunk must name one; it fixes the
     /// stream's task and its one bundle snapshot (the pinned `version`, or the live one).
     pub fn bind(&mut self, task: &str, version: &str) -> Result<&Arc<Bundle>, PredictError> {
+        self.chunks += 1;
         if let Err(e) = self.bind_inner(task, version) {
+            let task = if self.task.is_empty() { task } else { &self.task };
             log_rejection(&self.ctx, task, "", &e);
+            self.audit(task, Instant::now(), Err(&e), Rows::<Positionless>::None);
             return Err(e);
         }
         Ok(self.bundle.as_ref().expect("bound above"))
+    }
+
+    /// Refuses the current chunk with `e`, which the face found before scoring it: logged and
+    /// recorded like the core's own refusals. Returns `e` for the face to send.
+    pub fn reject<R: RowView>(&self, rows: &[R], e: PredictError) -> PredictError {
+        log_rejection(&self.ctx, &self.task, "", &e);
+        self.audit(&self.task, Instant::now(), Err(&e), Rows::Unary { rows, versions: &[] });
+        e
+    }
+
+    /// The current chunk's audit record: always for a failure or a chunk with a row error,
+    /// else when sampled.
+    fn audit<R: RowView>(
+        &self,
+        task: &str,
+        since: Instant,
+        outcome: Result<bool, &PredictError>,
+        rows: Rows<'_, R>,
+    ) {
+        let Some(audit) = &self.predictor.inner.audit else { return };
+        if matches!(outcome, Ok(false)) && !audit.sampled() {
+            return;
+        }
+        let bundle = match &self.bundle {
+            Some(b) => Some(b.clone()),
+            None => self.predictor.inner.registry.get(task).ok(),
+        };
+        let entry = Entry {
+            ctx: &self.ctx,
+            task,
+            request_id: "",
+            stream: Some((self.number, self.chunks.saturating_sub(1))),
+            bundle: bundle.as_deref(),
+            compare: &[],
+            error: outcome.err(),
+            latency: since.elapsed(),
+        };
+        audit.submit(self.predictor.inner.registry.task_name(task).unwrap_or("-"), &entry, rows);
     }
 
     fn bind_inner(&mut self, task: &str, version: &str) -> Result<(), PredictError> {
@@ -102,9 +159,18 @@ impl StreamSession {
     /// Scores one chunk of a bound stream in runs of at most `max_batch_rows` rows. Rows that
     /// cannot be encoded get their own error (`row_index` within the chunk); the rest are scored.
     pub async fn score_chunk<R: RowView + Sync>(&self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
+        let since = Instant::now();
         let result = self.score_chunk_inner(rows).await;
-        if let Err(e) = &result {
-            log_rejection(&self.ctx, &self.task, "", e);
+        match &result {
+            Ok(answer) => {
+                let row_errors = answer.outcomes.iter().any(Result::is_err);
+                let rows = Rows::Chunk { rows, bundle: &answer.bundle, outcomes: &answer.outcomes };
+                self.audit(&self.task, since, Ok(row_errors), rows);
+            }
+            Err(e) => {
+                log_rejection(&self.ctx, &self.task, "", e);
+                self.audit(&self.task, since, Err(e), Rows::Unary { rows, versions: &[] });
+            }
         }
         result
     }
@@ -150,6 +216,19 @@ impl StreamSession {
     /// the kind of failure that ended it.
     pub fn finish(mut self, outcome: Result<(), ErrorKind>) {
         self.outcome = Some(outcome);
+    }
+}
+
+/// The row type of a record without rows.
+struct Positionless;
+
+impl RowView for Positionless {
+    fn row_id(&self) -> &str {
+        ""
+    }
+
+    fn features(&self) -> impl Iterator<Item = (&str, Option<crate::schema::Value<'_>>)> {
+        std::iter::empty()
     }
 }
 

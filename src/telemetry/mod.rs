@@ -1,11 +1,13 @@
-//! Logs and metrics.
+//! Logs, metrics and the audit log's writer ([`audit`]).
 //!
 //! [`Metrics`] owns its own `prometheus::Registry`, created at start-up and passed down: no
 //! global default registry, so several servers in one process (tests) never share counters.
 
+pub mod audit;
+
 use crate::config::LogFormat;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Installs the tracing subscriber. `filter` uses `RUST_LOG` syntax. Text lines carry colour
@@ -64,6 +66,12 @@ pub struct Metrics {
     /// either face), `connections` (gRPC, over `max_connections`), `handshake_timeout` (gRPC, no
     /// HTTP/2 preface within `handshake_timeout_ms`).
     pub rejected: IntCounterVec,
+    /// Audit records written.
+    pub audit_records: IntCounter,
+    /// Audit records dropped because the writer's queue was full, by task.
+    pub audit_dropped: IntCounterVec,
+    /// Failed audit log writes (or opens, or flushes).
+    pub audit_write_errors: IntCounter,
 }
 
 impl Metrics {
@@ -159,6 +167,16 @@ impl Metrics {
         for reason in ["calls_in_flight", "connections", "handshake_timeout"] {
             rejected.with_label_values(&[reason]);
         }
+        let audit_records = IntCounter::new("modeld_audit_records_total", "Audit records written.")
+            .expect("static metric definition is valid");
+        let audit_dropped = IntCounterVec::new(
+            Opts::new("modeld_audit_dropped_total", "Audit records dropped because the writer's queue was full."),
+            &["task"],
+        )
+        .expect("static metric definition is valid");
+        let audit_write_errors =
+            IntCounter::new("modeld_audit_write_errors_total", "Failed audit log writes, opens and flushes.")
+                .expect("static metric definition is valid");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -177,6 +195,9 @@ impl Metrics {
             Box::new(calls_open.clone()),
             Box::new(connections_open.clone()),
             Box::new(rejected.clone()),
+            Box::new(audit_records.clone()),
+            Box::new(audit_dropped.clone()),
+            Box::new(audit_write_errors.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
@@ -199,6 +220,9 @@ impl Metrics {
             calls_open,
             connections_open,
             rejected,
+            audit_records,
+            audit_dropped,
+            audit_write_errors,
         }
     }
 

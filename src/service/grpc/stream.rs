@@ -106,12 +106,13 @@ async fn answer(
     if !new_columns.is_empty() {
         *columns = new_columns;
     }
+    let views: Vec<_> = rows.iter().map(|row| Positional { columns, row }).collect();
     if let Some((row, r)) =
         rows.iter().enumerate().find(|(_, r)| !r.values.is_empty() && r.values.len() != columns.len())
     {
-        return Err(PredictError::ValueCount { row, values: r.values.len(), columns: columns.len() });
+        let e = PredictError::ValueCount { row, values: r.values.len(), columns: columns.len() };
+        return Err(session.reject(&views, e));
     }
-    let views: Vec<_> = rows.iter().map(|row| Positional { columns, row }).collect();
     let ChunkAnswer { bundle, outcomes } = session.score_chunk(&views).await?;
     drop(views);
     let classes = bundle.class_labels();
