@@ -16,10 +16,10 @@ use tonic_health::{
 
 use crate::{
     bundle::LoadOptions,
+    config::AuditConfig,
     config::Config,
     engine::{self, EngineOptions},
     pb,
-    config::AuditConfig,
     predict::{Auditor, FeatureSelection, Limits, Predictor},
     registry::{
         Registry, RegistryOptions, ReloadError, ReloadOutcome,
@@ -306,7 +306,10 @@ impl App {
             let grace = config.shutdown_grace;
             let closed = tokio::task::spawn_blocking(move || writer.close(grace)).await.unwrap_or(false);
             if !closed {
-                tracing::error!(grace_ms = grace.as_millis() as u64, "audit writer still blocked; queued records not written");
+                tracing::error!(
+                    grace_ms = grace.as_millis() as u64,
+                    "audit writer still blocked; queued records not written"
+                );
             }
         }
         match ended {

@@ -439,11 +439,18 @@ mod tests {
         assert_eq!((audit.sample, audit.features, audit.queue), (1.0, None, 8192));
 
         let parse = |yaml: &str| resolve(ServeArgs::default(), serde_yaml::from_str(yaml).unwrap());
-        let audit = parse("tasks: [a]\naudit_path: '-'\naudit_features: [age, ' ']\naudit_sample: 0.01\n").unwrap().audit;
+        let audit =
+            parse("tasks: [a]\naudit_path: '-'\naudit_features: [age, ' ']\naudit_sample: 0.01\n").unwrap().audit;
         let audit = audit.unwrap();
         assert_eq!((audit.target, audit.features, audit.sample), (AuditTarget::Stdout, Some(vec!["age".into()]), 0.01));
-        assert_eq!(parse("tasks: [a]\naudit_path: '-'\naudit_features: []\n").unwrap().audit.unwrap().features, Some(vec![]));
-        assert_eq!(parse("tasks: [a]\naudit_path: '-'\naudit_features: ['*']\n").unwrap().audit.unwrap().features, None);
+        assert_eq!(
+            parse("tasks: [a]\naudit_path: '-'\naudit_features: []\n").unwrap().audit.unwrap().features,
+            Some(vec![])
+        );
+        assert_eq!(
+            parse("tasks: [a]\naudit_path: '-'\naudit_features: ['*']\n").unwrap().audit.unwrap().features,
+            None
+        );
         assert!(parse("tasks: [a]\n").unwrap().audit.is_none());
         let err = parse("tasks: [a]\naudit_path: a.log\naudit_redact: [age]\n").unwrap_err().to_string();
         assert!(err.contains("audit_hmac_key_file"), "{err}");

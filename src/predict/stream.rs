@@ -102,13 +102,7 @@ impl StreamSession {
 
     /// The current chunk's audit record: always for a failure or a chunk with a row error,
     /// else when sampled.
-    fn audit<R: RowView>(
-        &self,
-        task: &str,
-        since: Instant,
-        outcome: Result<bool, &PredictError>,
-        rows: Rows<'_, R>,
-    ) {
+    fn audit<R: RowView>(&self, task: &str, since: Instant, outcome: Result<bool, &PredictError>, rows: Rows<'_, R>) {
         let Some(audit) = &self.predictor.inner.audit else { return };
         if matches!(outcome, Ok(false)) && !audit.sampled() {
             return;

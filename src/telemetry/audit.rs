@@ -245,7 +245,7 @@ pub fn log_files(path: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     if path.exists() {
         files.push(path.to_owned());
@@ -271,7 +271,8 @@ pub fn format_time(since_epoch: Duration) -> String {
 /// Parses `YYYY-MM-DD`, optionally followed by `THH:MM[:SS[.fraction]]` and `Z` or `±HH:MM`
 /// (no zone = UTC), into microseconds since the epoch.
 pub fn parse_time(text: &str) -> Option<i64> {
-    let num = |s: &str| -> Option<i64> { (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())? };
+    let num =
+        |s: &str| -> Option<i64> { (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())? };
     let (date, rest) = text.split_at_checked(10)?;
     let mut parts = date.split('-');
     let (y, m, d) = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
@@ -369,10 +370,15 @@ mod tests {
         assert!(writer.close(Duration::from_secs(10)));
         let files = log_files(&path);
         assert_eq!(files, [dir.path().join("audit.log.2"), dir.path().join("audit.log.1"), path.clone()]);
-        let lines: Vec<String> = files.iter().flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(String::from).collect::<Vec<_>>()).collect();
+        let lines: Vec<String> = files
+            .iter()
+            .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(String::from).collect::<Vec<_>>())
+            .collect();
         // Two records of 38 bytes fit under 100 bytes: the newest 6 records survive, in order.
-        let numbers: Vec<u32> =
-            lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap() as u32).collect();
+        let numbers: Vec<u32> = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(numbers, (14..20).collect::<Vec<_>>());
         for f in &files {
             assert!(std::fs::metadata(f).unwrap().len() <= 100, "{} is over the limit", f.display());
