@@ -35,6 +35,7 @@ SCENARIOS = [
     ("credit_risk-canary", ["values/credit_risk.yaml", "values/credit_risk-canary.yaml"]),
     ("credit_risk-volume", ["values/credit_risk-volume.yaml"]),
     ("credit_risk-grpc-only", ["values/credit_risk.yaml", "values/grpc-only.yaml"]),
+    ("credit_risk-audit", ["values/credit_risk.yaml", "values/audit.yaml"]),
 ]
 
 failures: list[str] = []
@@ -141,6 +142,28 @@ def check_consistency(scenario: str, docs: list[dict]) -> None:
             problems.append("no Service has the http port")
     elif "http" in ports:
         problems.append("an http containerPort while the HTTP/JSON face is off")
+
+    # The audit log: a file lands on a writable volume (the root file system is read-only), and
+    # the HMAC key file is on the Secret's mount.
+    mounts = {m["mountPath"]: m for m in modeld.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+
+    def mount_of(path: str) -> dict | None:
+        under = [m for p, m in mounts.items() if path.startswith(p.rstrip("/") + "/")]
+        return max(under, key=lambda m: len(m["mountPath"]), default=None)
+
+    audit_path = env.get("MODELD_AUDIT_PATH", {}).get("value")
+    if audit_path and audit_path != "-":
+        m = mount_of(audit_path)
+        if m is None or m.get("readOnly"):
+            problems.append("the audit log is not on a writable volume")
+    key_file = env.get("MODELD_AUDIT_HMAC_KEY_FILE", {}).get("value")
+    if key_file:
+        m = mount_of(key_file)
+        if m is None or "secret" not in volumes.get(m["name"], {}):
+            problems.append("the audit HMAC key file is not on a Secret mount")
+    if env.get("MODELD_AUDIT_REDACT") and not key_file:
+        problems.append("audit redaction without an HMAC key file")
 
     # Shutdown: the kubelet must not kill a pod that is still draining.
     pre_stop = modeld["lifecycle"]["preStop"]["sleep"]["seconds"]

@@ -8,8 +8,6 @@ use std::{
 };
 
 use clap::Args;
-
-use crate::telemetry::audit::AuditTarget;
 use serde::Deserialize;
 
 /// Default location of the ONNX Runtime library, as `scripts/fetch-onnxruntime.sh` leaves it.
@@ -241,6 +239,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The audit log, when on.
     pub audit: Option<AuditConfig>,
+}
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    /// Standard output (`audit_path: "-"`): logs go to stderr, so stdout carries only records.
+    Stdout,
+    /// A file, appended to and rotated by size.
+    File(PathBuf),
 }
 
 /// The audit log's settings.

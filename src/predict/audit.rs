@@ -13,7 +13,10 @@
 
 use std::{
     cell::Cell,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -52,6 +55,8 @@ pub struct Auditor {
     redact: FxHashSet<Box<str>>,
     /// Keyed once; each redacted value clones the keyed state.
     mac: Option<Hmac<Sha256>>,
+    /// The last record's length: the next one's buffer is allocated once at about its size.
+    last_len: AtomicUsize,
 }
 
 impl Auditor {
@@ -64,7 +69,7 @@ impl Auditor {
         hmac_key: Option<&[u8]>,
     ) -> Auditor {
         let mac = hmac_key.map(|k| Hmac::<Sha256>::new_from_slice(k).expect("HMAC takes keys of any length"));
-        Auditor { writer, sample: sample.clamp(0.0, 1.0), features, redact, mac }
+        Auditor { writer, sample: sample.clamp(0.0, 1.0), features, redact, mac, last_len: AtomicUsize::new(1024) }
     }
 
     /// Whether a successful call is recorded: a fresh draw against `audit_sample` per call.
@@ -74,10 +79,11 @@ impl Auditor {
 
     /// Queues one record; `task_label` is the bounded label its drop would be counted under.
     pub(super) fn submit(&self, task_label: &str, entry: &Entry<'_>, rows: Rows<'_, impl RowView>) {
-        let mut line = Vec::with_capacity(512 + 256 * rows.len());
+        let mut line = Vec::with_capacity(self.last_len.load(Ordering::Relaxed) + 64);
         let record = Record { auditor: self, entry, rows };
         serde_json::to_writer(&mut line, &record).expect("a record always serialises");
         line.push(b'\n');
+        self.last_len.store(line.len(), Ordering::Relaxed);
         self.writer.submit(task_label, line);
     }
 
@@ -128,15 +134,6 @@ pub(super) enum Rows<'a, R> {
     Chunk { rows: &'a [R], bundle: &'a Bundle, outcomes: &'a [Result<Prediction, RowError>] },
     /// A chunk refused before its rows were read.
     None,
-}
-
-impl<R> Rows<'_, R> {
-    fn len(&self) -> usize {
-        match self {
-            Rows::Unary { rows, .. } | Rows::Chunk { rows, .. } => rows.len(),
-            Rows::None => 0,
-        }
-    }
 }
 
 struct Record<'a, R> {
