@@ -15,6 +15,7 @@ use tonic_health::{
 };
 
 use crate::{
+    access::Access,
     bundle::LoadOptions,
     config::AuditConfig,
     config::Config,
@@ -32,6 +33,7 @@ use crate::{
         health::Readiness,
         http,
         layers::{self, CallTracker},
+        tls::{self, HttpListener, TlsSource},
     },
     shutdown,
     telemetry::{
@@ -68,6 +70,10 @@ pub enum AppError {
     Runtime(#[source] std::io::Error),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Callers(#[from] crate::access::CallersError),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -111,6 +117,24 @@ pub struct App {
     bulk: BulkRuntime,
     hangups: Option<tokio::signal::unix::Signal>,
     audit: Option<Arc<AuditWriter>>,
+    tls: Listening,
+    access: Access,
+}
+
+/// TLS per listener, when on.
+#[derive(Default, Clone)]
+struct Listening {
+    grpc: Option<Arc<TlsSource>>,
+    http: Option<Arc<TlsSource>>,
+    admin: Option<Arc<TlsSource>>,
+}
+
+impl Listening {
+    fn reload(&self) {
+        for source in [&self.grpc, &self.http, &self.admin].into_iter().flatten() {
+            source.reload();
+        }
+    }
 }
 
 impl App {
@@ -151,6 +175,19 @@ impl App {
             max_streams: config.max_streams,
         };
         let mut predictor = Predictor::new(registry.clone(), runner, metrics.clone(), limits);
+        let access = match &config.callers_file {
+            Some(path) => Access::from_file(path, metrics.access_reloads.clone())?,
+            None => Access::open(),
+        };
+        predictor = predictor.with_access(access.clone());
+        let mut tls = Listening::default();
+        if let Some(files) = &config.tls {
+            tls.grpc = Some(TlsSource::load("grpc", files, tls::ALPN_GRPC, &metrics)?);
+            tls.http = Some(TlsSource::load("http", files, tls::ALPN_HTTP, &metrics)?);
+        }
+        if let Some(files) = &config.admin_tls {
+            tls.admin = Some(TlsSource::load("admin", files, tls::ALPN_HTTP, &metrics)?);
+        }
         let audit = match &config.audit {
             Some(audit) => {
                 let (writer, auditor) = start_audit(audit, &metrics)?;
@@ -178,13 +215,27 @@ impl App {
             bulk,
             hangups,
             audit,
+            tls,
+            access,
         })
     }
 
     /// Serves until `shutdown` resolves, then drains within `shutdown_grace`.
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        let App { config, metrics, registry, readiness, health_service, inference, predictor, bulk, hangups, audit } =
-            self;
+        let App {
+            config,
+            metrics,
+            registry,
+            readiness,
+            health_service,
+            inference,
+            predictor,
+            bulk,
+            hangups,
+            audit,
+            tls,
+            access,
+        } = self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
         let timing =
@@ -210,15 +261,45 @@ impl App {
 
         let drain = CancellationToken::new();
         let tracker = CallTracker::default();
-        let incoming = conn::Incoming::new(listeners.grpc, config.max_connections, config.handshake_timeout, &metrics);
+        let incoming = conn::Incoming::new(
+            listeners.grpc,
+            config.max_connections,
+            config.handshake_timeout,
+            &metrics,
+            tls.grpc.clone(),
+            config.max_connection_age.map(|age| age + config.max_connection_age_grace),
+        );
+        let reflection = config.reflection.then_some((reflection_v1, reflection_v1alpha));
+        let (reflection_v1, reflection_v1alpha) = reflection.unzip();
         let mut grpc = tokio::spawn(
             layers::grpc_server(&config, &tracker, &metrics)
                 .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
+                .add_optional_service(reflection_v1)
+                .add_optional_service(reflection_v1alpha)
                 .add_service(inference)
                 .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
         );
+        // Certificates and the callers file are reread on the bundle poll's interval.
+        let credentials = {
+            let (tls, access, stop) = (tls.clone(), access.clone(), background.clone());
+            let every = config.poll_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let (tls, access) = (tls.clone(), access.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        tls.reload();
+                        access.reload();
+                    })
+                    .await;
+                }
+            })
+        };
         // The HTTP/JSON face stops taking connections with gRPC (step 2 below); its calls are
         // in the same tracker, so the drain waits for them too.
         let http = listeners.http.map(|listener| {
@@ -226,20 +307,25 @@ impl App {
                 max_body_bytes: config.max_message_bytes,
                 max_inflight_calls: config.max_inflight_calls,
                 request_timeout: config.request_timeout,
+                max_connection_age: config.max_connection_age,
             };
+            let listener = HttpListener::new(listener, tls.http.clone());
             let router =
                 http::router(predictor, registry.clone(), readiness.clone(), tracker.clone(), &metrics, limits);
             tokio::spawn(
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                axum::serve(listener, router.into_make_service_with_connect_info::<tls::ConnInfo>())
                     .with_graceful_shutdown(drain.clone().cancelled_owned())
                     .into_future(),
             )
         });
         let admin_stop = CancellationToken::new();
         let admin = tokio::spawn(
-            axum::serve(listeners.admin, admin::router(registry, readiness.clone(), metrics, tracker.clone()))
-                .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(
+                HttpListener::new(listeners.admin, tls.admin.clone()),
+                admin::router(registry, readiness.clone(), metrics, tracker.clone()),
+            )
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+            .into_future(),
         );
         tracing::info!(tasks = ?config.tasks, root = %config.model_root.display(), "serving; loading bundles");
 
@@ -293,6 +379,7 @@ impl App {
                 let _ = http.await;
             }
             let _ = reload_loop.await;
+            let _ = credentials.await;
             let _ = health_sync.await;
             if let Some(hangup) = hangup {
                 let _ = hangup.await;

@@ -138,6 +138,40 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELD_REQUIRE_BUNDLES")]
     pub require_bundles: Option<bool>,
 
+    /// TLS certificate chain (PEM) for the gRPC and HTTP faces; with `tls_key`, both speak TLS
+    /// only. Replaced files are picked up without a restart [default: none, plaintext].
+    #[arg(long, env = "MODELD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `tls_cert`.
+    #[arg(long, env = "MODELD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates: set, every gRPC and HTTP caller must present a
+    /// certificate from it (mutual TLS) [default: none].
+    #[arg(long, env = "MODELD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the admin port [default: none, plaintext for probes and scrapes].
+    #[arg(long, env = "MODELD_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `admin_tls_cert`.
+    #[arg(long, env = "MODELD_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Callers file (YAML): who may call which tasks, by bearer token (its SHA-256) or
+    /// client-certificate identity; reloaded on change [default: none, no caller check].
+    #[arg(long, env = "MODELD_CALLERS_FILE")]
+    pub callers_file: Option<PathBuf>,
+    /// Serve gRPC server reflection (grpcurl without the .proto) [default: true].
+    #[arg(long, env = "MODELD_REFLECTION")]
+    pub reflection: Option<bool>,
+    /// Close each gRPC connection gracefully after this many milliseconds (GOAWAY, in-flight
+    /// calls finish within `max_connection_age_grace_ms`), so callers behind a Service spread
+    /// over new replicas; HTTP/1.1 connections are closed after a response past it, with up to
+    /// 10% jitter [default: 0, no limit].
+    #[arg(long, env = "MODELD_MAX_CONNECTION_AGE_MS")]
+    pub max_connection_age_ms: Option<u64>,
+    /// Time in-flight calls get on a connection closed for its age, in milliseconds [default: 30000].
+    #[arg(long, env = "MODELD_MAX_CONNECTION_AGE_GRACE_MS")]
+    pub max_connection_age_grace_ms: Option<u64>,
+
     /// Audit log: a file to append one JSON record per scored request (per chunk for
     /// BatchPredict) to, or `-` for stdout [default: none, no audit log].
     #[arg(long, env = "MODELD_AUDIT_PATH")]
@@ -239,6 +273,23 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The audit log, when on.
     pub audit: Option<AuditConfig>,
+    /// TLS for the gRPC and HTTP faces, when on.
+    pub tls: Option<TlsFiles>,
+    /// TLS for the admin port, when on.
+    pub admin_tls: Option<TlsFiles>,
+    pub callers_file: Option<PathBuf>,
+    pub reflection: bool,
+    /// None: connections live as long as their callers keep them.
+    pub max_connection_age: Option<Duration>,
+    pub max_connection_age_grace: Duration,
+}
+
+/// A certificate, its key, and optionally the CA that client certificates must come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Where records go.
@@ -291,6 +342,7 @@ pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
 fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
     let audit = audit_config(&cli, &file)?;
+    let client_ca = cli.tls_client_ca.clone().or(file.tls_client_ca.clone());
     let model_root = cli.model_root.or(file.model_root).unwrap_or_else(|| PathBuf::from("models"));
     let tasks = match cli.tasks.or(file.tasks).filter(|t| !t.is_empty()) {
         Some(tasks) => tasks.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
@@ -338,8 +390,28 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         log: cli.log.or(file.log).unwrap_or_else(|| "info,ort=warn".to_owned()),
         log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
         audit,
+        tls: tls_files("tls", cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key), client_ca.clone())?,
+        admin_tls: tls_files(
+            "admin_tls",
+            cli.admin_tls_cert.or(file.admin_tls_cert),
+            cli.admin_tls_key.or(file.admin_tls_key),
+            None,
+        )?,
+        callers_file: cli.callers_file.or(file.callers_file),
+        reflection: cli.reflection.or(file.reflection).unwrap_or(true),
+        max_connection_age: cli
+            .max_connection_age_ms
+            .or(file.max_connection_age_ms)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
+        max_connection_age_grace: ms(cli.max_connection_age_grace_ms.or(file.max_connection_age_grace_ms), 30_000),
         model_root,
     };
+    if client_ca.is_some() && config.tls.is_none() {
+        return invalid(
+            "tls_client_ca needs tls_cert and tls_key: client certificates are checked in the TLS handshake".into(),
+        );
+    }
     if [config.inference_threads, config.max_rows, config.max_message_bytes, config.max_batch_rows, config.max_streams]
         .contains(&0)
     {
@@ -363,6 +435,20 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         return invalid("poll_interval_ms must be at least 1".into());
     }
     Ok(config)
+}
+
+/// A certificate and key given together, or neither.
+fn tls_files(
+    prefix: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key, client_ca })),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid(format!("{prefix}_cert and {prefix}_key go together: set both or neither"))),
+    }
 }
 
 /// The audit settings, or None when `audit_path` is unset or empty.

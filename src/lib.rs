@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod app;
 pub mod bundle;
 pub mod clients;

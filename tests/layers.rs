@@ -18,7 +18,7 @@ const FLOORS: &[&[&str]] = &[
     &["schema"],
     &["preprocess"],
     &["bundle"],
-    &["runner", "validate"],
+    &["runner", "validate", "access"],
     &["registry"],
     &["predict"],
     &["pb"],
@@ -29,7 +29,7 @@ const FLOORS: &[&[&str]] = &[
 ];
 
 /// Modules that know nothing of any protocol.
-const PROTOCOL_FREE: &[&str] = &["schema", "preprocess", "engine", "bundle", "registry", "runner", "predict"];
+const PROTOCOL_FREE: &[&str] = &["schema", "preprocess", "engine", "bundle", "registry", "runner", "predict", "access"];
 
 /// A source file's module path: `src/registry/reload.rs` -> [registry, reload]; the binary's
 /// files (main.rs, cli.rs) sit under `<bin>`.

@@ -154,7 +154,7 @@ impl<R: RowView> Serialize for Record<'_, R> {
         }
         map.serialize_entry("peer", &e.ctx.peer.map(|p| p.to_string()))?;
         if let Some(caller) = &e.ctx.caller {
-            map.serialize_entry("caller", caller)?;
+            map.serialize_entry("caller", &caller.name)?;
         }
         map.serialize_entry("task", e.task)?;
         map.serialize_entry("method", e.ctx.method.name())?;

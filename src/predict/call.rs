@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use crate::bundle::Bundle;
+use crate::{access::Caller, bundle::Bundle};
 
 /// Request limits enforced before any model work.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +54,9 @@ pub struct CallContext {
     /// When the caller stops waiting. Work that has not reached the model by then is dropped
     /// with [`PredictError::Deadline`].
     pub deadline: Option<Instant>,
-    /// The authenticated caller; None until authentication exists.
-    pub caller: Option<String>,
+    /// The authenticated caller; None when callers are not checked (no callers file), or
+    /// before [`Predictor::authenticate`](super::Predictor::authenticate).
+    pub caller: Option<Arc<Caller>>,
     /// The caller's W3C trace context (`traceparent`); None until tracing exists.
     pub trace_parent: Option<String>,
 }

@@ -5,7 +5,10 @@
 //! kind's [`ErrorKind::name`] is the gRPC code name, which is also the `code` label of
 //! `modeld_requests_total` for every face, so dashboards read the same whatever the protocol.
 
-use crate::{engine::EngineError, preprocess::RowError, registry::RegistryError, runner::RunError, schema::Echo};
+use crate::{
+    access::Unauthenticated, engine::EngineError, preprocess::RowError, registry::RegistryError, runner::RunError,
+    schema::Echo,
+};
 
 /// Everything a prediction can fail with. Each variant is a kind of failure with its data, so
 /// a face can report the row and field, the limit, or the versions loaded, in its own shape.
@@ -41,6 +44,12 @@ pub enum PredictError {
     /// the versions loaded or the reason the task is not serving.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// No credentials, or none a known caller's (callers file on).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] Unauthenticated),
+    /// An authenticated caller calling a task it is not allowed.
+    #[error("caller `{caller}` may not call task `{}`", Echo(task))]
+    PermissionDenied { caller: String, task: String },
     /// The server is draining: a stream's remaining chunks must go elsewhere.
     #[error("server shutting down: send the remaining chunks again elsewhere")]
     ShuttingDown,
@@ -72,11 +81,13 @@ pub enum ErrorKind {
     Internal,
     /// A transport failure the core cannot classify.
     Unknown,
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl ErrorKind {
     /// Every kind, for tables and their tests.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::ResourceExhausted,
@@ -85,6 +96,8 @@ impl ErrorKind {
         ErrorKind::Cancelled,
         ErrorKind::Internal,
         ErrorKind::Unknown,
+        ErrorKind::Unauthenticated,
+        ErrorKind::PermissionDenied,
     ];
 
     /// The gRPC code name, as grpc-status documentation spells it: the `code` metric label.
@@ -98,6 +111,8 @@ impl ErrorKind {
             ErrorKind::Cancelled => "CANCELLED",
             ErrorKind::Internal => "INTERNAL",
             ErrorKind::Unknown => "UNKNOWN",
+            ErrorKind::Unauthenticated => "UNAUTHENTICATED",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }
@@ -122,6 +137,8 @@ impl PredictError {
             }
             PredictError::Overloaded | PredictError::TooManyStreams { .. } => ErrorKind::ResourceExhausted,
             PredictError::Deadline => ErrorKind::DeadlineExceeded,
+            PredictError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            PredictError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             PredictError::Engine(_) | PredictError::Aborted(_) => ErrorKind::Internal,
         }
     }

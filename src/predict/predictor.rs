@@ -11,6 +11,7 @@ use super::{
     error::{ErrorKind, PredictError},
 };
 use crate::{
+    access::Access,
     bundle::{Bundle, Scored},
     preprocess::RowView,
     registry::Registry,
@@ -34,6 +35,7 @@ pub(super) struct Inner {
     pub(super) in_flight: [IntGauge; Method::ALL.len()],
     pub(super) streams: Arc<Semaphore>,
     pub(super) audit: Option<Auditor>,
+    pub(super) access: Access,
 }
 
 impl Predictor {
@@ -41,7 +43,80 @@ impl Predictor {
     pub fn new(registry: Registry, runner: Runner, metrics: Metrics, limits: Limits) -> Predictor {
         let in_flight = Method::ALL.map(|m| metrics.in_flight.with_label_values(&[m.name()]));
         let streams = Arc::new(Semaphore::new(limits.max_streams));
-        Predictor { inner: Arc::new(Inner { registry, runner, metrics, limits, in_flight, streams, audit: None }) }
+        Predictor {
+            inner: Arc::new(Inner {
+                registry,
+                runner,
+                metrics,
+                limits,
+                in_flight,
+                streams,
+                audit: None,
+                access: Access::open(),
+            }),
+        }
+    }
+
+    /// The core checking callers against `access`. Call before the first clone.
+    pub fn with_access(mut self, access: Access) -> Predictor {
+        Arc::get_mut(&mut self.inner).expect("access is set up before the core is shared").access = access;
+        self
+    }
+
+    /// Lets a call in, or refuses it: `authorization` is the caller's `authorization` header
+    /// and `identities` its verified client certificate's. Sets the context's caller; a refusal
+    /// is counted, logged and recorded like any failed call.
+    pub fn authenticate(
+        &self,
+        ctx: &mut CallContext,
+        authorization: Option<&str>,
+        identities: &[String],
+    ) -> Result<(), PredictError> {
+        match self.inner.access.authenticate(authorization, identities) {
+            Ok(caller) => {
+                ctx.caller = caller;
+                Ok(())
+            }
+            Err(reason) => {
+                let e = PredictError::Unauthenticated(reason);
+                self.record(ctx, "", "", Some(e.kind()));
+                log_rejection(ctx, "", "", &e);
+                if let Some(audit) = &self.inner.audit {
+                    let entry = Entry {
+                        ctx,
+                        task: "",
+                        request_id: "",
+                        stream: None,
+                        bundle: None,
+                        compare: &[],
+                        error: Some(&e),
+                        latency: ctx.started.elapsed(),
+                    };
+                    audit.submit("-", &entry, Rows::<crate::preprocess::OwnedRow>::None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The caller presenting these credentials, for calls that score nothing (task listings,
+    /// version queries): not counted as predictions. None when callers are not checked.
+    pub fn caller(
+        &self,
+        authorization: Option<&str>,
+        identities: &[String],
+    ) -> Result<Option<Arc<crate::access::Caller>>, PredictError> {
+        Ok(self.inner.access.authenticate(authorization, identities)?)
+    }
+
+    /// Whether the call's caller may use `task` (always, when callers are not checked).
+    pub fn check_task(&self, ctx: &CallContext, task: &str) -> Result<(), PredictError> {
+        match &ctx.caller {
+            Some(caller) if !caller.may_call(task) => {
+                Err(PredictError::PermissionDenied { caller: caller.name.clone(), task: task.to_owned() })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The core recording every call through `auditor`. Call before the first clone.
@@ -126,6 +201,7 @@ impl Predictor {
         if req.task.is_empty() {
             return Err(PredictError::MissingTask);
         }
+        self.check_task(ctx, req.task)?;
         if req.rows.is_empty() {
             return Err(PredictError::NoRows);
         }
@@ -185,6 +261,9 @@ impl Predictor {
         let (m, method) = (&self.inner.metrics, ctx.method.name());
         m.requests.with_label_values(&[task, version, method, code]).inc();
         m.latency.with_label_values(&[task, method]).observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(caller) = &ctx.caller {
+            m.caller_requests.with_label_values(&[caller.name.as_str(), task, code]).inc();
+        }
     }
 }
 
@@ -204,9 +283,10 @@ pub(super) fn prediction(_: usize, scored: Scored<'_>) -> Prediction {
 /// Rejections are the caller's business (debug); failures of our own are errors.
 pub(super) fn log_rejection(ctx: &CallContext, task: &str, request_id: &str, e: &PredictError) {
     let method = ctx.method.name();
+    let caller = ctx.caller.as_ref().map_or("", |c| c.name.as_str());
     if e.kind() == ErrorKind::Internal {
-        tracing::error!(method, task, request_id, error = %e, "prediction failed");
+        tracing::error!(method, task, request_id, caller, error = %e, "prediction failed");
     } else {
-        tracing::debug!(method, task, request_id, error = %e, "prediction rejected");
+        tracing::debug!(method, task, request_id, caller, error = %e, "prediction rejected");
     }
 }

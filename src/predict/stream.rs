@@ -129,6 +129,7 @@ impl StreamSession {
             if task.is_empty() {
                 return Err(PredictError::MissingStreamTask);
             }
+            self.predictor.check_task(&self.ctx, task)?;
             // One snapshot for the whole stream: a flip mid-stream does not change its version.
             let bundle = self.predictor.snapshot(task, (!version.is_empty()).then_some(version))?;
             self.task = task.to_owned();

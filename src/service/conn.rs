@@ -18,13 +18,14 @@ use std::{
 use prometheus::IntCounter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
+use super::tls::{ConnInfo, TlsIo, TlsSource};
 use crate::telemetry::{GaugeGuard, Metrics};
 
 /// Bytes of the HTTP/2 client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").
@@ -43,10 +44,23 @@ pub struct Incoming {
     over_limit: IntCounter,
     handshake_timeouts: IntCounter,
     backoff: Option<Pin<Box<Sleep>>>,
+    tls: Option<Arc<TlsSource>>,
+    /// Connection age plus its grace: past it a connection is cut, whatever it is doing.
+    lifetime: Option<Duration>,
 }
 
 impl Incoming {
-    pub fn new(listener: TcpListener, max_connections: usize, handshake: Duration, metrics: &Metrics) -> Incoming {
+    /// Connections of `listener`, with TLS when `tls` is given (the handshake counts against
+    /// `handshake`, with the HTTP/2 preface). With `lifetime`, a connection is cut that long
+    /// after its accept (the server sends GOAWAY at its age; this ends what outlives the grace).
+    pub fn new(
+        listener: TcpListener,
+        max_connections: usize,
+        handshake: Duration,
+        metrics: &Metrics,
+        tls: Option<Arc<TlsSource>>,
+        lifetime: Option<Duration>,
+    ) -> Incoming {
         Incoming {
             listener,
             slots: Arc::new(Semaphore::new(max_connections)),
@@ -55,6 +69,8 @@ impl Incoming {
             handshake_timeouts: metrics.rejected.with_label_values(&["handshake_timeout"]),
             metrics: metrics.clone(),
             backoff: None,
+            tls,
+            lifetime,
         }
     }
 }
@@ -80,11 +96,12 @@ impl Stream for Incoming {
                     let _ = stream.set_nodelay(true);
                     let handshake = Box::pin(tokio::time::sleep(self.handshake));
                     return Poll::Ready(Some(Ok(Conn {
-                        io: stream,
+                        io: TlsIo::new(stream, self.tls.as_deref()),
                         _slot: slot,
                         _open: GaugeGuard::enter(&self.metrics.connections_open),
                         preface: Some(Preface { deadline: handshake, read: 0 }),
                         timeouts: self.handshake_timeouts.clone(),
+                        cut_at: self.lifetime.map(|l| Box::pin(tokio::time::sleep(l))),
                     })));
                 }
                 // The peer gave up before it was accepted: nothing to do.
@@ -111,12 +128,13 @@ fn is_peer_error(e: &io::Error) -> bool {
 
 /// A connection holding one of the listener's slots until it closes.
 pub struct Conn {
-    io: TcpStream,
+    io: TlsIo,
     _slot: OwnedSemaphorePermit,
     _open: GaugeGuard,
     /// Until the preface has arrived: its deadline and the bytes read so far.
     preface: Option<Preface>,
     timeouts: IntCounter,
+    cut_at: Option<Pin<Box<Sleep>>>,
 }
 
 struct Preface {
@@ -125,16 +143,25 @@ struct Preface {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        self.io.info().clone()
     }
 }
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(cut) = this.cut_at.as_mut() {
+            // Polled on every read so that its timer wakes an idle connection too.
+            if cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection past max_connection_age plus its grace",
+                )));
+            }
+        }
         if let Some(preface) = this.preface.as_mut() {
             // Polled before reading so that its timer wakes the connection when it fires.
             if preface.deadline.as_mut().poll(cx).is_ready() {

@@ -9,13 +9,13 @@
 //! - `GET /v1/tasks`, `GET /v1/tasks/{task}`: what is served, and a task's schema.
 //! - `GET /openapi.json`: the OpenAPI 3.1 document of all of the above.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -25,7 +25,7 @@ use serde::{
 };
 use tower_http::{compression::CompressionLayer, decompression::RequestDecompressionLayer};
 
-use super::{grpc::convert::field_info, health::Readiness, layers::CallTracker};
+use super::{grpc::convert::field_info, health::Readiness, layers::CallTracker, tls::ConnInfo};
 use crate::{
     bundle::Kind,
     pb,
@@ -48,6 +48,9 @@ pub struct HttpLimits {
     pub max_inflight_calls: usize,
     /// Time a call has until it is answered (`request_timeout_ms`): past it, 504.
     pub request_timeout: Duration,
+    /// HTTP/1.1 connections older than this (less up to 10% jitter) are closed after their
+    /// next response (`max_connection_age_ms`).
+    pub max_connection_age: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -84,10 +87,37 @@ pub fn router(
             let message = "the route takes another method (see /openapi.json)".to_owned();
             error(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED", message)
         })
+        .layer(axum::middleware::from_fn_with_state(limits.max_connection_age, age_limit))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestDecompressionLayer::new())
         .layer(CompressionLayer::new())
         .with_state(Face { predictor, registry, readiness, calls, limits, rejected })
+}
+
+/// Closes an HTTP/1.1 connection past its age after this response (`Connection: close`), so
+/// keep-alive callers behind a Service reconnect and reach new replicas. The jitter (up to 10%,
+/// from the peer's port) keeps connections opened together from closing together. HTTP/2
+/// connections on this port are not aged.
+async fn age_limit(
+    State(age): State<Option<Duration>>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() == axum::http::Version::HTTP_11;
+    let mut response = next.run(request).await;
+    if let Some(age) = age.filter(|_| http1) {
+        let jitter = conn.remote_addr.map_or(0, |a| u32::from(a.port()) % 100);
+        if conn.accepted.elapsed() >= age.mul_f64(1.0 - f64::from(jitter) / 1000.0) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response
+}
+
+/// The `authorization` header's value, if any.
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
 /// The HTTP status of a kind of failure: this protocol's row of the one error table.
@@ -95,6 +125,8 @@ pub fn status(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
@@ -126,7 +158,12 @@ fn core_error(e: PredictError) -> Response {
         _ => (None, None),
     };
     let kind = e.kind();
-    (status(kind), Json(ErrorBody { code: kind.name(), message: e.to_string(), row, field })).into_response()
+    let mut response =
+        (status(kind), Json(ErrorBody { code: kind.name(), message: e.to_string(), row, field })).into_response();
+    if kind == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 /// The request body as `T`, or the answer to a body that cannot be read (over the size limit:
@@ -214,7 +251,8 @@ fn to_json<'a>(p: Prediction, row: &'a JsonRow, classes: &'a [String]) -> JsonPr
 
 async fn predict(
     State(face): State<Face>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
     Path(task): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -242,7 +280,7 @@ async fn predict(
         version: request.version.as_deref(),
         compare_versions: &request.compare_versions,
     };
-    let answer = match face.score(Method::JsonPredict, peer, call).await {
+    let answer = match face.score(Method::JsonPredict, &conn, &headers, call).await {
         Ok(a) => a,
         Err(response) => return response,
     };
@@ -275,7 +313,8 @@ async fn predict(
 
 async fn kserve_predict(
     State(face): State<Face>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
     Path(model): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -288,7 +327,7 @@ async fn kserve_predict(
         Err(response) => return response,
     };
     let call = Call { task, rows: &request.instances, request_id: "", version: None, compare_versions: &[] };
-    let answer = match face.score(Method::KserveV1Predict, peer, call).await {
+    let answer = match face.score(Method::KserveV1Predict, &conn, &headers, call).await {
         Ok(a) => a,
         Err(response) => return response,
     };
@@ -303,7 +342,8 @@ impl Face {
     async fn score(
         &self,
         method: Method,
-        peer: SocketAddr,
+        conn: &ConnInfo,
+        headers: &HeaderMap,
         call: Call<'_, JsonRow>,
     ) -> Result<crate::predict::Answer, Response> {
         let Some(_admitted) = self.calls.admit(self.limits.max_inflight_calls) else {
@@ -314,8 +354,9 @@ impl Face {
             );
             return Err(error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message));
         };
-        let mut ctx = CallContext::new(method).with_peer(Some(peer));
+        let mut ctx = CallContext::new(method).with_peer(conn.remote_addr);
         ctx.deadline = Some(ctx.started + self.limits.request_timeout);
+        self.predictor.authenticate(&mut ctx, authorization(headers), conn.identities()).map_err(core_error)?;
         self.predictor.predict(&ctx, call).await.map_err(core_error)
     }
 }
@@ -330,12 +371,21 @@ struct TaskSummary {
 }
 
 /// `GET /v1/tasks`.
-async fn list_tasks(State(face): State<Face>) -> Response {
+async fn list_tasks(
+    State(face): State<Face>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match face.predictor.caller(authorization(&headers), conn.identities()) {
+        Ok(caller) => caller,
+        Err(e) => return core_error(e),
+    };
     let draining = face.readiness.is_draining();
     let tasks: Vec<TaskSummary> = face
         .registry
         .reports()
         .into_iter()
+        .filter(|r| caller.as_ref().is_none_or(|c| c.may_call(&r.task)))
         .map(|r| TaskSummary {
             serving: r.live.is_some() && !draining,
             version: r.live.as_ref().map(|b| b.version.clone()),
@@ -348,7 +398,19 @@ async fn list_tasks(State(face): State<Face>) -> Response {
 }
 
 /// `GET /v1/tasks/{task}`: the live version and its schema, as GetVersion gives them.
-async fn describe_task(State(face): State<Face>, Path(task): Path<String>) -> Response {
+async fn describe_task(
+    State(face): State<Face>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
+    Path(task): Path<String>,
+) -> Response {
+    match face.predictor.caller(authorization(&headers), conn.identities()) {
+        Ok(Some(caller)) if !caller.may_call(&task) => {
+            return core_error(PredictError::PermissionDenied { caller: caller.name.clone(), task });
+        }
+        Ok(_) => {}
+        Err(e) => return core_error(e),
+    }
     let bundle = match face.registry.get(&task) {
         Ok(b) => b,
         Err(e) => return core_error(PredictError::from(e)),

@@ -32,7 +32,15 @@ pub fn grpc_server(
     tracker: &CallTracker,
     metrics: &Metrics,
 ) -> Server<Stack<DeadlineLayer, Stack<TrackLayer, Identity>>> {
-    Server::builder()
+    let server = Server::builder();
+    // Connection age: after it, GOAWAY, and calls in flight finish. tonic's own grace setting
+    // replaces the GOAWAY with a hard close at age + grace, so the grace is enforced by the
+    // listener instead (`conn::Incoming`).
+    let server = match config.max_connection_age {
+        Some(age) => server.max_connection_age(age),
+        None => server,
+    };
+    server
         // Trace: one span per call, at debug so the hot path pays nothing at the default level.
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         // Concurrency: streams per connection are bounded by HTTP/2 itself (the client is told

@@ -10,3 +10,4 @@ pub mod health;
 pub mod http;
 pub mod layers;
 pub mod status;
+pub mod tls;

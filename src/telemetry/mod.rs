@@ -72,6 +72,14 @@ pub struct Metrics {
     pub audit_dropped: IntCounterVec,
     /// Failed audit log writes (or opens, or flushes).
     pub audit_write_errors: IntCounter,
+    /// Finished calls by authenticated caller, task and code (callers file on).
+    pub caller_requests: IntCounterVec,
+    /// Callers file loads by result.
+    pub access_reloads: IntCounterVec,
+    /// Certificate loads by listener (`service`, `admin`) and result.
+    pub tls_reloads: IntCounterVec,
+    /// When the serving certificate expires (Unix seconds), by listener.
+    pub tls_expiry: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -177,6 +185,29 @@ impl Metrics {
         let audit_write_errors =
             IntCounter::new("modeld_audit_write_errors_total", "Failed audit log writes, opens and flushes.")
                 .expect("static metric definition is valid");
+        let caller_requests = IntCounterVec::new(
+            Opts::new("modeld_caller_requests_total", "Finished calls by authenticated caller, task and status code."),
+            &["caller", "task", "code"],
+        )
+        .expect("static metric definition is valid");
+        let access_reloads = IntCounterVec::new(
+            Opts::new("modeld_callers_file_loads_total", "Callers file loads by result."),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("modeld_tls_certificate_loads_total", "TLS certificate loads by listener and result."),
+            &["listener", "result"],
+        )
+        .expect("static metric definition is valid");
+        let tls_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "modeld_tls_certificate_expiry_seconds",
+                "When the serving certificate expires, in Unix seconds.",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition is valid");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -198,6 +229,10 @@ impl Metrics {
             Box::new(audit_records.clone()),
             Box::new(audit_dropped.clone()),
             Box::new(audit_write_errors.clone()),
+            Box::new(caller_requests.clone()),
+            Box::new(access_reloads.clone()),
+            Box::new(tls_reloads.clone()),
+            Box::new(tls_expiry.clone()),
         ] {
             registry.register(c).expect("each metric is registered once");
         }
@@ -223,6 +258,10 @@ impl Metrics {
             audit_records,
             audit_dropped,
             audit_write_errors,
+            caller_requests,
+            access_reloads,
+            tls_reloads,
+            tls_expiry,
         }
     }
 

@@ -7,14 +7,15 @@ use crate::{
     predict::{CallContext, Method, Prediction},
     preprocess::RowView,
     schema::{Encoder, Field, FieldKind, Missing, Unknown, Value},
-    service::layers::CallDeadline,
+    service::{layers::CallDeadline, tls::ConnInfo},
 };
 
 /// The core's view of a call: method, arrival time, peer, and its deadline from the transport
 /// stack: a unary answer is due by the deadline layer's `answer_by`; a stream is bound only by
 /// its caller's own deadline, since bulk streams outlive any per-call server timeout.
 pub fn call_context<T>(method: Method, request: &Request<T>) -> CallContext {
-    let mut ctx = CallContext::new(method).with_peer(request.remote_addr());
+    let peer = request.extensions().get::<ConnInfo>().and_then(|c| c.remote_addr);
+    let mut ctx = CallContext::new(method).with_peer(peer);
     if let Some(d) = request.extensions().get::<CallDeadline>() {
         ctx.deadline = match method {
             Method::BatchPredict => d.caller,
@@ -22,6 +23,14 @@ pub fn call_context<T>(method: Method, request: &Request<T>) -> CallContext {
         };
     }
     ctx
+}
+
+/// What the caller presents: its `authorization` metadata, and its connection's verified
+/// client-certificate identities.
+pub fn credentials<T>(request: &Request<T>) -> (Option<&str>, &[String]) {
+    let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+    let identities = request.extensions().get::<ConnInfo>().map_or(&[][..], ConnInfo::identities);
+    (authorization, identities)
 }
 
 /// A core prediction in wire form.

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use self::convert::{call_context, to_pb};
+use self::convert::{call_context, credentials, to_pb};
 use super::health::Readiness;
 use crate::{
     bundle::Kind,
@@ -46,7 +46,9 @@ impl InferenceService {
 #[tonic::async_trait]
 impl pb::inference_server::Inference for InferenceService {
     async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
-        let ctx = call_context(Method::Predict, &request);
+        let mut ctx = call_context(Method::Predict, &request);
+        let (authorization, identities) = credentials(&request);
+        self.predictor.authenticate(&mut ctx, authorization, identities)?;
         let mut req = request.into_inner();
         let call = Call {
             task: &req.task,
@@ -92,7 +94,10 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: Request<Streaming<pb::BatchPredictRequest>>,
     ) -> Result<Response<Self::BatchPredictStream>, Status> {
-        let session = self.predictor.open_stream(call_context(Method::BatchPredict, &request))?;
+        let mut ctx = call_context(Method::BatchPredict, &request);
+        let (authorization, identities) = credentials(&request);
+        self.predictor.authenticate(&mut ctx, authorization, identities)?;
+        let session = self.predictor.open_stream(ctx)?;
         let outbound = stream::spawn(session, request.into_inner(), self.readiness.clone(), &self.bulk);
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -101,9 +106,14 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        let (authorization, identities) = credentials(&request);
+        let caller = self.predictor.caller(authorization, identities)?;
         let task = request.into_inner().task;
         if task.is_empty() {
             return Err(PredictError::MissingTask.into());
+        }
+        if let Some(caller) = caller.filter(|c| !c.may_call(&task)) {
+            return Err(PredictError::PermissionDenied { caller: caller.name.clone(), task }.into());
         }
         let bundle = self.registry.get(&task).map_err(PredictError::from)?;
         let report = self.registry.report(&task);
@@ -132,7 +142,9 @@ impl pb::inference_server::Inference for InferenceService {
         }))
     }
 
-    async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+    async fn health(&self, request: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+        let (authorization, identities) = credentials(&request);
+        self.predictor.caller(authorization, identities)?;
         let draining = self.readiness.is_draining();
         let tasks = self
             .registry
