@@ -36,6 +36,7 @@ SCENARIOS = [
     ("credit_risk-volume", ["values/credit_risk-volume.yaml"]),
     ("credit_risk-grpc-only", ["values/credit_risk.yaml", "values/grpc-only.yaml"]),
     ("credit_risk-audit", ["values/credit_risk.yaml", "values/audit.yaml"]),
+    ("credit_risk-secure", ["values/credit_risk.yaml", "values/secure.yaml"]),
 ]
 
 failures: list[str] = []
@@ -129,8 +130,15 @@ def check_consistency(scenario: str, docs: list[dict]) -> None:
     grpc_port = int(env["MODELD_GRPC_ADDR"]["value"].rsplit(":", 1)[1])
     if grpc_port != ports["grpc"]:
         problems.append("MODELD_GRPC_ADDR is not the grpc containerPort")
+    tls_on = "MODELD_TLS_CERT" in env
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
-        if modeld.get(probe, {}).get("grpc", {}).get("port") != grpc_port:
+        if tls_on:
+            # The kubelet's gRPC probes speak plaintext: with TLS they must ask the admin port.
+            get = modeld.get(probe, {}).get("httpGet", {})
+            scheme = "HTTPS" if "MODELD_ADMIN_TLS_CERT" in env else "HTTP"
+            if get.get("port") != "admin" or get.get("scheme") != scheme:
+                problems.append(f"{probe} is not an {scheme} probe on the admin port while TLS is on")
+        elif modeld.get(probe, {}).get("grpc", {}).get("port") != grpc_port:
             problems.append(f"{probe} is not a gRPC probe on the gRPC port")
 
     # The HTTP/JSON face: when on, modeld listens where the http containerPort and a Service say.
@@ -162,6 +170,25 @@ def check_consistency(scenario: str, docs: list[dict]) -> None:
         m = mount_of(key_file)
         if m is None or "secret" not in volumes.get(m["name"], {}):
             problems.append("the audit HMAC key file is not on a Secret mount")
+    for name in [
+        "MODELD_TLS_CERT",
+        "MODELD_TLS_KEY",
+        "MODELD_TLS_CLIENT_CA",
+        "MODELD_ADMIN_TLS_CERT",
+        "MODELD_ADMIN_TLS_KEY",
+        "MODELD_CALLERS_FILE",
+    ]:
+        path = env.get(name, {}).get("value")
+        if path:
+            m = mount_of(path)
+            if m is None or "secret" not in volumes.get(m["name"], {}) or "subPath" in m:
+                problems.append(f"{name} is not on a whole-Secret mount (renewals would not reach it)")
+    for policy in by_kind(docs, "NetworkPolicy"):
+        if not selects(policy["spec"]["podSelector"]["matchLabels"], labels):
+            problems.append("the NetworkPolicy does not select the pods")
+        allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])}
+        if not set(ports) <= allowed:
+            problems.append(f"the NetworkPolicy leaves ports {sorted(set(ports) - allowed)} closed")
     if env.get("MODELD_AUDIT_REDACT") and not key_file:
         problems.append("audit redaction without an HMAC key file")
 
