@@ -487,3 +487,46 @@ async fn a_connection_past_its_age_is_closed_gracefully_and_its_call_completes()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modeld_verify_passes_over_mutual_tls_with_a_token_and_fails_without_one() {
+    let root = model_root(Some("v2"));
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "ca");
+    let callers = pki.path().join("callers.yaml");
+    let yaml =
+        format!("callers:\n  - {{name: release, token_sha256: {}, tasks: [{TASK}]}}\n", sha256_hex("tok-release"));
+    std::fs::write(&callers, yaml).unwrap();
+    let token = pki.path().join("token");
+    std::fs::write(&token, "tok-release\n").unwrap();
+    let mut config = tls_config(root.path(), &ca.server("server"), Some(&ca));
+    config.callers_file = Some(callers);
+    let server = TestServer::start_ready(config).await;
+    let client = ca.client("pipeline", None, "release-pipeline");
+    let (port, ca_pem) = (server.grpc.port(), ca.pem_path());
+    let verify = move |with_token: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+        command
+            .arg("verify")
+            .args(["--addr", &format!("https://localhost:{port}")])
+            .arg("--bundle")
+            .arg(common::repo_models().join(TASK).join("v2"))
+            .args(["--wait-secs", "5", "--ca-cert"])
+            .arg(&ca_pem)
+            .arg("--client-cert")
+            .arg(&client.cert_path)
+            .arg("--client-key")
+            .arg(&client.key_path);
+        if with_token {
+            command.arg("--token-file").arg(&token);
+        }
+        command.output().unwrap()
+    };
+    let (passed, refused) = tokio::task::spawn_blocking(move || (verify(true), verify(false))).await.unwrap();
+    let stdout = String::from_utf8_lossy(&passed.stdout);
+    assert!(passed.status.success(), "{stdout}{}", String::from_utf8_lossy(&passed.stderr));
+    assert!(stdout.contains("PASS"), "{stdout}");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("unauthenticated"), "{stderr}");
+}

@@ -21,10 +21,9 @@ use std::{
     time::Instant,
 };
 
-use tokio::sync::mpsc;
-use tonic::transport::Channel;
-
+use super::connect;
 use crate::pb::{self, inference_client::InferenceClient, row_result::Outcome, value::Kind};
+use tokio::sync::mpsc;
 
 /// What `modeld label` needs.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +46,8 @@ pub struct LabelArgs {
     /// Rows per chunk sent to the server.
     #[arg(long, default_value_t = 512)]
     pub chunk_rows: usize,
+    #[command(flatten)]
+    pub auth: connect::ClientAuth,
 }
 
 /// Why a labelling job failed as a whole.
@@ -66,7 +67,7 @@ pub enum LabelError {
         #[source]
         source: csv::Error,
     },
-    #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
+    #[error("server address or TLS settings: {0}")]
     Address(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -119,14 +120,20 @@ pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
         move |source| LabelError::Io { path, source }
     };
     let total_lines = count_lines(&args.input).map_err(io(&args.input))?;
-    let channel = Channel::from_shared(args.addr.clone())
-        .map_err(|_| LabelError::Address(args.addr.clone()))?
+    let authorization = args.auth.authorization().map_err(LabelError::Address)?;
+    let channel = args
+        .auth
+        .endpoint(&args.addr)
+        .map_err(LabelError::Address)?
         .connect()
         .await
         .map_err(|source| LabelError::Connect { addr: args.addr.clone(), source })?;
     let mut client = InferenceClient::new(channel).max_decoding_message_size(256 << 20);
     // The live schema types CSV cells. A task that is not serving fails here, before any work.
-    let live = client.get_version(pb::GetVersionRequest { task: args.task.clone() }).await?.into_inner();
+    let live = client
+        .get_version(connect::request(pb::GetVersionRequest { task: args.task.clone() }, &authorization))
+        .await?
+        .into_inner();
     let types: HashMap<String, String> = live.fields.into_iter().map(|f| (f.name, f.r#type)).collect();
 
     // Reader thread: file -> chunks (to the stream) and entries (to the writer), both bounded.
@@ -137,7 +144,8 @@ pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
         std::thread::spawn(move || read_chunks(&args, in_format, &types, chunk_tx, entries_tx).map_err(io(&path)))
     };
 
-    let mut responses = client.batch_predict(tokio_stream::wrappers::ReceiverStream::new(chunk_rx)).await?.into_inner();
+    let chunks = connect::request(tokio_stream::wrappers::ReceiverStream::new(chunk_rx), &authorization);
+    let mut responses = client.batch_predict(chunks).await?.into_inner();
     let mut out = Output::create(&args.output, out_format).map_err(io(&args.output))?;
     let mut summary = Summary::default();
     let progress = Progress::new(total_lines);

@@ -14,6 +14,7 @@ use std::{
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
+use super::connect;
 use crate::{
     bundle::golden::{self, GoldenRow},
     pb::{self, inference_client::InferenceClient, inference_server::SERVICE_NAME as INFERENCE_SERVICE},
@@ -37,6 +38,8 @@ pub struct VerifyArgs {
     /// How long to wait for the server to be SERVING with the bundle's version live, in seconds.
     #[arg(long, default_value_t = 120)]
     pub wait_secs: u64,
+    #[command(flatten)]
+    pub auth: connect::ClientAuth,
 }
 
 /// Why verification failed.
@@ -58,12 +61,14 @@ pub enum VerifyError {
     },
     #[error("cannot tell the task from {0}; pass --task")]
     Task(PathBuf),
-    #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
+    #[error("server address or TLS settings: {0}")]
     Address(String),
     #[error("{addr}: not serving {task} version {expected} after {waited_secs} s (last seen: {last})")]
     NotLive { addr: String, task: String, expected: String, waited_secs: u64, last: String },
     #[error("{addr}: Predict failed: {status}")]
     Predict { addr: String, status: tonic::Status },
+    #[error("{addr}: refused: {status}")]
+    Refused { addr: String, status: tonic::Status },
     #[error("{addr}: {0}", .mismatches.join("; "))]
     Mismatch { addr: String, mismatches: Vec<String> },
 }
@@ -95,7 +100,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Vec<Verified>, VerifyError> {
     let wait = Duration::from_secs(args.wait_secs);
     let mut verified = Vec::with_capacity(args.addrs.len());
     for addr in &args.addrs {
-        verified.push(verify_one(addr, &task, &expected, &rows, wait).await?);
+        verified.push(verify_one(addr, &args.auth, &task, &expected, &rows, wait).await?);
     }
     Ok(verified)
 }
@@ -107,17 +112,17 @@ fn task_of(bundle: &Path) -> Option<String> {
 
 async fn verify_one(
     addr: &str,
+    auth: &connect::ClientAuth,
     task: &str,
     expected: &str,
     rows: &[GoldenRow],
     wait: Duration,
 ) -> Result<Verified, VerifyError> {
     // Lazy: a server that is not up yet is one more reason to retry, not a failure.
-    let channel = Channel::from_shared(addr.to_owned())
-        .map_err(|_| VerifyError::Address(addr.to_owned()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    wait_until_live(channel.clone(), addr, task, expected, wait).await?;
+    let authorization = auth.authorization().map_err(VerifyError::Address)?;
+    let channel =
+        auth.endpoint(addr).map_err(VerifyError::Address)?.connect_timeout(Duration::from_secs(5)).connect_lazy();
+    wait_until_live(channel.clone(), addr, &authorization, task, expected, wait).await?;
 
     let request = pb::PredictRequest {
         task: task.to_owned(),
@@ -126,7 +131,7 @@ async fn verify_one(
         ..Default::default()
     };
     let response = InferenceClient::new(channel)
-        .predict(request)
+        .predict(connect::request(request, &authorization))
         .await
         .map_err(|status| VerifyError::Predict { addr: addr.to_owned(), status })?
         .into_inner();
@@ -141,6 +146,7 @@ async fn verify_one(
 async fn wait_until_live(
     channel: Channel,
     addr: &str,
+    authorization: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     task: &str,
     expected: &str,
     wait: Duration,
@@ -152,7 +158,16 @@ async fn wait_until_live(
         let last = match health.check(HealthCheckRequest { service: INFERENCE_SERVICE.to_owned() }).await {
             Err(status) => format!("health check failed: {}", status.message()),
             Ok(r) if r.get_ref().status != ServingStatus::Serving as i32 => "NOT_SERVING".to_owned(),
-            Ok(_) => match inference.get_version(pb::GetVersionRequest { task: task.to_owned() }).await {
+            Ok(_) => match inference
+                .get_version(connect::request(pb::GetVersionRequest { task: task.to_owned() }, authorization))
+                .await
+            {
+                // Waiting does not fix credentials: fail at once.
+                Err(status)
+                    if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) =>
+                {
+                    return Err(VerifyError::Refused { addr: addr.to_owned(), status });
+                }
                 Err(status) => format!("GetVersion failed: {}", status.message()),
                 Ok(v) if v.get_ref().version == expected => return Ok(()),
                 Ok(v) => {
