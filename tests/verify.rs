@@ -6,7 +6,13 @@ use common::*;
 use modeld::clients::verify::{self, VerifyArgs, VerifyError};
 
 fn args(server: &TestServer, bundle: &std::path::Path, wait_secs: u64) -> VerifyArgs {
-    VerifyArgs { addrs: vec![format!("http://{}", server.grpc)], bundle: bundle.to_owned(), task: None, wait_secs }
+    VerifyArgs {
+        addrs: vec![format!("http://{}", server.grpc)],
+        bundle: bundle.to_owned(),
+        task: None,
+        wait_secs,
+        auth: Default::default(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +72,13 @@ async fn fails_clearly_when_nothing_listens() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let v1 = repo_models().join(TASK).join("v1");
-    let args = VerifyArgs { addrs: vec![format!("http://{addr}")], bundle: v1, task: None, wait_secs: 1 };
+    let args = VerifyArgs {
+        addrs: vec![format!("http://{addr}")],
+        bundle: v1,
+        task: None,
+        wait_secs: 1,
+        auth: Default::default(),
+    };
     match verify::run(&args).await {
         Err(e @ VerifyError::NotLive { .. }) => assert!(e.to_string().contains("health check failed"), "{e}"),
         other => panic!("expected NotLive, got {other:?}"),
