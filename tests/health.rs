@@ -72,6 +72,24 @@ async fn reflection_lists_the_inference_service() {
 }
 
 #[tokio::test]
+async fn reflection_switched_off_is_unimplemented() {
+    let root = model_root(Some("v2"));
+    let mut config = test_config(root.path());
+    config.reflection = false;
+    let server = TestServer::start_ready(config).await;
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let status = match reflection.server_reflection_info(tokio_stream::iter([request])).await {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
+
+#[tokio::test]
 async fn get_version_and_admin_version_describe_the_live_bundle() {
     let root = model_root(Some("v1"));
     let server = TestServer::start_ready(test_config(root.path())).await;
