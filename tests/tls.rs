@@ -430,22 +430,8 @@ async fn a_connection_past_its_age_is_closed_gracefully_and_its_call_completes()
     config.max_connection_age_grace = Duration::from_secs(30);
     let server = TestServer::start_ready(config).await;
 
-    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let head = http::Request::post(format!("http://{}/modeld.v1.Inference/Predict", server.grpc))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(head, false).unwrap();
-    let message = prost::Message::encode_to_vec(&one_row());
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    let rest = bytes::Bytes::from(frame.split_off(frame.len() / 2));
-    send.send_data(bytes::Bytes::from(frame), false).unwrap();
+    let mut call = common::HalfSentCall::start(server.grpc, &one_row(), &[]).await;
+    let client = call.client.clone();
 
     // Past the age the server sends GOAWAY: the connection takes no new call.
     eventually("GOAWAY after the connection's age", || {
@@ -465,20 +451,11 @@ async fn a_connection_past_its_age_is_closed_gracefully_and_its_call_completes()
         }
     })
     .await;
-    assert!(!connection.is_finished(), "the connection waits for its call in flight");
-
-    send.send_data(rest, true).unwrap();
-    let response = response.await.unwrap();
-    let mut body = response.into_body();
-    let mut bytes = Vec::new();
-    while let Some(data) = body.data().await {
-        let data = data.unwrap();
-        body.flow_control().release_capacity(data.len()).unwrap();
-        bytes.extend_from_slice(&data);
-    }
-    let trailers = body.trailers().await.unwrap().expect("gRPC trailers");
-    assert_eq!(trailers["grpc-status"], "0", "the call in flight completes");
-    let answer = <pb::PredictResponse as prost::Message>::decode(&bytes[5..]).unwrap();
+    assert!(!call.connection.is_finished(), "the connection waits for its call in flight");
+    // The connection's task is kept to watch; the call goes on to finish.
+    let connection = std::mem::replace(&mut call.connection, tokio::spawn(async { Ok(()) }));
+    let (answer, status) = call.finish().await;
+    assert_eq!(status, "0", "the call in flight completes");
     assert_eq!(answer.predictions.len(), 1);
     drop(client);
     eventually("the connection closed", || {

@@ -372,6 +372,10 @@ pub struct HalfSentCall {
     send: h2::SendStream<bytes::Bytes>,
     response: h2::client::ResponseFuture,
     rest: bytes::Bytes,
+    /// The connection's client, for more calls on it.
+    pub client: h2::client::SendRequest<bytes::Bytes>,
+    /// The connection's task: finished once the connection has closed.
+    pub connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
 }
 
 impl HalfSentCall {
@@ -389,7 +393,7 @@ impl HalfSentCall {
     pub async fn start_at(addr: SocketAddr, path: &str, message: &[u8], headers: &[(&str, &str)]) -> HalfSentCall {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
+        let connection = tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
         let mut head = http::Request::post(format!("http://{addr}{path}"))
             .header("content-type", "application/grpc")
@@ -406,7 +410,7 @@ impl HalfSentCall {
         let mut frame = bytes::Bytes::from(frame);
         let rest = frame.split_off(frame.len() / 2);
         send.send_data(frame, false).unwrap();
-        HalfSentCall { send, response, rest }
+        HalfSentCall { send, response, rest, client, connection }
     }
 
     /// Sends the rest of the request and returns the decoded answer and its grpc-status.
