@@ -117,19 +117,23 @@ pub struct App {
     bulk: BulkRuntime,
     hangups: Option<tokio::signal::unix::Signal>,
     audit: Option<Arc<AuditWriter>>,
-    tls: Listening,
+    tls: ListenerTls,
     access: Access,
 }
 
 /// TLS per listener, when on.
 #[derive(Default, Clone)]
-struct Listening {
+struct ListenerTls {
     grpc: Option<Arc<TlsSource>>,
     http: Option<Arc<TlsSource>>,
     admin: Option<Arc<TlsSource>>,
 }
 
-impl Listening {
+impl ListenerTls {
+    fn is_on(&self) -> bool {
+        self.grpc.is_some() || self.http.is_some() || self.admin.is_some()
+    }
+
     fn reload(&self) {
         for source in [&self.grpc, &self.http, &self.admin].into_iter().flatten() {
             source.reload();
@@ -180,7 +184,7 @@ impl App {
             None => Access::open(),
         };
         predictor = predictor.with_access(access.clone());
-        let mut tls = Listening::default();
+        let mut tls = ListenerTls::default();
         if let Some(files) = &config.tls {
             tls.grpc = Some(TlsSource::load("grpc", files, tls::ALPN_GRPC, &metrics)?);
             tls.http = Some(TlsSource::load("http", files, tls::ALPN_HTTP, &metrics)?);
@@ -280,7 +284,7 @@ impl App {
                 .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
         );
         // Certificates and the callers file are reread on the bundle poll's interval.
-        let credentials = {
+        let credentials = (tls.is_on() || access.is_on()).then(|| {
             let (tls, access, stop) = (tls.clone(), access.clone(), background.clone());
             let every = config.poll_interval;
             tokio::spawn(async move {
@@ -299,7 +303,7 @@ impl App {
                     .await;
                 }
             })
-        };
+        });
         // The HTTP/JSON face stops taking connections with gRPC (step 2 below); its calls are
         // in the same tracker, so the drain waits for them too.
         let http = listeners.http.map(|listener| {
@@ -379,7 +383,9 @@ impl App {
                 let _ = http.await;
             }
             let _ = reload_loop.await;
-            let _ = credentials.await;
+            if let Some(credentials) = credentials {
+                let _ = credentials.await;
+            }
             let _ = health_sync.await;
             if let Some(hangup) = hangup {
                 let _ = hangup.await;

@@ -507,3 +507,42 @@ async fn modeld_verify_passes_over_mutual_tls_with_a_token_and_fails_without_one
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("unauthenticated"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_connection_past_its_age_is_told_to_close_after_a_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = model_root(Some("v2"));
+    let mut config = test_config(root.path());
+    config.max_connection_age = Some(Duration::from_millis(200));
+    let server = TestServer::start_ready(config).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let request = format!("GET /v1/tasks HTTP/1.1\r\nhost: {}\r\n\r\n", server.http);
+    // Keep-alive requests on one connection until a response says it is the last.
+    let mut told = false;
+    for _ in 0..2_000 {
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&response).contains("\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before a response");
+            response.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+        let length: usize =
+            text.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap();
+        let head = text.find("\r\n\r\n").unwrap() + 4;
+        let mut body = response.len() - head;
+        while body < length {
+            body += tcp.read(&mut buf).await.unwrap();
+        }
+        if text.contains("connection: close") {
+            told = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await; // pacing the loop, not timing a result
+    }
+    assert!(told, "no response said connection: close");
+    let mut rest = [0u8; 16];
+    assert_eq!(tcp.read(&mut rest).await.unwrap(), 0, "the server closes the connection after it");
+}

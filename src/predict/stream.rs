@@ -129,10 +129,11 @@ impl StreamSession {
             if task.is_empty() {
                 return Err(PredictError::MissingStreamTask);
             }
+            // Named before any check, so a refused stream is counted under its task.
+            task.clone_into(&mut self.task);
             self.predictor.check_task(&self.ctx, task)?;
             // One snapshot for the whole stream: a flip mid-stream does not change its version.
             let bundle = self.predictor.snapshot(task, (!version.is_empty()).then_some(version))?;
-            self.task = task.to_owned();
             self.bundle = Some(bundle);
         } else if !task.is_empty() && task != self.task {
             return Err(PredictError::TaskChanged { stream: self.task.clone(), chunk: task.to_owned() });

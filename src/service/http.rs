@@ -74,7 +74,7 @@ pub fn router(
     limits: HttpLimits,
 ) -> Router {
     let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
-    Router::new()
+    let router = Router::new()
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{task}", get(describe_task))
         .route("/v1/tasks/{task}/predict", post(predict))
@@ -87,11 +87,15 @@ pub fn router(
             let message = "the route takes another method (see /openapi.json)".to_owned();
             error(StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED", message)
         })
-        .layer(axum::middleware::from_fn_with_state(limits.max_connection_age, age_limit))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestDecompressionLayer::new())
-        .layer(CompressionLayer::new())
-        .with_state(Face { predictor, registry, readiness, calls, limits, rejected })
+        .layer(CompressionLayer::new());
+    // Only with an age set: the check is one more layer on every call.
+    let router = match limits.max_connection_age {
+        Some(age) => router.layer(axum::middleware::from_fn_with_state(age, age_limit)),
+        None => router,
+    };
+    router.with_state(Face { predictor, registry, readiness, calls, limits, rejected })
 }
 
 /// Closes an HTTP/1.1 connection past its age after this response (`Connection: close`), so
@@ -99,18 +103,16 @@ pub fn router(
 /// from the peer's port) keeps connections opened together from closing together. HTTP/2
 /// connections on this port are not aged.
 async fn age_limit(
-    State(age): State<Option<Duration>>,
+    State(age): State<Duration>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let http1 = request.version() == axum::http::Version::HTTP_11;
     let mut response = next.run(request).await;
-    if let Some(age) = age.filter(|_| http1) {
-        let jitter = conn.remote_addr.map_or(0, |a| u32::from(a.port()) % 100);
-        if conn.accepted.elapsed() >= age.mul_f64(1.0 - f64::from(jitter) / 1000.0) {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+    let jitter = conn.remote_addr.map_or(0, |a| u32::from(a.port()) % 100);
+    if http1 && conn.accepted.elapsed() >= age.mul_f64(1.0 - f64::from(jitter) / 1000.0) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
