@@ -217,6 +217,17 @@ async fn callers_by_token_and_by_certificate_identity_are_allowed_and_denied_per
     write_callers("fraud");
     let mut config = tls_config(root.path(), &ca.server("server"), Some(&ca));
     config.callers_file = Some(callers.clone());
+    let audit_log = pki.path().join("audit.log");
+    config.audit = Some(modeld::config::AuditConfig {
+        target: modeld::config::AuditTarget::File(audit_log.clone()),
+        sample: 1.0,
+        features: Some(Vec::new()),
+        redact: Vec::new(),
+        hmac_key_file: None,
+        max_bytes: 1 << 20,
+        keep_files: 1,
+        queue: 1024,
+    });
     let server = TestServer::start_ready(config).await;
     let by_uri = ca.client("labeller", Some("spiffe://bank/labeller"), "ignored-cn");
     let by_cn = ca.client("batch", None, "batch-job");
@@ -302,6 +313,25 @@ async fn callers_by_token_and_by_certificate_identity_are_allowed_and_denied_per
     })
     .await;
     assert!(predict(strange.clone(), Some("tok-other")).await.is_ok(), "the callers loaded before stay");
+
+    // The audit log names the caller of each call, and records the refused ones.
+    server.stop().await.unwrap();
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&audit_log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let outcome = |r: &serde_json::Value| {
+        (r["caller"].as_str().map(String::from), r["outcome"]["code"].as_str().map(String::from))
+    };
+    let seen: Vec<_> = records.iter().map(outcome).collect();
+    for expected in [
+        (Some("labeller"), "OK"),
+        (Some("batch"), "OK"),
+        (Some("engine"), "OK"),
+        (Some("other"), "PERMISSION_DENIED"),
+        (None, "UNAUTHENTICATED"),
+    ] {
+        let wanted = (expected.0.map(String::from), Some(expected.1.to_owned()));
+        assert!(seen.contains(&wanted), "no record {expected:?} in {seen:?}");
+    }
 }
 
 /// The certificate a fresh TLS handshake is served.

@@ -175,10 +175,10 @@ impl Predictor {
         };
         match result {
             Ok(answer) => {
-                let versions: Vec<(&Bundle, &[Prediction])> = std::iter::once(&*answer.bundle)
-                    .zip(std::iter::once(&answer.predictions[..]))
-                    .chain(answer.comparisons.iter().map(|c| (&*c.bundle, &c.predictions[..])))
-                    .collect();
+                let versions: Vec<(&Bundle, &[Prediction])> =
+                    std::iter::once((&*answer.bundle, &answer.predictions[..]))
+                        .chain(answer.comparisons.iter().map(|c| (&*c.bundle, &c.predictions[..])))
+                        .collect();
                 let compare: Vec<&Bundle> = answer.comparisons.iter().map(|c| &*c.bundle).collect();
                 entry.bundle = Some(&answer.bundle);
                 entry.compare = &compare;
