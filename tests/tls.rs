@@ -285,6 +285,13 @@ async fn callers_by_token_and_by_certificate_identity_are_allowed_and_denied_per
     assert!(text.to_ascii_lowercase().contains("www-authenticate: bearer"), "{text}");
     assert_eq!(curl(server.http, &path, &ca, Some(&stranger), Some("tok-other")).unwrap().0, 403);
     assert_eq!(curl(server.http, &path, &ca, Some(&stranger), Some("tok-engine")).unwrap().0, 200);
+    let task_path = format!("/v1/tasks/{TASK}");
+    assert_eq!(curl(server.http, &task_path, &ca, Some(&stranger), Some("tok-other")).unwrap().0, 403);
+    assert_eq!(curl(server.http, &task_path, &ca, Some(&stranger), Some("tok-engine")).unwrap().0, 200);
+    let mut version = tonic::Request::new(pb::GetVersionRequest { task: TASK.into() });
+    version.metadata_mut().insert("authorization", "Bearer tok-other".parse().unwrap());
+    let denied = InferenceClient::new(strange.clone()).get_version(version).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
     let (status, listing) = curl(server.http, "/v1/tasks", &ca, Some(&stranger), Some("tok-other")).unwrap();
     assert_eq!(status, 200);
     assert!(!listing.contains(TASK), "a caller sees only the tasks it may call: {listing}");

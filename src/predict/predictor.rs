@@ -111,12 +111,18 @@ impl Predictor {
 
     /// Whether the call's caller may use `task` (always, when callers are not checked).
     pub fn check_task(&self, ctx: &CallContext, task: &str) -> Result<(), PredictError> {
-        match &ctx.caller {
-            Some(caller) if !caller.may_call(task) => {
-                Err(PredictError::PermissionDenied { caller: caller.name.clone(), task: task.to_owned() })
-            }
-            _ => Ok(()),
-        }
+        permit(ctx.caller.as_deref(), task)
+    }
+
+    /// [`Predictor::caller`] and [`Predictor::check_task`] at once, for calls that read about
+    /// one task without scoring (GetVersion, `GET /v1/tasks/{task}`).
+    pub fn check_reader(
+        &self,
+        authorization: Option<&str>,
+        identities: &[String],
+        task: &str,
+    ) -> Result<(), PredictError> {
+        permit(self.caller(authorization, identities)?.as_deref(), task)
     }
 
     /// The core recording every call through `auditor`. Call before the first clone.
@@ -264,6 +270,17 @@ impl Predictor {
         if let Some(caller) = &ctx.caller {
             m.caller_requests.with_label_values(&[caller.name.as_str(), task, code]).inc();
         }
+    }
+}
+
+/// The one rule: a caller may use the tasks its entry lists; no caller (no callers file) may
+/// use every task.
+fn permit(caller: Option<&crate::access::Caller>, task: &str) -> Result<(), PredictError> {
+    match caller {
+        Some(caller) if !caller.may_call(task) => {
+            Err(PredictError::PermissionDenied { caller: caller.name.clone(), task: task.to_owned() })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -406,12 +406,8 @@ async fn describe_task(
     headers: HeaderMap,
     Path(task): Path<String>,
 ) -> Response {
-    match face.predictor.caller(authorization(&headers), conn.identities()) {
-        Ok(Some(caller)) if !caller.may_call(&task) => {
-            return core_error(PredictError::PermissionDenied { caller: caller.name.clone(), task });
-        }
-        Ok(_) => {}
-        Err(e) => return core_error(e),
+    if let Err(e) = face.predictor.check_reader(authorization(&headers), conn.identities(), &task) {
+        return core_error(e);
     }
     let bundle = match face.registry.get(&task) {
         Ok(b) => b,

@@ -107,14 +107,14 @@ impl pb::inference_server::Inference for InferenceService {
         request: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
         let (authorization, identities) = credentials(&request);
-        let caller = self.predictor.caller(authorization, identities)?;
-        let task = request.into_inner().task;
+        let task = &request.get_ref().task;
         if task.is_empty() {
+            // The credentials still decide first: an unknown caller learns nothing.
+            self.predictor.caller(authorization, identities)?;
             return Err(PredictError::MissingTask.into());
         }
-        if let Some(caller) = caller.filter(|c| !c.may_call(&task)) {
-            return Err(PredictError::PermissionDenied { caller: caller.name.clone(), task }.into());
-        }
+        self.predictor.check_reader(authorization, identities, task)?;
+        let task = request.into_inner().task;
         let bundle = self.registry.get(&task).map_err(PredictError::from)?;
         let report = self.registry.report(&task);
         Ok(Response::new(pb::GetVersionResponse {
