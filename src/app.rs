@@ -26,6 +26,7 @@ use crate::{
         Registry, RegistryOptions, ReloadError, ReloadOutcome,
         watch::{self, Reload, ReloadTiming},
     },
+    rollout::{Diffs, ShadowQueue},
     runner::{BulkRuntime, Runner, RunnerLimits},
     service::{
         admin, conn,
@@ -119,6 +120,7 @@ pub struct App {
     audit: Option<Arc<AuditWriter>>,
     tls: ListenerTls,
     access: Access,
+    diffs: Arc<Diffs>,
 }
 
 /// TLS per listener, when on.
@@ -178,7 +180,12 @@ impl App {
             max_batch_rows: config.max_batch_rows,
             max_streams: config.max_streams,
         };
-        let mut predictor = Predictor::new(registry.clone(), runner, metrics.clone(), limits);
+        let bulk = BulkRuntime::start(config.bulk_threads).map_err(AppError::Runtime)?;
+        let diffs = Arc::new(Diffs::new(metrics.rollout.clone()));
+        let shadow =
+            ShadowQueue::new(runner.clone(), bulk.handle(), config.shadow_queue, config.shadow_budget, diffs.clone());
+        let mut predictor =
+            Predictor::new(registry.clone(), runner, metrics.clone(), limits).with_shadow(shadow.clone());
         let access = match &config.callers_file {
             Some(path) => Access::from_file(path, metrics.access_reloads.clone())?,
             None => Access::open(),
@@ -205,7 +212,6 @@ impl App {
         let reporter = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
         let readiness = Readiness::new(registry.clone(), reporter).await;
-        let bulk = BulkRuntime::start(config.bulk_threads).map_err(AppError::Runtime)?;
         let inference = InferenceService::new(predictor.clone(), registry.clone(), readiness.clone(), bulk.handle());
         let hangups = shutdown::hangups();
         Ok(App {
@@ -221,6 +227,7 @@ impl App {
             audit,
             tls,
             access,
+            diffs,
         })
     }
 
@@ -239,6 +246,7 @@ impl App {
             audit,
             tls,
             access,
+            diffs,
         } = self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
@@ -326,7 +334,7 @@ impl App {
         let admin = tokio::spawn(
             axum::serve(
                 HttpListener::new(listeners.admin, tls.admin.clone()),
-                admin::router(registry, readiness.clone(), metrics, tracker.clone()),
+                admin::router(registry, readiness.clone(), metrics, tracker.clone(), diffs),
             )
             .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
             .into_future(),

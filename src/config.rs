@@ -133,6 +133,14 @@ pub struct ServeArgs {
     /// Also keep the N most recent version directories loaded (natural name order) [default: 0].
     #[arg(long, env = "MODELD_KEEP_RECENT")]
     pub keep_recent: Option<usize>,
+    /// Shadow jobs (a rollout policy's `shadow` versions scoring answered rows) pending at
+    /// once; more are dropped and counted, never queued [default: 256].
+    #[arg(long, env = "MODELD_SHADOW_QUEUE")]
+    pub shadow_queue: Option<usize>,
+    /// Time a shadow job may wait to start its model run before it is dropped and counted
+    /// [default: 250].
+    #[arg(long, env = "MODELD_SHADOW_BUDGET_MS")]
+    pub shadow_budget_ms: Option<u64>,
     /// Exit at start-up if a task has no good bundle, instead of serving NOT_SERVING and
     /// waiting for one (for those who prefer a crash loop) [default: false].
     #[arg(long, env = "MODELD_REQUIRE_BUNDLES")]
@@ -267,6 +275,8 @@ pub struct Config {
     pub watch_events: bool,
     pub keep_versions: Vec<String>,
     pub keep_recent: usize,
+    pub shadow_queue: usize,
+    pub shadow_budget: Duration,
     pub require_bundles: bool,
     pub ort_library: PathBuf,
     pub log: String,
@@ -385,6 +395,8 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         watch_events: cli.watch_events.or(file.watch_events).unwrap_or(true),
         keep_versions: cli.keep_versions.or(file.keep_versions).unwrap_or_default(),
         keep_recent: cli.keep_recent.or(file.keep_recent).unwrap_or(0),
+        shadow_queue: cli.shadow_queue.or(file.shadow_queue).unwrap_or(256),
+        shadow_budget: ms(cli.shadow_budget_ms.or(file.shadow_budget_ms), 250),
         require_bundles: cli.require_bundles.or(file.require_bundles).unwrap_or(false),
         ort_library: cli.ort_library.or(file.ort_library).unwrap_or_else(default_ort_library),
         log: cli.log.or(file.log).unwrap_or_else(|| "info,ort=warn".to_owned()),

@@ -9,6 +9,7 @@
 //! - [`pb`]: the generated `modeld.v1` protobuf code, for the faces and the clients only.
 //! - [`predict`]: the protocol-neutral core: request -> snapshot -> preprocess -> run -> results; errors, metrics.
 //! - [`registry`]: the live bundle of each task, swapped atomically; the reload loop.
+//! - [`rollout`]: champion/challenger: the rollout policy file, sticky split buckets, shadow scoring, the decision diff.
 //! - [`runner`]: admission and placement of model runs (bounded queue, inline or blocking thread), bulk runtime.
 //! - [`validate`]: `modeld validate`, the load checks as a report.
 //! - [`bundle`]: one version directory loaded and checked (manifest and identity, schema, model, golden rows).
@@ -31,6 +32,7 @@ pub mod pb;
 pub mod predict;
 pub mod preprocess;
 pub mod registry;
+pub mod rollout;
 pub mod runner;
 pub mod schema;
 pub mod service;

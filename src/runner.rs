@@ -60,6 +60,7 @@ struct Inner {
     bulk: Arc<Semaphore>,
     slots: Arc<Semaphore>,
     inline_max_rows: usize,
+    max_queued: usize,
     metrics: Metrics,
 }
 
@@ -72,6 +73,7 @@ impl Runner {
                 bulk: Arc::new(Semaphore::new(limits.bulk_threads.clamp(1, threads))),
                 slots: Arc::new(Semaphore::new(threads)),
                 inline_max_rows: limits.inline_max_rows,
+                max_queued: limits.max_queued,
                 metrics,
             }),
         }
@@ -94,6 +96,38 @@ impl Runner {
     {
         let _bulk = until(deadline, self.inner.bulk.acquire()).await?.expect("the bulk semaphore is never closed");
         self.run(bundle, input, deadline, emit, true).await
+    }
+
+    /// Whether admitted runs are waiting for a slot (or, with no queue, every slot is busy):
+    /// the moment optional work, such as shadow scoring, gives way.
+    pub fn saturated(&self) -> bool {
+        self.inner.admitted.available_permits() < self.inner.max_queued.max(1)
+    }
+
+    /// Optional work (a shadow version's run): refused with [`RunError::Overloaded`] whenever
+    /// the runner is [saturated](Runner::saturated), never counted against the admission queue
+    /// (so it cannot turn a caller away), and limited to the bulk slots. Runs on the calling
+    /// thread, which is a bulk runtime worker.
+    pub async fn score_optional<T, F>(
+        &self,
+        bundle: &Arc<Bundle>,
+        input: Input,
+        deadline: Option<Instant>,
+        emit: F,
+    ) -> Result<Vec<T>, RunError>
+    where
+        F: FnMut(usize, Scored<'_>) -> T,
+    {
+        let inner = &self.inner;
+        if self.saturated() {
+            return Err(RunError::Overloaded);
+        }
+        let _bulk = until(deadline, inner.bulk.acquire()).await?.expect("the bulk semaphore is never closed");
+        let _slot = until(deadline, inner.slots.acquire()).await?.expect("the slot semaphore is never closed");
+        if self.saturated() {
+            return Err(RunError::Overloaded);
+        }
+        Ok(bundle.score(&input, emit)?)
     }
 
     /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`]. A run

@@ -132,12 +132,12 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     assert!(matches!(e, PredictError::TooManyStreams { limit: 1 }) && e.kind() == ErrorKind::ResourceExhausted);
 
     assert!(matches!(session.bind("", ""), Err(PredictError::MissingStreamTask)));
-    assert_eq!(session.bind(TASK, "").unwrap().version, "v2");
+    session.bind(TASK, "").unwrap();
     // More rows than one model run takes, with one bad row in the second run.
     let mut rows: Vec<OwnedRow> = golden("v2").iter().take(40).map(|g| g.row.clone()).collect();
     rows[20].features.push(("age_in_years".into(), OwnedValue::Text("old".into())));
     let answer = session.score_chunk(&rows).await.unwrap();
-    assert_eq!(answer.outcomes.len(), 40);
+    assert_eq!((answer.bundle.version.as_str(), answer.outcomes.len()), ("v2", 40));
     let bad = answer.outcomes[20].as_ref().unwrap_err();
     assert_eq!((bad.row_index, bad.field.as_str()), (20, "age_in_years"));
     assert_eq!(answer.outcomes.iter().filter(|o| o.is_ok()).count(), 39);
@@ -147,7 +147,8 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     registry.reload(TASK, false).await;
     assert_eq!(registry.get(TASK).unwrap().version, "v1");
     assert!(matches!(session.bind("other", ""), Err(PredictError::TaskChanged { .. })));
-    assert_eq!(session.bind("", "").unwrap().version, "v2");
+    session.bind("", "").unwrap();
+    assert_eq!(session.score_chunk(&rows[..1]).await.unwrap().bundle.version, "v2");
     session.finish(Ok(()));
 
     core.open_stream(CallContext::new(Method::BatchPredict)).expect("the slot is free again").finish(Ok(()));
@@ -157,6 +158,10 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     let refused = [("task", "-"), ("method", "BatchPredict"), ("code", "RESOURCE_EXHAUSTED")];
     assert_eq!(metric_value(&text, "modeld_requests_total", &refused), Some(1.0));
     assert_eq!(metric_value(&text, "modeld_stream_row_errors_total", &[("task", TASK)]), Some(1.0));
-    assert_eq!(metric_value(&text, "modeld_rows_total", &[("task", TASK)]), Some(39.0));
+    assert_eq!(
+        metric_value(&text, "modeld_rows_total", &[("task", TASK)]),
+        Some(40.0),
+        "39 rows, then 1 after the swap"
+    );
     assert_eq!(metric_value(&text, "modeld_streams_open", &[]), Some(0.0));
 }

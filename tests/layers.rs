@@ -19,6 +19,7 @@ const FLOORS: &[&[&str]] = &[
     &["preprocess"],
     &["bundle"],
     &["runner", "validate", "access"],
+    &["rollout"],
     &["registry"],
     &["predict"],
     &["pb"],
@@ -29,7 +30,8 @@ const FLOORS: &[&[&str]] = &[
 ];
 
 /// Modules that know nothing of any protocol.
-const PROTOCOL_FREE: &[&str] = &["schema", "preprocess", "engine", "bundle", "registry", "runner", "predict", "access"];
+const PROTOCOL_FREE: &[&str] =
+    &["schema", "preprocess", "engine", "bundle", "registry", "runner", "predict", "access", "rollout"];
 
 /// A source file's module path: `src/registry/reload.rs` -> [registry, reload]; the binary's
 /// files (main.rs, cli.rs) sit under `<bin>`.

@@ -115,6 +115,44 @@ pub struct Scored<'a> {
     pub values: &'a [f32],
 }
 
+/// One row's answer, owned: what the core returns and what a shadow version's run compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Classifiers: index of the served class in the bundle's `class_labels`.
+    pub class: Option<usize>,
+    /// Classifiers: one probability per class, in `class_labels` order.
+    pub probabilities: Vec<f32>,
+    /// Regressors: one value per target.
+    pub values: Vec<f64>,
+}
+
+impl Prediction {
+    /// The owned form of a scored row; the row index is ignored (the shape
+    /// [`Bundle::score`]'s `emit` takes).
+    pub fn from_scored(_: usize, scored: Scored<'_>) -> Prediction {
+        if scored.values.is_empty() {
+            Prediction { class: Some(scored.class), probabilities: scored.probabilities.to_vec(), values: Vec::new() }
+        } else {
+            Prediction {
+                class: None,
+                probabilities: Vec::new(),
+                values: scored.values.iter().map(|v| f64::from(*v)).collect(),
+            }
+        }
+    }
+
+    /// The one number a comparison of two versions looks at: P(class 1) for a binary
+    /// classifier, the served class's probability for a multiclass one, the first value for a
+    /// regressor.
+    pub fn score(&self) -> f64 {
+        match (self.class, self.probabilities.len()) {
+            (Some(_), 2) => f64::from(self.probabilities[1]),
+            (Some(c), _) => self.probabilities.get(c).copied().map_or(f64::NAN, f64::from),
+            (None, _) => self.values.first().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
 impl Bundle {
     /// Loads and checks the version directory `dir`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Bundle, BundleError> {

@@ -87,6 +87,22 @@ impl Auditor {
         self.writer.submit(task_label, line);
     }
 
+    /// Queues a shadow job's record: the call's rows (ids only: the call's own record, with the
+    /// same request id, holds the features) with the answer given and the shadow version's.
+    pub(super) fn submit_shadow(
+        &self,
+        record: &ShadowRecord,
+        challenger: &Bundle,
+        predictions: &[Prediction],
+        took: Duration,
+    ) {
+        let mut line = Vec::with_capacity(256 + 128 * record.rows.len());
+        let shadow = ShadowLine { record, challenger, predictions, took };
+        serde_json::to_writer(&mut line, &shadow).expect("a record always serialises");
+        line.push(b'\n');
+        self.writer.submit(&record.task, line);
+    }
+
     /// `value` as a record shows a redacted field: `hmac-sha256:<hex>` over its text form, so
     /// equal values give equal digests under one key and nothing without the key reverses them.
     fn digest(&self, value: &Value<'_>) -> String {
@@ -123,6 +139,87 @@ pub(super) struct Entry<'a> {
     pub error: Option<&'a PredictError>,
     /// For stream chunks: when the chunk arrived; otherwise the call's start.
     pub latency: Duration,
+}
+
+/// What a shadow job's record says besides the shadow version's answers, captured when the
+/// call was answered.
+pub(super) struct ShadowRecord {
+    pub ctx: CallContext,
+    pub task: String,
+    pub request_id: String,
+    pub stream: Option<(u64, u64)>,
+    pub champion: Arc<Bundle>,
+    /// Per row the challenger scored: its id and the answer given (None: the row got an error).
+    pub rows: Vec<(String, Option<Prediction>)>,
+}
+
+/// `{time, request_id, [stream, chunk], peer, [caller], task, method, version, manifest_sha256,
+/// shadow: {version, manifest_sha256}, outcome, latency_ms, rows: [{row_id, outputs}]}`: like a
+/// call's record, with `latency_ms` the shadow run's and `outputs` naming both versions.
+struct ShadowLine<'a> {
+    record: &'a ShadowRecord,
+    challenger: &'a Bundle,
+    predictions: &'a [Prediction],
+    took: Duration,
+}
+
+impl Serialize for ShadowLine<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.record;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("time", &format_time(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()))?;
+        map.serialize_entry("request_id", &r.request_id)?;
+        if let Some((stream, chunk)) = r.stream {
+            map.serialize_entry("stream", &stream)?;
+            map.serialize_entry("chunk", &chunk)?;
+        }
+        map.serialize_entry("peer", &r.ctx.peer.map(|p| p.to_string()))?;
+        if let Some(caller) = &r.ctx.caller {
+            map.serialize_entry("caller", &caller.name)?;
+        }
+        map.serialize_entry("task", &r.task)?;
+        map.serialize_entry("method", r.ctx.method.name())?;
+        map.serialize_entry("version", &r.champion.version)?;
+        map.serialize_entry("manifest_sha256", &r.champion.manifest_sha256)?;
+        let shadow =
+            CompareEntry { version: &self.challenger.version, manifest_sha256: &self.challenger.manifest_sha256 };
+        map.serialize_entry("shadow", &shadow)?;
+        map.serialize_entry("outcome", &Outcome(None))?;
+        map.serialize_entry("latency_ms", &(self.took.as_secs_f64() * 1e3))?;
+        let rows: Vec<_> = r
+            .rows
+            .iter()
+            .zip(self.predictions)
+            .map(|((row_id, given), shadow)| ShadowRow {
+                champion: &r.champion,
+                row_id,
+                given: given.as_ref(),
+                challenger: self.challenger,
+                shadow,
+            })
+            .collect();
+        map.serialize_entry("rows", &rows)?;
+        map.end()
+    }
+}
+
+struct ShadowRow<'a> {
+    champion: &'a Bundle,
+    row_id: &'a str,
+    given: Option<&'a Prediction>,
+    challenger: &'a Bundle,
+    shadow: &'a Prediction,
+}
+
+impl Serialize for ShadowRow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("row_id", self.row_id)?;
+        let given = self.given.map(|p| (self.champion, p));
+        let outputs = given.into_iter().chain(std::iter::once((self.challenger, self.shadow)));
+        map.serialize_entry("outputs", &VersionOutputs(outputs))?;
+        map.end()
+    }
 }
 
 /// The rows of a record with what each version said of them.
@@ -209,6 +306,10 @@ impl Serialize for Outcome<'_> {
                     PredictError::BadRow(row) => {
                         map.serialize_entry("row", &row.row_index)?;
                         map.serialize_entry("field", &row.field)?;
+                    }
+                    PredictError::StickyKey { row, field, .. } => {
+                        map.serialize_entry("row", row)?;
+                        map.serialize_entry("field", field)?;
                     }
                     PredictError::PositionalValues { row } | PredictError::ValueCount { row, .. } => {
                         map.serialize_entry("row", row)?;

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
+pub use crate::bundle::Prediction;
 use crate::{access::Caller, bundle::Bundle};
 
 /// Request limits enforced before any model work.
@@ -91,17 +92,6 @@ pub struct Request<'a, R> {
     pub compare_versions: &'a [String],
 }
 
-/// One row's answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// Classifiers: index of the served class in the bundle's `class_labels`.
-    pub class: Option<usize>,
-    /// Classifiers: one probability per class, in `class_labels` order.
-    pub probabilities: Vec<f32>,
-    /// Regressors: one value per target.
-    pub values: Vec<f64>,
-}
-
 /// The same rows scored by another loaded version.
 #[derive(Debug)]
 pub struct Comparison {
@@ -116,4 +106,25 @@ pub struct Answer {
     pub bundle: Arc<Bundle>,
     pub predictions: Vec<Prediction>,
     pub comparisons: Vec<Comparison>,
+}
+
+/// Whose sticky key a split reads: a unary call's (every row must carry the same key) or a
+/// stream's (its first row decides; a stream has no request id, so its first row id stands in).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyOf {
+    Call,
+    Stream,
+}
+
+/// What the caller's answer was, for a shadow job's record.
+pub(super) struct Answered<'a, R> {
+    pub ctx: &'a CallContext,
+    pub request_id: &'a str,
+    pub stream: Option<(u64, u64)>,
+    pub rows: &'a [R],
+    pub bundle: &'a Arc<Bundle>,
+    /// Per row, the prediction given (None: the row got its own error).
+    pub predictions: &'a [Option<&'a Prediction>],
+    /// Whether the call's own audit record was written: its shadow records follow it.
+    pub audited: bool,
 }

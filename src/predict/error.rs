@@ -37,6 +37,10 @@ pub enum PredictError {
     /// A positional row whose value count does not match the stream's columns.
     #[error("values: row {row} has {values} values for {columns} columns")]
     ValueCount { row: usize, values: usize, columns: usize },
+    /// The rollout policy splits by a key that this row lacks, or that differs from the first
+    /// row's: one version answers a whole request, so its rows must share one key.
+    #[error("row {row}: {field}: {reason}")]
+    StickyKey { row: usize, field: String, reason: &'static str },
     /// A row that cannot be encoded: names the row, the field and the reason.
     #[error(transparent)]
     BadRow(#[from] RowError),
@@ -128,6 +132,7 @@ impl PredictError {
             | PredictError::TooManyRows { .. }
             | PredictError::ValueCount { .. }
             | PredictError::PositionalValues { .. }
+            | PredictError::StickyKey { .. }
             | PredictError::BadRow(_) => ErrorKind::InvalidArgument,
             PredictError::Registry(RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. }) => {
                 ErrorKind::NotFound

@@ -12,13 +12,15 @@
 //! one snapshot on its first chunk for its whole life. A swap mid-call changes nothing.
 //!
 //! # Files
-//! One-way imports: `error` and `call` at the bottom, then `predictor` (the [`Predictor`] and the
-//! unary path), then `stream`; this file only re-exports.
+//! One-way imports: `error` and `call` at the bottom, then `audit`, then `predictor` (the
+//! [`Predictor`] and the unary path), then `rollout` (version choice by the rollout policy and
+//! shadow hand-over), then `stream`; this file only re-exports.
 
 pub mod audit;
 mod call;
 mod error;
 mod predictor;
+mod rollout;
 mod stream;
 
 pub use self::{

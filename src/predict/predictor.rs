@@ -7,14 +7,15 @@ use tokio::sync::Semaphore;
 
 use super::{
     audit::{Auditor, Entry, Rows},
-    call::{Answer, CallContext, Comparison, Limits, Method, Prediction, Request},
+    call::{Answer, Answered, CallContext, Comparison, KeyOf, Limits, Method, Prediction, Request},
     error::{ErrorKind, PredictError},
 };
 use crate::{
     access::Access,
     bundle::{Bundle, Scored},
     preprocess::RowView,
-    registry::Registry,
+    registry::{LivePolicy, Registry},
+    rollout::ShadowQueue,
     runner::Runner,
     telemetry::{GaugeGuard, Metrics},
 };
@@ -36,6 +37,7 @@ pub(super) struct Inner {
     pub(super) streams: Arc<Semaphore>,
     pub(super) audit: Option<Auditor>,
     pub(super) access: Access,
+    pub(super) shadow: Option<ShadowQueue>,
 }
 
 impl Predictor {
@@ -53,6 +55,7 @@ impl Predictor {
                 streams,
                 audit: None,
                 access: Access::open(),
+                shadow: None,
             }),
         }
     }
@@ -125,6 +128,13 @@ impl Predictor {
         permit(self.caller(authorization, identities)?.as_deref(), task)
     }
 
+    /// The core handing shadow jobs (rollout policies' `shadow` versions) to `queue`. Call
+    /// before the first clone; without it shadow versions are not scored.
+    pub fn with_shadow(mut self, queue: ShadowQueue) -> Predictor {
+        Arc::get_mut(&mut self.inner).expect("shadowing is set up before the core is shared").shadow = Some(queue);
+        self
+    }
+
     /// The core recording every call through `auditor`. Call before the first clone.
     pub fn audited(mut self, auditor: Auditor) -> Predictor {
         Arc::get_mut(&mut self.inner).expect("auditing is set up before the core is shared").audit = Some(auditor);
@@ -139,7 +149,12 @@ impl Predictor {
         request: Request<'_, R>,
     ) -> Result<Answer, PredictError> {
         let _in_flight = GaugeGuard::enter(&self.inner.in_flight[ctx.method as usize]);
-        let result = self.score_request(ctx, &request).await;
+        // A pinned call ignores the rollout policy: it asked for one version.
+        let policy = match request.version {
+            None => self.inner.registry.policy(request.task),
+            Some(_) => None,
+        };
+        let result = self.score_request(ctx, &request, policy.as_deref()).await;
         match &result {
             Ok(answer) => {
                 self.record(ctx, request.task, &answer.bundle.version, None);
@@ -152,9 +167,26 @@ impl Predictor {
                 log_rejection(ctx, request.task, request.request_id, e);
             }
         }
+        let mut audited = false;
         if let Some(audit) = &self.inner.audit {
             if result.is_err() || audit.sampled() {
                 self.audit_call(audit, ctx, &request, &result);
+                audited = true;
+            }
+        }
+        if let (Some(policy), Ok(answer)) = (policy.as_deref(), &result) {
+            if !policy.policy.shadow.is_empty() {
+                let predictions: Vec<Option<&Prediction>> = answer.predictions.iter().map(Some).collect();
+                let answered = Answered {
+                    ctx,
+                    request_id: request.request_id,
+                    stream: None,
+                    rows: request.rows,
+                    bundle: &answer.bundle,
+                    predictions: &predictions,
+                    audited,
+                };
+                self.shadow(request.task, policy, &answered);
             }
         }
         result
@@ -203,6 +235,7 @@ impl Predictor {
         &self,
         ctx: &CallContext,
         req: &Request<'_, R>,
+        policy: Option<&LivePolicy>,
     ) -> Result<Answer, PredictError> {
         if req.task.is_empty() {
             return Err(PredictError::MissingTask);
@@ -219,7 +252,10 @@ impl Predictor {
             return Err(PredictError::PositionalValues { row });
         }
         // Every snapshot is taken before any scoring: a swap mid-request changes nothing here.
-        let bundle = self.snapshot(req.task, req.version)?;
+        let bundle = match policy {
+            Some(policy) => self.choose(req.task, policy, req.request_id, req.rows, KeyOf::Call)?,
+            None => self.snapshot(req.task, req.version)?,
+        };
         let others = req
             .compare_versions
             .iter()
@@ -285,16 +321,8 @@ fn permit(caller: Option<&crate::access::Caller>, task: &str) -> Result<(), Pred
 }
 
 /// A scored row as the core returns it.
-pub(super) fn prediction(_: usize, scored: Scored<'_>) -> Prediction {
-    if scored.values.is_empty() {
-        Prediction { class: Some(scored.class), probabilities: scored.probabilities.to_vec(), values: Vec::new() }
-    } else {
-        Prediction {
-            class: None,
-            probabilities: Vec::new(),
-            values: scored.values.iter().map(|v| f64::from(*v)).collect(),
-        }
-    }
+pub(super) fn prediction(i: usize, scored: Scored<'_>) -> Prediction {
+    Prediction::from_scored(i, scored)
 }
 
 /// Rejections are the caller's business (debug); failures of our own are errors.

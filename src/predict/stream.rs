@@ -18,13 +18,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     audit::{Entry, Rows},
-    call::{CallContext, Method, Prediction},
+    call::{Answered, CallContext, KeyOf, Method, Prediction},
     error::{ErrorKind, PredictError},
     predictor::{Predictor, log_rejection, prediction},
 };
 use crate::{
     bundle::Bundle,
     preprocess::{self, RowError, RowView},
+    registry::LivePolicy,
     telemetry::GaugeGuard,
 };
 
@@ -40,7 +41,13 @@ pub struct StreamSession {
     predictor: Predictor,
     ctx: CallContext,
     task: String,
+    /// Set by the first chunk: the pinned or live version, or (with a split) the version its
+    /// first row's key chose.
     bundle: Option<Arc<Bundle>>,
+    /// The rollout policy in force when the stream began (never for a pinned stream).
+    policy: Option<Arc<LivePolicy>>,
+    /// Whether the first chunk fixed the stream's task.
+    bound: bool,
     /// How the stream ended, once the face says so; a session dropped without a word was cut
     /// off (the caller went away, or the stream's task was aborted).
     outcome: Option<Result<(), ErrorKind>>,
@@ -70,6 +77,8 @@ impl Predictor {
             ctx,
             task: String::new(),
             bundle: None,
+            policy: None,
+            bound: false,
             outcome: None,
             number: STREAMS.fetch_add(1, Ordering::Relaxed) + 1,
             chunks: 0,
@@ -80,8 +89,9 @@ impl Predictor {
 
 impl StreamSession {
     /// Checks a chunk's task against the stream's. The first chunk must name one; it fixes the
-    /// stream's task and its one bundle snapshot (the pinned `version`, or the live one).
-    pub fn bind(&mut self, task: &str, version: &str) -> Result<&Arc<Bundle>, PredictError> {
+    /// stream's task and its one bundle snapshot: the pinned `version`, the live one, or, when
+    /// the task's rollout policy splits, the version its first row's key chooses.
+    pub fn bind(&mut self, task: &str, version: &str) -> Result<(), PredictError> {
         self.chunks += 1;
         if let Err(e) = self.bind_inner(task, version) {
             let task = if self.task.is_empty() { task } else { &self.task };
@@ -89,7 +99,7 @@ impl StreamSession {
             self.audit(task, Instant::now(), Err(&e), Rows::<Positionless>::None);
             return Err(e);
         }
-        Ok(self.bundle.as_ref().expect("bound above"))
+        Ok(())
     }
 
     /// Refuses the current chunk with `e`, which the face found before scoring it: logged and
@@ -101,11 +111,17 @@ impl StreamSession {
     }
 
     /// The current chunk's audit record: always for a failure or a chunk with a row error,
-    /// else when sampled.
-    fn audit<R: RowView>(&self, task: &str, since: Instant, outcome: Result<bool, &PredictError>, rows: Rows<'_, R>) {
-        let Some(audit) = &self.predictor.inner.audit else { return };
+    /// else when sampled. Returns whether it was written.
+    fn audit<R: RowView>(
+        &self,
+        task: &str,
+        since: Instant,
+        outcome: Result<bool, &PredictError>,
+        rows: Rows<'_, R>,
+    ) -> bool {
+        let Some(audit) = &self.predictor.inner.audit else { return false };
         if matches!(outcome, Ok(false)) && !audit.sampled() {
-            return;
+            return false;
         }
         let bundle = match &self.bundle {
             Some(b) => Some(b.clone()),
@@ -122,10 +138,11 @@ impl StreamSession {
             latency: since.elapsed(),
         };
         audit.submit(self.predictor.inner.registry.task_name(task).unwrap_or("-"), &entry, rows);
+        true
     }
 
     fn bind_inner(&mut self, task: &str, version: &str) -> Result<(), PredictError> {
-        if self.bundle.is_none() {
+        if !self.bound {
             if task.is_empty() {
                 return Err(PredictError::MissingStreamTask);
             }
@@ -133,8 +150,15 @@ impl StreamSession {
             task.clone_into(&mut self.task);
             self.predictor.check_task(&self.ctx, task)?;
             // One snapshot for the whole stream: a flip mid-stream does not change its version.
-            let bundle = self.predictor.snapshot(task, (!version.is_empty()).then_some(version))?;
-            self.bundle = Some(bundle);
+            let registry = &self.predictor.inner.registry;
+            let policy = if version.is_empty() { registry.policy(task) } else { None };
+            match policy.as_deref() {
+                // The split needs the first row's key: the version is chosen with the first rows.
+                Some(p) if !p.policy.split.is_empty() => drop(registry.get(task)?),
+                _ => self.bundle = Some(self.predictor.snapshot(task, (!version.is_empty()).then_some(version))?),
+            }
+            self.policy = policy;
+            self.bound = true;
         } else if !task.is_empty() && task != self.task {
             return Err(PredictError::TaskChanged { stream: self.task.clone(), chunk: task.to_owned() });
         }
@@ -154,14 +178,31 @@ impl StreamSession {
 
     /// Scores one chunk of a bound stream in runs of at most `max_batch_rows` rows. Rows that
     /// cannot be encoded get their own error (`row_index` within the chunk); the rest are scored.
-    pub async fn score_chunk<R: RowView + Sync>(&self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
+    pub async fn score_chunk<R: RowView + Sync>(&mut self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
         let since = Instant::now();
-        let result = self.score_chunk_inner(rows).await;
+        let result = match self.chunk_bundle(rows) {
+            Ok(bundle) => self.score_chunk_inner(rows, bundle).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(answer) => {
                 let row_errors = answer.outcomes.iter().any(Result::is_err);
-                let rows = Rows::Chunk { rows, bundle: &answer.bundle, outcomes: &answer.outcomes };
-                self.audit(&self.task, since, Ok(row_errors), rows);
+                let audit_rows = Rows::Chunk { rows, bundle: &answer.bundle, outcomes: &answer.outcomes };
+                let audited = self.audit(&self.task, since, Ok(row_errors), audit_rows);
+                if let Some(policy) = self.policy.as_deref().filter(|p| !p.policy.shadow.is_empty()) {
+                    let predictions: Vec<Option<&Prediction>> =
+                        answer.outcomes.iter().map(|o| o.as_ref().ok()).collect();
+                    let answered = Answered {
+                        ctx: &self.ctx,
+                        request_id: "",
+                        stream: Some((self.number, self.chunks.saturating_sub(1))),
+                        rows,
+                        bundle: &answer.bundle,
+                        predictions: &predictions,
+                        audited,
+                    };
+                    self.predictor.shadow(&self.task, policy, &answered);
+                }
             }
             Err(e) => {
                 log_rejection(&self.ctx, &self.task, "", e);
@@ -171,8 +212,24 @@ impl StreamSession {
         result
     }
 
-    async fn score_chunk_inner<R: RowView + Sync>(&self, rows: &[R]) -> Result<ChunkAnswer, PredictError> {
-        let bundle = self.bundle.clone().ok_or(PredictError::MissingStreamTask)?;
+    /// The stream's bundle; with a split, chosen (and fixed) by the first row that arrives.
+    fn chunk_bundle<R: RowView>(&mut self, rows: &[R]) -> Result<Arc<Bundle>, PredictError> {
+        if let Some(bundle) = &self.bundle {
+            return Ok(bundle.clone());
+        }
+        let Some(policy) = self.policy.clone() else { return Err(PredictError::MissingStreamTask) };
+        let bundle = self.predictor.choose(&self.task, &policy, "", rows, KeyOf::Stream)?;
+        if !rows.is_empty() {
+            self.bundle = Some(bundle.clone());
+        }
+        Ok(bundle)
+    }
+
+    async fn score_chunk_inner<R: RowView + Sync>(
+        &self,
+        rows: &[R],
+        bundle: Arc<Bundle>,
+    ) -> Result<ChunkAnswer, PredictError> {
         let inner = &self.predictor.inner;
         let limit = inner.limits.max_rows;
         if rows.len() > limit {

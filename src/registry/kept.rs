@@ -9,9 +9,10 @@ use crate::bundle::{Bundle, manifest::Identity};
 
 impl Registry {
     /// Brings the kept versions of `task` in line with the configuration and the directories
-    /// present, reusing bundles already loaded (kept, or retired but still held).
-    pub(super) async fn sync_kept(&self, task: &str, slot: &Task, retry_bad: bool) {
-        let wanted = self.wanted_versions(task);
+    /// present, reusing bundles already loaded (kept, or retired but still held). `extra`
+    /// names further version directories to keep (those a rollout policy names).
+    pub(super) async fn sync_kept(&self, task: &str, slot: &Task, retry_bad: bool, extra: &[String]) {
+        let wanted = self.wanted_versions(task, extra);
         let live = slot.live.load_full();
         let current = slot.kept.load_full();
         let mut next: Vec<Arc<Bundle>> = Vec::with_capacity(wanted.len());
@@ -55,7 +56,7 @@ impl Registry {
     }
 
     /// Identities of the version directories the configuration asks to keep, in name order.
-    fn wanted_versions(&self, task: &str) -> Vec<Identity> {
+    fn wanted_versions(&self, task: &str, extra: &[String]) -> Vec<Identity> {
         let options = &self.inner.options;
         let dir = self.inner.root.join(task);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -72,7 +73,7 @@ impl Registry {
         names
             .iter()
             .enumerate()
-            .filter(|(i, n)| *i >= recent_from || options.keep_versions.contains(n))
+            .filter(|(i, n)| *i >= recent_from || options.keep_versions.contains(n) || extra.contains(n))
             .filter_map(|(_, n)| Identity::of(&dir.join(n)).ok())
             .collect()
     }

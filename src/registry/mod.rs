@@ -20,15 +20,17 @@
 //!   (it passed every check when it was loaded, from the bytes it still holds).
 //!
 //! # Files
-//! One concern each, imports running one way (loader <- this file <- kept <- reload <- watch):
+//! One concern each, imports running one way (loader <- this file <- kept, policy <- reload <- watch):
 //! - this file: the task table, lookups for requests, and the one swap that publishes a bundle;
 //! - [`loader`]: the loader thread and the loading of one candidate;
 //! - `kept`: which versions are kept warm besides the live one;
+//! - `policy`: the task's rollout policy file, published once the versions it names are loaded;
 //! - `reload`: what a reload does with a candidate (swap, keep, reject);
 //! - [`watch`]: the single reload loop and its triggers (events, polls, signals).
 
 mod kept;
 pub mod loader;
+mod policy;
 mod reload;
 pub mod watch;
 
@@ -43,7 +45,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch as state;
 
 use self::loader::Loader;
-pub use self::loader::ReloadError;
+pub use self::{loader::ReloadError, policy::LivePolicy};
 use crate::{
     bundle::{Bundle, LoadOptions, manifest::Identity},
     schema::Echo,
@@ -97,6 +99,9 @@ pub struct TaskReport {
     pub last_error: Option<Arc<ReloadError>>,
     /// Versions kept warm besides the live one.
     pub kept: Vec<Arc<Bundle>>,
+    /// The live rollout policy, and why the policy file was last refused (while it still is).
+    pub policy: Option<Arc<LivePolicy>>,
+    pub policy_error: Option<String>,
 }
 
 impl TaskReport {
@@ -110,6 +115,8 @@ struct Task {
     live: ArcSwapOption<Bundle>,
     /// Versions kept warm besides the live one.
     kept: ArcSwap<Vec<Arc<Bundle>>>,
+    /// The rollout policy in force (`rollout.yaml`), if any.
+    policy: ArcSwapOption<LivePolicy>,
     status: Mutex<Status>,
 }
 
@@ -119,6 +126,10 @@ struct Status {
     failed: Option<Identity>,
     /// Kept-version candidates that failed, so polls do not reload them again and again.
     failed_kept: Vec<Identity>,
+    /// Why the policy file is refused, while it is.
+    policy_error: Option<String>,
+    /// The refused policy file's content hash and reason, so it is reported once.
+    policy_failed: Option<(String, String)>,
 }
 
 /// Handle to the live bundles. Cloning is shallow: every clone sees the same tasks.
@@ -145,7 +156,15 @@ impl Registry {
         let tasks = tasks
             .iter()
             .map(|t| {
-                (t.clone(), Task { live: ArcSwapOption::empty(), kept: ArcSwap::default(), status: Mutex::default() })
+                (
+                    t.clone(),
+                    Task {
+                        live: ArcSwapOption::empty(),
+                        kept: ArcSwap::default(),
+                        policy: ArcSwapOption::empty(),
+                        status: Mutex::default(),
+                    },
+                )
             })
             .collect();
         let (changed_tx, _) = state::channel(0);
@@ -225,6 +244,8 @@ impl Registry {
                     live: t.live.load_full(),
                     last_error: status.last_error.clone(),
                     kept: t.kept.load().to_vec(),
+                    policy: t.policy.load_full(),
+                    policy_error: status.policy_error.clone(),
                 }
             })
             .collect()

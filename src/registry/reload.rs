@@ -19,8 +19,21 @@ impl Registry {
             return ReloadOutcome::Unchanged;
         };
         let outcome = self.reload_live(task, slot, retry_bad).await;
-        if self.inner.options.keep_recent > 0 || !self.inner.options.keep_versions.is_empty() {
-            self.sync_kept(task, slot, retry_bad).await;
+        // The policy's versions are loaded before the policy is published: the live policy's
+        // stay warm meanwhile, so a refused candidate takes nothing away.
+        let candidate = self.read_policy(task);
+        let live_policy = slot.policy.load_full();
+        let named = |p: &Option<Arc<super::LivePolicy>>| p.iter().flat_map(|p| p.versions.keys().cloned()).collect();
+        let mut extra: Vec<String> = named(&live_policy);
+        extra.extend(candidate.versions());
+        let keeps = self.inner.options.keep_recent > 0 || !self.inner.options.keep_versions.is_empty();
+        if keeps || !extra.is_empty() || !slot.kept.load().is_empty() {
+            self.sync_kept(task, slot, retry_bad, &extra).await;
+        }
+        if self.apply_policy(task, slot, candidate) {
+            // Versions only the old policy named are let go now rather than on the next poll.
+            let extra: Vec<String> = named(&slot.policy.load_full());
+            self.sync_kept(task, slot, false, &extra).await;
         }
         outcome
     }

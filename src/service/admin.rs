@@ -1,10 +1,12 @@
-//! The admin HTTP face: `/healthz`, `/readyz`, `/metrics`, `/model/version`.
+//! The admin HTTP face: `/healthz`, `/readyz`, `/metrics`, `/model/version`, `/rollout/{task}`.
 //!
 //! On its own port so that scraping and probing never queue behind inference traffic.
 
+use std::sync::Arc;
+
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, State},
     http::{StatusCode, header},
     response::IntoResponse,
     routing::get,
@@ -12,7 +14,7 @@ use axum::{
 use serde::Serialize;
 
 use super::{health::Readiness, layers::CallTracker};
-use crate::{registry::Registry, telemetry::Metrics};
+use crate::{registry::Registry, rollout::Diffs, telemetry::Metrics};
 
 #[derive(Clone)]
 struct Admin {
@@ -20,16 +22,25 @@ struct Admin {
     readiness: Readiness,
     metrics: Metrics,
     calls: CallTracker,
+    diffs: Arc<Diffs>,
 }
 
-/// The admin router. `calls` is the gRPC server's call tracker, read at scrape time.
-pub fn router(registry: Registry, readiness: Readiness, metrics: Metrics, calls: CallTracker) -> Router {
+/// The admin router. `calls` is the gRPC server's call tracker, read at scrape time; `diffs`
+/// the shadow comparisons so far.
+pub fn router(
+    registry: Registry,
+    readiness: Readiness,
+    metrics: Metrics,
+    calls: CallTracker,
+    diffs: Arc<Diffs>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/model/version", get(model_version))
-        .with_state(Admin { registry, readiness, metrics, calls })
+        .route("/rollout/{task}", get(rollout))
+        .with_state(Admin { registry, readiness, metrics, calls, diffs })
 }
 
 #[derive(Serialize)]
@@ -93,4 +104,43 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
 
 async fn model_version(State(admin): State<Admin>) -> impl IntoResponse {
     Json(serde_json::json!({ "tasks": task_versions(&admin) }))
+}
+
+/// `GET /rollout/{task}`: the live rollout policy (versions by directory and version string,
+/// split buckets), why the policy file is refused if it is, and the decision diff so far.
+async fn rollout(State(admin): State<Admin>, Path(task): Path<String>) -> axum::response::Response {
+    let Some(report) = admin.registry.report(&task) else {
+        let body = serde_json::json!({ "error": format!("unknown task `{}`", crate::schema::Echo(&task)) });
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    };
+    let policy = report.policy.as_deref().map(|p| {
+        let since = p.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        serde_json::json!({
+            "sha256": p.sha256,
+            "since_unix_ms": since,
+            "sticky_by": p.policy.sticky_by.name(),
+            "shadow": p.policy.shadow.iter()
+                .map(|d| serde_json::json!({ "directory": d, "version": p.version_of(d) }))
+                .collect::<Vec<_>>(),
+            "split": p.policy.split.iter()
+                .map(|s| serde_json::json!({
+                    "directory": s.version,
+                    "version": p.version_of(&s.version),
+                    "weight": s.weight,
+                    "buckets": [s.buckets.start, s.buckets.end],
+                }))
+                .collect::<Vec<_>>(),
+        })
+    });
+    let (pairs, dropped) = admin.diffs.report(&task);
+    let body = serde_json::json!({
+        "task": report.task,
+        "live_version": report.live.as_ref().map(|b| b.version.clone()),
+        "loaded_versions": report.loaded_versions(),
+        "policy": policy,
+        "policy_error": report.policy_error,
+        "diff": pairs,
+        "shadow_dropped": dropped,
+    });
+    Json(body).into_response()
 }

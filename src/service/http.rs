@@ -157,6 +157,7 @@ fn error(status: StatusCode, code: &'static str, message: String) -> Response {
 fn core_error(e: PredictError) -> Response {
     let (row, field) = match &e {
         PredictError::BadRow(r) => (Some(r.row_index), Some(r.field.clone())),
+        PredictError::StickyKey { row, field, .. } => (Some(*row), Some(field.clone())),
         _ => (None, None),
     };
     let kind = e.kind();

@@ -80,6 +80,101 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// When the serving certificate expires (Unix seconds), by listener.
     pub tls_expiry: prometheus::GaugeVec,
+    /// Champion/challenger: policy reloads, shadow scoring and the decision diff.
+    pub rollout: RolloutMetrics,
+}
+
+/// The rollout's metrics. Version labels only ever name loaded versions, so they stay bounded.
+#[derive(Clone)]
+pub struct RolloutMetrics {
+    /// Rollout policy file loads by task and result (success|failure).
+    pub policy_reloads: IntCounterVec,
+    /// The live policy's split weight per task and version (version directory).
+    pub split_weight: prometheus::GaugeVec,
+    /// Rows scored by a shadow version and compared, by task, champion and challenger version.
+    pub rows: IntCounterVec,
+    /// Compared rows whose labels differ (classifiers, at the decision threshold).
+    pub disagreements: IntCounterVec,
+    /// Compared rows by champion label and challenger label: the confusion between the two.
+    pub decisions: IntCounterVec,
+    /// |challenger score - champion score| per compared row: P(class 1) for binary models, the
+    /// champion's class probability for multiclass, the first value for regressors.
+    pub score_difference: HistogramVec,
+    /// A shadow version's model-run time per job, by task and challenger.
+    pub latency: HistogramVec,
+    /// Shadow jobs not scored, by task and reason (queue_full, overload, budget, encode, error).
+    pub dropped: IntCounterVec,
+}
+
+impl RolloutMetrics {
+    fn new(registry: &Registry) -> RolloutMetrics {
+        let pair = ["task", "champion", "challenger"];
+        let m = RolloutMetrics {
+            policy_reloads: IntCounterVec::new(
+                Opts::new("modeld_rollout_policy_loads_total", "Rollout policy loads by task and result."),
+                &["task", "result"],
+            )
+            .expect("static metric definition is valid"),
+            split_weight: prometheus::GaugeVec::new(
+                Opts::new("modeld_rollout_split_weight", "Share of decisions per task and version in the live policy."),
+                &["task", "version"],
+            )
+            .expect("static metric definition is valid"),
+            rows: IntCounterVec::new(
+                Opts::new("modeld_shadow_rows_total", "Rows scored by a shadow version and compared with the answer."),
+                &pair,
+            )
+            .expect("static metric definition is valid"),
+            disagreements: IntCounterVec::new(
+                Opts::new("modeld_shadow_label_disagreements_total", "Compared rows whose labels differ."),
+                &pair,
+            )
+            .expect("static metric definition is valid"),
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "modeld_shadow_decisions_total",
+                    "Compared rows by champion and challenger label (the confusion between them).",
+                ),
+                &["task", "champion", "challenger", "champion_label", "challenger_label"],
+            )
+            .expect("static metric definition is valid"),
+            score_difference: HistogramVec::new(
+                HistogramOpts::new(
+                    "modeld_shadow_score_difference",
+                    "Absolute difference between challenger and champion scores per compared row.",
+                )
+                .buckets(vec![0.000_1, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
+                &pair,
+            )
+            .expect("static metric definition is valid"),
+            latency: HistogramVec::new(
+                HistogramOpts::new("modeld_shadow_duration_seconds", "Shadow model-run time per job.").buckets(vec![
+                    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25,
+                ]),
+                &["task", "challenger"],
+            )
+            .expect("static metric definition is valid"),
+            dropped: IntCounterVec::new(
+                Opts::new("modeld_shadow_dropped_total", "Shadow jobs not scored, by task and reason."),
+                &["task", "reason"],
+            )
+            .expect("static metric definition is valid"),
+        };
+        for c in [
+            Box::new(m.policy_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.split_weight.clone()),
+            Box::new(m.rows.clone()),
+            Box::new(m.disagreements.clone()),
+            Box::new(m.decisions.clone()),
+            Box::new(m.score_difference.clone()),
+            Box::new(m.latency.clone()),
+            Box::new(m.dropped.clone()),
+        ] {
+            registry.register(c).expect("each metric is registered once");
+        }
+        m
+    }
 }
 
 impl Metrics {
@@ -236,7 +331,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("each metric is registered once");
         }
+        let rollout = RolloutMetrics::new(&registry);
         Metrics {
+            rollout,
             registry,
             requests,
             latency,
