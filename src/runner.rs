@@ -178,6 +178,19 @@ impl Runner {
     }
 }
 
+#[cfg(test)]
+impl Runner {
+    /// Takes `n` admissions as runs in the model or waiting for it would.
+    pub(crate) fn occupy(&self, n: u32) -> tokio::sync::OwnedSemaphorePermit {
+        self.inner.admitted.clone().try_acquire_many_owned(n).expect("free admissions")
+    }
+
+    /// Admissions still free: a caller is turned away only at 0.
+    pub(crate) fn free_admissions(&self) -> usize {
+        self.inner.admitted.available_permits()
+    }
+}
+
 /// Awaits `wait`, or gives up with [`RunError::Deadline`] once `deadline` passes. A wait that is
 /// ready at once (a free slot: the usual case) never arms a timer.
 async fn until<T>(deadline: Option<Instant>, wait: impl Future<Output = T>) -> Result<T, RunError> {

@@ -20,11 +20,12 @@
 //!   (it passed every check when it was loaded, from the bytes it still holds).
 //!
 //! # Files
-//! One concern each, imports running one way (loader <- this file <- kept, policy <- reload <- watch):
+//! One concern each, imports running one way (loader, policy <- this file <- kept, rollout <- reload <- watch):
 //! - this file: the task table, lookups for requests, and the one swap that publishes a bundle;
 //! - [`loader`]: the loader thread and the loading of one candidate;
 //! - `kept`: which versions are kept warm besides the live one;
-//! - `policy`: the task's rollout policy file, published once the versions it names are loaded;
+//! - `policy`: the task's rollout policy file, read, and the policy in force;
+//! - `rollout`: publishing a policy once the versions it names are loaded;
 //! - `reload`: what a reload does with a candidate (swap, keep, reject);
 //! - [`watch`]: the single reload loop and its triggers (events, polls, signals).
 
@@ -32,6 +33,7 @@ mod kept;
 pub mod loader;
 mod policy;
 mod reload;
+mod rollout;
 pub mod watch;
 
 use std::{

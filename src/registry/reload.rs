@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::{CURRENT, Registry, ReloadError, ReloadOutcome, Task};
+use super::{CURRENT, Registry, ReloadError, ReloadOutcome, Task, policy};
 use crate::bundle::manifest::Identity;
 
 impl Registry {
@@ -21,7 +21,7 @@ impl Registry {
         let outcome = self.reload_live(task, slot, retry_bad).await;
         // The policy's versions are loaded before the policy is published: the live policy's
         // stay warm meanwhile, so a refused candidate takes nothing away.
-        let candidate = self.read_policy(task);
+        let candidate = policy::read(&self.inner.root.join(task));
         let live_policy = slot.policy.load_full();
         let named = |p: &Option<Arc<super::LivePolicy>>| p.iter().flat_map(|p| p.versions.keys().cloned()).collect();
         let mut extra: Vec<String> = named(&live_policy);

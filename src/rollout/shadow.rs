@@ -131,3 +131,34 @@ impl ShadowQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{runner::RunnerLimits, telemetry::Metrics};
+
+    #[test]
+    fn shadow_work_gives_way_while_callers_are_still_admitted() {
+        let metrics = Metrics::new();
+        let limits = RunnerLimits { threads: 1, max_queued: 4, inline_max_rows: 8, bulk_threads: 1 };
+        let runner = Runner::new(limits, metrics.clone());
+        // A runtime that is never driven: nothing handed to it runs.
+        let bulk = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let diffs = Arc::new(Diffs::new(metrics.rollout.clone()));
+        let queue = ShadowQueue::new(runner.clone(), bulk.handle().clone(), 8, Duration::from_secs(1), diffs);
+        assert!(!queue.shedding("t"), "an idle runner takes shadow work");
+
+        // One run in the model and one waiting for it: callers are still admitted (3 places
+        // left), shadow work is not.
+        let held = runner.occupy(2);
+        assert!(queue.shedding("t"));
+        assert_eq!(runner.free_admissions(), 3);
+        drop(held);
+        assert!(!queue.shedding("t"));
+
+        let text = metrics.render();
+        assert!(text.contains(r#"modeld_shadow_dropped_total{reason="overload",task="t"} 1"#), "{text}");
+        let (_, dropped) = queue.diffs().report("t");
+        assert_eq!(dropped.get("overload"), Some(&1));
+    }
+}

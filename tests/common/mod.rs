@@ -440,3 +440,29 @@ impl HalfSentCall {
         (response, status)
     }
 }
+
+/// Runs curl with `args` and returns the HTTP status, the body and curl's stderr.
+pub async fn curl(args: Vec<String>) -> (u16, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .expect("curl is installed");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (code.trim().parse().unwrap_or(0), body.to_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+/// POSTs a JSON body; returns the status and the parsed answer.
+pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let url = format!("http://{addr}{path}");
+    let (status, text, stderr) =
+        curl(vec!["-H".into(), "content-type: application/json".into(), "--data-binary".into(), body.to_string(), url])
+            .await;
+    let parsed = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text} {stderr}"));
+    (status, parsed)
+}
