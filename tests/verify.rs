@@ -11,6 +11,7 @@ fn args(server: &TestServer, bundle: &std::path::Path, wait_secs: u64) -> Verify
         bundle: bundle.to_owned(),
         task: None,
         wait_secs,
+        rollout: None,
         auth: Default::default(),
     }
 }
@@ -40,7 +41,7 @@ async fn fails_when_another_version_stays_live() {
     let v2 = repo_models().join(TASK).join("v2");
     match verify::run(&args(&server, &v2, 1)).await {
         Err(VerifyError::NotLive { expected, last, .. }) => {
-            assert_eq!(expected, "v2");
+            assert_eq!(expected, "version v2");
             assert!(last.contains("version v1"), "{last}");
         }
         other => panic!("expected NotLive, got {other:?}"),
@@ -77,10 +78,36 @@ async fn fails_clearly_when_nothing_listens() {
         bundle: v1,
         task: None,
         wait_secs: 1,
+        rollout: None,
         auth: Default::default(),
     };
     match verify::run(&args).await {
         Err(e @ VerifyError::NotLive { .. }) => assert!(e.to_string().contains("health check failed"), "{e}"),
         other => panic!("expected NotLive, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_step_verifies_once_its_policy_is_live_and_the_pinned_version_answers() {
+    let root = model_root(Some("v1"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let v2 = repo_models().join(TASK).join("v2");
+    let scratch = tempfile::tempdir().unwrap();
+    let policy = scratch.path().join("rollout.yaml");
+    std::fs::write(&policy, "shadow: [v2]\n").unwrap();
+    let mut step = args(&server, &v2, 1);
+    step.rollout = Some(policy.clone());
+
+    // Not published to the server yet: not live.
+    match verify::run(&step).await {
+        Err(VerifyError::NotLive { expected, last, .. }) => {
+            assert!(expected.starts_with("rollout policy sha256 "), "{expected}");
+            assert!(last.contains("rollout policy sha256 none"), "{last}");
+        }
+        other => panic!("expected NotLive, got {other:?}"),
+    }
+    std::fs::copy(&policy, root.path().join(TASK).join("rollout.yaml")).unwrap();
+    step.wait_secs = 30;
+    let verified = verify::run(&step).await.expect("the shadow step verifies");
+    assert_eq!(verified[0].version, "v2", "pinned to the shadow version; v1 stays live");
 }

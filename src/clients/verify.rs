@@ -3,6 +3,9 @@
 //! version, then send every golden row of the bundle through `Predict` (no version pin, as a
 //! caller would) and compare the answers with what training produced.
 //!
+//! With `--rollout FILE` it checks a rollout step instead: the policy file is live (by its
+//! SHA-256, as GetVersion reports it) and the bundle's version, pinned, answers its golden rows.
+//!
 //! A bundle that passed `modeld validate` can still fail here: the wrong version went live, the
 //! deployment points at another model root, an old replica still answers.
 
@@ -38,6 +41,11 @@ pub struct VerifyArgs {
     /// How long to wait for the server to be SERVING with the bundle's version live, in seconds.
     #[arg(long, default_value_t = 120)]
     pub wait_secs: u64,
+    /// Verify a rollout step (shadow or share) instead of a release: wait until the server has
+    /// this policy file live (compared by its SHA-256), then replay the golden rows pinned to
+    /// the bundle's version, which the policy keeps loaded.
+    #[arg(long)]
+    pub rollout: Option<PathBuf>,
     #[command(flatten)]
     pub auth: connect::ClientAuth,
 }
@@ -63,7 +71,7 @@ pub enum VerifyError {
     Task(PathBuf),
     #[error("server address or TLS settings: {0}")]
     Address(String),
-    #[error("{addr}: not serving {task} version {expected} after {waited_secs} s (last seen: {last})")]
+    #[error("{addr}: not serving {task} {expected} after {waited_secs} s (last seen: {last})")]
     NotLive { addr: String, task: String, expected: String, waited_secs: u64, last: String },
     #[error("{addr}: Predict failed: {status}")]
     Predict { addr: String, status: tonic::Status },
@@ -97,10 +105,17 @@ pub async fn run(args: &VerifyArgs) -> Result<Vec<Verified>, VerifyError> {
     if rows.is_empty() {
         return Err(VerifyError::NoGolden(args.bundle.clone()));
     }
+    let want = match &args.rollout {
+        None => Want::Live(expected.clone()),
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| VerifyError::Read { path: path.clone(), source })?;
+            Want::Policy(crate::bundle::manifest::sha256_hex(&bytes))
+        }
+    };
     let wait = Duration::from_secs(args.wait_secs);
     let mut verified = Vec::with_capacity(args.addrs.len());
     for addr in &args.addrs {
-        verified.push(verify_one(addr, &args.auth, &task, &expected, &rows, wait).await?);
+        verified.push(verify_one(addr, &args.auth, &task, (&want, &expected), &rows, wait).await?);
     }
     Ok(verified)
 }
@@ -110,11 +125,28 @@ fn task_of(bundle: &Path) -> Option<String> {
     Some(absolute.parent()?.file_name()?.to_str()?.to_owned())
 }
 
+/// What a server must show before its answers are checked.
+enum Want {
+    /// This version live (a release).
+    Live(String),
+    /// The rollout policy file with this SHA-256 live (a rollout step).
+    Policy(String),
+}
+
+impl std::fmt::Display for Want {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Want::Live(version) => write!(f, "version {version}"),
+            Want::Policy(sha) => write!(f, "rollout policy sha256 {sha}"),
+        }
+    }
+}
+
 async fn verify_one(
     addr: &str,
     auth: &connect::ClientAuth,
     task: &str,
-    expected: &str,
+    (want, expected): (&Want, &str),
     rows: &[GoldenRow],
     wait: Duration,
 ) -> Result<Verified, VerifyError> {
@@ -122,12 +154,19 @@ async fn verify_one(
     let authorization = auth.authorization().map_err(VerifyError::Address)?;
     let channel =
         auth.endpoint(addr).map_err(VerifyError::Address)?.connect_timeout(Duration::from_secs(5)).connect_lazy();
-    wait_until_live(channel.clone(), addr, &authorization, task, expected, wait).await?;
+    wait_until_live(channel.clone(), addr, &authorization, task, want, wait).await?;
 
+    // A release replays unpinned, as a caller would; a rollout step pins the version it put in
+    // the shadow or gave a share, which the policy keeps loaded.
+    let pin = match want {
+        Want::Live(_) => String::new(),
+        Want::Policy(_) => expected.to_owned(),
+    };
     let request = pb::PredictRequest {
         task: task.to_owned(),
         rows: rows.iter().map(|g| (&g.row).into()).collect(),
         request_id: format!("modeld-verify-{expected}"),
+        version: pin,
         ..Default::default()
     };
     let response = InferenceClient::new(channel)
@@ -142,13 +181,13 @@ async fn verify_one(
     Ok(Verified { addr: addr.to_owned(), version: response.version, rows: rows.len() })
 }
 
-/// Polls grpc.health.v1 and GetVersion until the task is SERVING with `expected` live.
+/// Polls grpc.health.v1 and GetVersion until the task is SERVING with what is wanted live.
 async fn wait_until_live(
     channel: Channel,
     addr: &str,
     authorization: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     task: &str,
-    expected: &str,
+    want: &Want,
     wait: Duration,
 ) -> Result<(), VerifyError> {
     let mut health = HealthClient::new(channel.clone());
@@ -169,12 +208,18 @@ async fn wait_until_live(
                     return Err(VerifyError::Refused { addr: addr.to_owned(), status });
                 }
                 Err(status) => format!("GetVersion failed: {}", status.message()),
-                Ok(v) if v.get_ref().version == expected => return Ok(()),
+                Ok(v) if shows(v.get_ref(), want) => return Ok(()),
                 Ok(v) => {
                     let v = v.into_inner();
-                    match v.last_reload_error.as_str() {
-                        "" => format!("version {}", v.version),
-                        error => format!("version {}, last reload error: {error}", v.version),
+                    let policy = v.rollout.as_ref().map_or("none", |p| p.sha256.as_str());
+                    let seen = match want {
+                        Want::Live(_) => format!("version {}", v.version),
+                        Want::Policy(_) => format!("version {}, rollout policy sha256 {policy}", v.version),
+                    };
+                    match (v.last_reload_error.as_str(), v.rollout_error.as_str()) {
+                        ("", "") => seen,
+                        ("", error) | (error, "") => format!("{seen}, last reload error: {error}"),
+                        (error, policy_error) => format!("{seen}, last reload error: {error}; {policy_error}"),
                     }
                 }
             },
@@ -183,12 +228,19 @@ async fn wait_until_live(
             return Err(VerifyError::NotLive {
                 addr: addr.to_owned(),
                 task: task.to_owned(),
-                expected: expected.to_owned(),
+                expected: want.to_string(),
                 waited_secs: wait.as_secs(),
                 last,
             });
         }
         tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+fn shows(v: &pb::GetVersionResponse, want: &Want) -> bool {
+    match want {
+        Want::Live(version) => v.version == *version,
+        Want::Policy(sha) => v.rollout.as_ref().is_some_and(|p| p.sha256 == *sha),
     }
 }
 

@@ -65,6 +65,8 @@ pub(super) fn read(dir: &Path) -> Candidate {
         .map_err(|_| "not UTF-8".to_owned())
         .and_then(|text| Policy::parse(text).map_err(|e| e.to_string()));
     match parsed {
+        // An empty policy (how a release clears one) is no policy.
+        Ok(policy) if policy.split.is_empty() && policy.shadow.is_empty() => Candidate::Absent,
         Ok(policy) => Candidate::Parsed { policy, sha256 },
         Err(error) => Candidate::Bad { sha256, error },
     }

@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::{CURRENT, Registry, ReloadError, ReloadOutcome, Task, policy};
+use super::{CURRENT, LivePolicy, Registry, ReloadError, ReloadOutcome, Task, policy};
 use crate::bundle::manifest::Identity;
 
 impl Registry {
@@ -18,22 +18,25 @@ impl Registry {
         let Some(slot) = self.inner.tasks.get(task) else {
             return ReloadOutcome::Unchanged;
         };
-        let outcome = self.reload_live(task, slot, retry_bad).await;
-        // The policy's versions are loaded before the policy is published: the live policy's
-        // stay warm meanwhile, so a refused candidate takes nothing away.
+        // The policy first, then the link: a release that clears a split and flips `current`
+        // in one pass never shows the new live version under the old split. The policy's
+        // versions are loaded before it is published, and the live policy's stay warm
+        // meanwhile, so a refused candidate takes nothing away.
         let candidate = policy::read(&self.inner.root.join(task));
-        let live_policy = slot.policy.load_full();
-        let named = |p: &Option<Arc<super::LivePolicy>>| p.iter().flat_map(|p| p.versions.keys().cloned()).collect();
-        let mut extra: Vec<String> = named(&live_policy);
+        let named =
+            |p: Option<Arc<LivePolicy>>| -> Vec<String> { p.iter().flat_map(|p| p.versions.keys().cloned()).collect() };
+        let mut extra = named(slot.policy.load_full());
         extra.extend(candidate.versions());
         let keeps = self.inner.options.keep_recent > 0 || !self.inner.options.keep_versions.is_empty();
         if keeps || !extra.is_empty() || !slot.kept.load().is_empty() {
             self.sync_kept(task, slot, retry_bad, &extra).await;
         }
-        if self.apply_policy(task, slot, candidate) {
-            // Versions only the old policy named are let go now rather than on the next poll.
-            let extra: Vec<String> = named(&slot.policy.load_full());
-            self.sync_kept(task, slot, false, &extra).await;
+        let policy_changed = self.apply_policy(task, slot, candidate);
+        let outcome = self.reload_live(task, slot, retry_bad).await;
+        // A promoted version leaves the kept list, and versions only the old policy named are
+        // let go, now rather than on the next poll.
+        if policy_changed || (matches!(outcome, ReloadOutcome::Swapped { .. }) && !slot.kept.load().is_empty()) {
+            self.sync_kept(task, slot, false, &named(slot.policy.load_full())).await;
         }
         outcome
     }
