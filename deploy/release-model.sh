@@ -6,6 +6,12 @@
 #
 # usage: deploy/release-model.sh TASK VERSION
 #
+# A version can go live in steps (ROLLOUT=pointer): STAGE=shadow puts it in the shadow of the
+# live version (it scores live rows, its answers are compared and never returned), STAGE=share
+# gives it a sticky share of the decisions, STAGE=champion (the default) makes it the live
+# version. The steps write TASK/rollout.yaml beside TASK/CURRENT; every pod's sync sidecar
+# copies it, with the versions it names, and modeld follows it like the `current` link.
+#
 # Environment:
 #   STORAGE_URL     s3://bucket/prefix holding TASK/VERSION/ and TASK/CURRENT (or a directory)
 #   MODELD          the modeld binary                                     [modeld]
@@ -22,6 +28,10 @@
 #   GRPC_PORT       modeld's gRPC port in the pods                        [50051]
 #   WAIT_SECS       how long each replica may take to serve the version   [300]
 #   RELEASE_RECORD  where PREVIOUS_VERSION, LIVE_VERSION and RESULT are written [release.env]
+#   STAGE           shadow | share | champion                                 [champion]
+#   SHARE           STAGE=share: VERSION's share of the decisions, in (0, 1)      [0.1]
+#   STICKY_BY       STAGE=share: what keeps a caller on one version: a feature name,
+#                   row_id or request_id                                      [row_id]
 #
 # Exit status: 0 released and verified; 1 failed before the rollout (nothing changed);
 # 2 failed after it and rolled back.
@@ -42,6 +52,9 @@ VERIFY_ADDRS=${VERIFY_ADDRS:-}
 GRPC_PORT=${GRPC_PORT:-50051}
 WAIT_SECS=${WAIT_SECS:-300}
 RELEASE_RECORD=${RELEASE_RECORD:-release.env}
+STAGE=${STAGE:-champion}
+SHARE=${SHARE:-0.1}
+STICKY_BY=${STICKY_BY:-row_id}
 
 task_url="${STORAGE_URL%/}/$task"
 work=$(mktemp -d)
@@ -73,8 +86,8 @@ download_dir() {
 }
 
 record() {
-  printf 'TASK=%s\nVERSION=%s\nPREVIOUS_VERSION=%s\nLIVE_VERSION=%s\nRESULT=%s\n' \
-    "$task" "$version" "$previous" "$1" "$2" >"$RELEASE_RECORD"
+  printf 'TASK=%s\nVERSION=%s\nSTAGE=%s\nPREVIOUS_VERSION=%s\nLIVE_VERSION=%s\nRESULT=%s\n' \
+    "$task" "$version" "$STAGE" "$previous" "$1" "$2" >"$RELEASE_RECORD"
 }
 
 # Sets `addrs` to the gRPC address of every replica to verify.
@@ -103,13 +116,21 @@ replica_addrs() {
   done
 }
 
-# Waits until every replica serves $1 and answers the golden rows of bundle $2 as training did.
+# Waits until every replica serves $1 (or, given `--rollout FILE`, has that policy live) and
+# answers the golden rows of bundle $2 as training did.
 verify_live() {
   local -a addrs args=()
   replica_addrs || return 1
   local addr
   for addr in "${addrs[@]}"; do args+=(--addr "$addr"); done
-  "$MODELD" verify "${args[@]}" --bundle "$2" --task "$task" --wait-secs "$WAIT_SECS"
+  "$MODELD" verify "${args[@]}" --bundle "$2" --task "$task" --wait-secs "$WAIT_SECS" "${@:3}"
+}
+
+# The policy objects are written as one-line-terminated text, byte for byte what `verify
+# --rollout` hashes: an empty policy (no shadow, no split) is no policy.
+write_policy() {
+  printf '%s\n' "$1" >"$work/rollout.yaml"
+  write_object rollout.yaml "$1"
 }
 
 rollback() {
@@ -121,6 +142,7 @@ rollback() {
         record "unknown" "failed"
         exit 2
       fi
+      write_policy "$old_policy"
       write_object CURRENT "$previous"
       ;;
     helm) helm rollback "$HELM_RELEASE" --namespace "$KUBE_NAMESPACE" --wait --timeout "${WAIT_SECS}s" ;;
@@ -141,6 +163,15 @@ step "validate $BUNDLE_DIR"
 [[ $version =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "version '$version' is not a plain directory name"
 [[ -d $BUNDLE_DIR ]] || die "no bundle at $BUNDLE_DIR"
 case $ROLLOUT in pointer | helm | none) ;; *) die "ROLLOUT must be pointer, helm or none, not $ROLLOUT" ;; esac
+case $STAGE in
+  champion) ;;
+  shadow | share) [[ $ROLLOUT == pointer ]] || die "STAGE=$STAGE needs ROLLOUT=pointer" ;;
+  *) die "STAGE must be shadow, share or champion, not $STAGE" ;;
+esac
+if [[ $STAGE == share ]]; then
+  awk -v s="$SHARE" 'BEGIN { exit !(s ~ /^[0-9.]+$/ && s > 0 && s < 1) }' || die "SHARE must be a number in (0, 1), not '$SHARE'"
+  [[ $STICKY_BY =~ ^[A-Za-z0-9_.-]+$ ]] || die "STICKY_BY must be a feature name, row_id or request_id"
+fi
 [[ $ROLLOUT == none || -n $VERIFY_ADDRS || -n $HELM_RELEASE ]] ||
   die "set HELM_RELEASE (the pods to verify) or VERIFY_ADDRS"
 [[ $(tr -d '[:space:]' <"$BUNDLE_DIR/version.txt") == "$version" ]] || die "$BUNDLE_DIR/version.txt does not say $version"
@@ -157,14 +188,18 @@ else
   upload_dir "$BUNDLE_DIR" "$version"
 fi
 
-previous=
+previous= old_policy=
 case $ROLLOUT in
   none)
     record "" "published"
     step "published $task $version; not rolled out"
     exit 0
     ;;
-  pointer) previous=$(read_object CURRENT 2>/dev/null | tr -d '[:space:]') || previous= ;;
+  pointer)
+    previous=$(read_object CURRENT 2>/dev/null | tr -d '[:space:]') || previous=
+    # What to put back if this step fails.
+    old_policy=$(read_object rollout.yaml 2>/dev/null) || old_policy=
+    ;;
   helm)
     [[ -n $HELM_RELEASE ]] || die "ROLLOUT=helm needs HELM_RELEASE"
     previous=$(helm get values "$HELM_RELEASE" --namespace "$KUBE_NAMESPACE" --all --output json |
@@ -172,9 +207,39 @@ case $ROLLOUT in
     ;;
 esac
 
+if [[ $STAGE != champion ]]; then
+  [[ -n $previous ]] || die "STAGE=$STAGE needs a live version to stand beside; release one first"
+  [[ $previous != "$version" ]] || die "$version is already the live version"
+  case $STAGE in
+    shadow) policy="shadow: [$version]" ;;
+    share)
+      rest=$(awk -v s="$SHARE" 'BEGIN { printf "%.6g", 1 - s }')
+      policy=$(printf 'split:\n  %s: %s\n  %s: %s\nsticky_by: %s' "$previous" "$rest" "$version" "$SHARE" "$STICKY_BY")
+      ;;
+  esac
+  step "$STAGE: $task $version beside $previous"
+  printf '%s\n' "$policy" >&2
+  write_policy "$policy"
+  step "verify: every replica has the policy live and $version answers its golden rows"
+  if ! verify_live "$version" "$BUNDLE_DIR" --rollout "$work/rollout.yaml"; then
+    step "rollback: the previous policy"
+    write_policy "$old_policy"
+    record "$previous" "rolled-back"
+    exit 2
+  fi
+  record "$previous" "$STAGE"
+  step "$task $version is in $STAGE beside $previous"
+  exit 0
+fi
+
 step "roll out $task $version (was ${previous:-none}) by $ROLLOUT"
 case $ROLLOUT in
-  pointer) write_object CURRENT "$version" ;;
+  pointer)
+    # A promotion ends the rollout: the policy is cleared before the flip, so no replica shows
+    # the new version under the old split.
+    [[ -z $old_policy ]] || write_policy ""
+    write_object CURRENT "$version"
+    ;;
   helm)
     # On failure --atomic has already put the previous revision back.
     if ! helm upgrade "$HELM_RELEASE" "$HELM_CHART" --namespace "$KUBE_NAMESPACE" --reuse-values \

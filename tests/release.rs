@@ -305,3 +305,108 @@ fn the_sidecar_refuses_a_download_that_does_not_match_its_manifest() {
     assert_eq!(std::fs::read_link(site.models().join(TASK).join("current")).unwrap(), Path::new("v1"));
     assert!(!site.models().join(TASK).join("v2").exists());
 }
+
+/// Runs a rollout step (`STAGE`, with extra environment) in a blocking thread.
+async fn step(site: &Arc<Site>, version: &str, grpc: std::net::SocketAddr, wait: u32, env: &[(&str, &str)]) -> Output {
+    let (site, version) = (site.clone(), version.to_owned());
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut command = site.release_command(&shipped(&version), &version);
+        command.env("VERIFY_ADDRS", format!("http://{grpc}")).env("WAIT_SECS", wait.to_string()).envs(env);
+        command.output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_storage_rollout_steps() {
+    a_version_goes_live_in_steps_shadow_then_share_then_champion(Site::with_dir()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs aws and moto_server on PATH; make test runs it"]
+async fn s3_storage_rollout_steps() {
+    let site = tokio::task::spawn_blocking(Site::with_s3).await.unwrap();
+    a_version_goes_live_in_steps_shadow_then_share_then_champion(site).await;
+}
+
+async fn a_version_goes_live_in_steps_shadow_then_share_then_champion(site: Site) {
+    let site = Arc::new(site);
+    let server = TestServer::start(test_config(&site.models())).await;
+    let sidecar = site.sidecar();
+    let out = release(&site, shipped("v1"), "v1", server.grpc, 60).await;
+    assert!(out.status.success(), "release v1 failed:\n{}", stderr(&out));
+    let mut client = server.client().await;
+    let version = |mut client: modeld::pb::inference_client::InferenceClient<tonic::transport::Channel>| async move {
+        client.get_version(modeld::pb::GetVersionRequest { task: TASK.into() }).await.unwrap().into_inner()
+    };
+
+    // Shadow: v2 is published and scores in v1's shadow; v1 stays live.
+    let out = step(&site, "v2", server.grpc, 60, &[("STAGE", "shadow")]).await;
+    assert!(out.status.success(), "shadow step failed:\n{}", stderr(&out));
+    assert!(
+        site.record().contains("STAGE=shadow\nPREVIOUS_VERSION=v1\nLIVE_VERSION=v1\nRESULT=shadow"),
+        "{}",
+        site.record()
+    );
+    assert_eq!(site.object("rollout.yaml").as_deref(), Some("shadow: [v2]\n"));
+    assert_eq!(site.pointer(), "v1");
+    let live = version(client.clone()).await;
+    assert_eq!((live.version.as_str(), live.rollout.unwrap().shadow_versions), ("v1", vec!["v2".to_owned()]));
+
+    // A share: half the callers, by row id.
+    let out = step(&site, "v2", server.grpc, 60, &[("STAGE", "share"), ("SHARE", "0.5")]).await;
+    assert!(out.status.success(), "share step failed:\n{}", stderr(&out));
+    let split = version(client.clone()).await.rollout.unwrap().split;
+    let split: Vec<(String, f64)> = split.into_iter().map(|s| (s.version, s.weight)).collect();
+    assert_eq!(split, [("v1".to_owned(), 0.5), ("v2".to_owned(), 0.5)]);
+    let mut request = predict_request(vec![to_pb(&golden("v2")[0].row)]);
+    let mut answered = std::collections::BTreeSet::new();
+    for i in 0..64 {
+        request.rows[0].row_id = format!("applicant-{i}");
+        answered.insert(client.predict(request.clone()).await.unwrap().into_inner().version);
+    }
+    assert_eq!(answered.len(), 2, "both versions answer some callers: {answered:?}");
+
+    // Champion: the split is cleared and v2 is live for everyone.
+    let out = step(&site, "v2", server.grpc, 60, &[("STAGE", "champion")]).await;
+    assert!(out.status.success(), "promotion failed:\n{}", stderr(&out));
+    assert_eq!(site.pointer(), "v2");
+    assert_eq!(site.object("rollout.yaml").as_deref(), Some("\n"));
+    let live = version(client.clone()).await;
+    assert_eq!((live.version.as_str(), live.rollout), ("v2", None));
+
+    // A step that never takes effect (no sidecar any more) is rolled back: the policy before it
+    // is put back.
+    drop(sidecar);
+    let out = step(&site, "v1", server.grpc, 2, &[("STAGE", "shadow")]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(site.record().contains("RESULT=rolled-back"), "{}", site.record());
+    assert_eq!(site.object("rollout.yaml").as_deref(), Some("\n"));
+}
+
+#[test]
+fn the_sidecar_brings_in_the_policy_and_its_versions_and_never_prunes_them() {
+    let site = Site::with_dir();
+    let task = PathBuf::from(site.storage_url()).join(TASK);
+    for v in ["v1", "v2"] {
+        copy_version(v, &task.join(v));
+    }
+    std::fs::write(task.join("CURRENT"), "v2\n").unwrap();
+    // v1 is named only by the policy, and SYNC_KEEP_VERSIONS=0 would prune anything else.
+    std::fs::write(task.join("rollout.yaml"), "shadow: [v1]\n").unwrap();
+    let out = site.sync_command().env("SYNC_ONCE", "true").env("SYNC_KEEP_VERSIONS", "0").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let local = site.models().join(TASK);
+    assert!(local.join("v1").join("MANIFEST.sha256").is_file(), "the shadow version is fetched");
+    assert_eq!(std::fs::read_to_string(local.join("rollout.yaml")).unwrap(), "shadow: [v1]\n");
+
+    // Removed from storage: removed here, and v1 is pruned like any old version.
+    std::fs::remove_file(task.join("rollout.yaml")).unwrap();
+    let out = site.sync_command().env("SYNC_ONCE", "true").env("SYNC_KEEP_VERSIONS", "0").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!local.join("rollout.yaml").exists());
+    assert!(!local.join("v1").exists());
+    assert!(local.join("v2").is_dir());
+}
