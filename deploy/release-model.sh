@@ -188,7 +188,7 @@ else
   upload_dir "$BUNDLE_DIR" "$version"
 fi
 
-previous= old_policy=
+previous='' old_policy=''
 case $ROLLOUT in
   none)
     record "" "published"
