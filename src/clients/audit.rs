@@ -33,7 +33,7 @@ pub struct AuditArgs {
     /// Only this task.
     #[arg(long)]
     pub task: Option<String>,
-    /// Only records where this version answered or was compared.
+    /// Only records where this version answered, was compared, or scored in the shadow.
     #[arg(long)]
     pub version: Option<String>,
     /// Only records at or after this time (RFC 3339, e.g. 2026-11-30T09:00:00Z, or a date).
@@ -115,7 +115,8 @@ impl Filter {
             let compared = r.get("compare").and_then(Value::as_array).is_some_and(|c| {
                 c.iter().any(|entry| entry.get("version").and_then(Value::as_str) == Some(v.as_str()))
             });
-            if text("version") != v && !compared {
+            let shadow = r.pointer("/shadow/version").and_then(Value::as_str) == Some(v.as_str());
+            if text("version") != v && !compared && !shadow {
                 return false;
             }
         }
