@@ -120,7 +120,7 @@ pub struct App {
     audit: Option<Arc<AuditWriter>>,
     tls: ListenerTls,
     access: Access,
-    diffs: Arc<Diffs>,
+    shadow: ShadowQueue,
 }
 
 /// TLS per listener, when on.
@@ -182,8 +182,7 @@ impl App {
         };
         let bulk = BulkRuntime::start(config.bulk_threads).map_err(AppError::Runtime)?;
         let diffs = Arc::new(Diffs::new(metrics.rollout.clone()));
-        let shadow =
-            ShadowQueue::new(runner.clone(), bulk.handle(), config.shadow_queue, config.shadow_budget, diffs.clone());
+        let shadow = ShadowQueue::new(runner.clone(), bulk.handle(), config.shadow_queue, config.shadow_budget, diffs);
         let mut predictor =
             Predictor::new(registry.clone(), runner, metrics.clone(), limits).with_shadow(shadow.clone());
         let access = match &config.callers_file {
@@ -227,7 +226,7 @@ impl App {
             audit,
             tls,
             access,
-            diffs,
+            shadow,
         })
     }
 
@@ -246,7 +245,7 @@ impl App {
             audit,
             tls,
             access,
-            diffs,
+            shadow,
         } = self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
@@ -334,7 +333,7 @@ impl App {
         let admin = tokio::spawn(
             axum::serve(
                 HttpListener::new(listeners.admin, tls.admin.clone()),
-                admin::router(registry, readiness.clone(), metrics, tracker.clone(), diffs),
+                admin::router(registry, readiness.clone(), metrics, tracker.clone(), shadow.diffs().clone()),
             )
             .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
             .into_future(),
@@ -400,6 +399,11 @@ impl App {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+        // Shadow jobs of answered calls run (or are dropped and counted) before the bulk
+        // runtime goes; a job not started within its budget is dropped anyway.
+        if !shadow.drain(config.shadow_budget + Duration::from_secs(1)).await {
+            tracing::warn!("shadow jobs still running at shutdown; their comparisons are lost");
+        }
         drop(bulk);
         // 4. Every call is answered: write out every audit record accepted, bounded in case the
         //    writer is stuck on a pipe nobody reads.

@@ -153,14 +153,10 @@ async fn a_split_by_feature_needs_one_key_per_call_and_reads_the_same_key_on_eve
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_scoring_matches_a_reference_scored_through_pins() {
-    let root = model_root(Some("v2"));
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.jsonl");
-    let mut config = config(root.path());
+fn audited(root: &Path, log: &Path) -> Config {
+    let mut config = config(root);
     config.audit = Some(AuditConfig {
-        target: AuditTarget::File(log.clone()),
+        target: AuditTarget::File(log.to_owned()),
         sample: 1.0,
         features: None,
         redact: Vec::new(),
@@ -169,6 +165,19 @@ async fn shadow_scoring_matches_a_reference_scored_through_pins() {
         keep_files: 2,
         queue: 8192,
     });
+    config
+}
+
+fn audit_records(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_scoring_matches_a_reference_scored_through_pins() {
+    let root = model_root(Some("v2"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let config = audited(root.path(), &log);
     let policy = "shadow: [v1]\n";
     write_policy(root.path(), policy);
     let server = TestServer::start_ready(config).await;
@@ -235,6 +244,29 @@ async fn shadow_scoring_matches_a_reference_scored_through_pins() {
         assert!(outputs["v1"]["label"].is_string() && outputs["v2"]["label"].is_string(), "{shadow}");
         assert_eq!(shadow["rows"][0]["row_id"], g.row.row_id.as_str());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_shadow_jobs_of_answered_calls() {
+    let root = model_root(Some("v2"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let policy = "shadow: [v1]\n";
+    write_policy(root.path(), policy);
+    let server = TestServer::start_ready(audited(root.path(), &log)).await;
+    wait_policy(&server, policy).await;
+    let mut client = server.client().await;
+    let rows = golden("v2");
+    for (i, g) in rows.iter().enumerate() {
+        let mut request = predict_request(vec![to_pb(&g.row)]);
+        request.request_id = format!("r{i}");
+        client.predict(request).await.unwrap();
+    }
+    // Stopped right after the last answer: every shadow job still runs and is recorded.
+    server.stop().await.unwrap();
+    let records = audit_records(&log);
+    let shadowed = records.iter().filter(|r| r.get("shadow").is_some()).count();
+    assert_eq!(shadowed, rows.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,7 @@ struct Inner {
     runner: Runner,
     bulk: tokio::runtime::Handle,
     pending: Arc<Semaphore>,
+    capacity: usize,
     budget: Duration,
     diffs: Arc<Diffs>,
 }
@@ -63,12 +64,21 @@ impl ShadowQueue {
         budget: Duration,
         diffs: Arc<Diffs>,
     ) -> Self {
-        ShadowQueue { inner: Arc::new(Inner { runner, bulk, pending: Arc::new(Semaphore::new(queue)), budget, diffs }) }
+        let pending = Arc::new(Semaphore::new(queue));
+        ShadowQueue { inner: Arc::new(Inner { runner, bulk, pending, capacity: queue, budget, diffs }) }
     }
 
     /// The diff the jobs feed.
     pub fn diffs(&self) -> &Arc<Diffs> {
         &self.inner.diffs
+    }
+
+    /// Waits, at most `timeout`, until every job handed over has run or been dropped: shutdown
+    /// calls it before stopping the bulk runtime, so shadow records of answered calls are not
+    /// lost. Returns whether the queue drained.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let all = u32::try_from(self.inner.capacity).unwrap_or(u32::MAX);
+        matches!(tokio::time::timeout(timeout, self.inner.pending.acquire_many(all)).await, Ok(Ok(_)))
     }
 
     /// Whether a job would be dropped now: checked before encoding rows for it.

@@ -118,7 +118,7 @@ async fn rollout(State(admin): State<Admin>, Path(task): Path<String>) -> axum::
         serde_json::json!({
             "sha256": p.sha256,
             "since_unix_ms": since,
-            "sticky_by": p.policy.sticky_by.name(),
+            "sticky_by": (!p.policy.split.is_empty()).then(|| p.policy.sticky_by.name()),
             "shadow": p.policy.shadow.iter()
                 .map(|d| serde_json::json!({ "directory": d, "version": p.version_of(d) }))
                 .collect::<Vec<_>>(),

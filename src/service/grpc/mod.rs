@@ -126,7 +126,7 @@ impl pb::inference_server::Inference for InferenceService {
                 .iter()
                 .map(|s| pb::SplitShare { version: p.version_of(&s.version).to_owned(), weight: s.weight })
                 .collect(),
-            sticky_by: p.policy.sticky_by.name().to_owned(),
+            sticky_by: if p.policy.split.is_empty() { String::new() } else { p.policy.sticky_by.name().to_owned() },
         });
         let rollout_error = report.as_ref().and_then(|r| r.policy_error.clone()).unwrap_or_default();
         Ok(Response::new(pb::GetVersionResponse {
