@@ -8,8 +8,8 @@ mod common;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use common::{
-    TASK, TestServer, eventually, golden, http_get, json_row, metric_value, model_root, post, predict_request,
-    test_config, to_pb,
+    TASK, TestServer, copy_version, edit, eventually, golden, http_get, json_row, metric_value, model_root, post,
+    predict_request, reseal, test_config, to_pb,
 };
 use modeld::{
     config::{AuditConfig, Config},
