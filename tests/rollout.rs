@@ -364,7 +364,17 @@ async fn policies_change_under_traffic_without_a_failed_call_and_a_bad_one_is_re
 
     // Bad policies: refused with a reason; the live one stays and keeps answering.
     let loads = |text: &str, result| metric_value(text, "modeld_rollout_policy_loads_total", &[("result", result)]);
-    for (bad, says) in [("split:\n  v1: 0.5\n  v2: 0.3\nsticky_by: row_id\n", "sum to"), ("shadow: [v9]\n", "v9")] {
+    // v3 is a version directory whose golden rows no longer match its model: it never loads.
+    let v3 = root.path().join(TASK).join("v3");
+    copy_version("v2", &v3);
+    std::fs::write(v3.join("version.txt"), "v3\n").unwrap();
+    edit(&v3, "golden.jsonl", |t| t.replacen("\"label\": \"", "\"label\": \"x", 1));
+    reseal(&v3);
+    for (bad, says) in [
+        ("split:\n  v1: 0.5\n  v2: 0.3\nsticky_by: row_id\n", "sum to"),
+        ("shadow: [v9]\n", "v9"),
+        ("shadow: [v3]\n", "version `v3` named by rollout.yaml did not load"),
+    ] {
         let before = loads(&http_get(admin, "/metrics").await.1, "failure").unwrap_or(0.0);
         write_policy(root.path(), bad);
         let server = &server;
