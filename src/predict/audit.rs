@@ -167,17 +167,7 @@ impl Serialize for ShadowLine<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.record;
         let mut map = s.serialize_map(None)?;
-        map.serialize_entry("time", &format_time(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()))?;
-        map.serialize_entry("request_id", &r.request_id)?;
-        if let Some((stream, chunk)) = r.stream {
-            map.serialize_entry("stream", &stream)?;
-            map.serialize_entry("chunk", &chunk)?;
-        }
-        map.serialize_entry("peer", &r.ctx.peer.map(|p| p.to_string()))?;
-        if let Some(caller) = &r.ctx.caller {
-            map.serialize_entry("caller", &caller.name)?;
-        }
-        map.serialize_entry("task", &r.task)?;
+        head(&mut map, &r.request_id, r.stream, &r.ctx, &r.task)?;
         map.serialize_entry("method", r.ctx.method.name())?;
         map.serialize_entry("version", &r.champion.version)?;
         map.serialize_entry("manifest_sha256", &r.champion.manifest_sha256)?;
@@ -243,17 +233,7 @@ impl<R: RowView> Serialize for Record<'_, R> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.entry;
         let mut map = s.serialize_map(None)?;
-        map.serialize_entry("time", &format_time(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()))?;
-        map.serialize_entry("request_id", e.request_id)?;
-        if let Some((stream, chunk)) = e.stream {
-            map.serialize_entry("stream", &stream)?;
-            map.serialize_entry("chunk", &chunk)?;
-        }
-        map.serialize_entry("peer", &e.ctx.peer.map(|p| p.to_string()))?;
-        if let Some(caller) = &e.ctx.caller {
-            map.serialize_entry("caller", &caller.name)?;
-        }
-        map.serialize_entry("task", e.task)?;
+        head(&mut map, e.request_id, e.stream, e.ctx, e.task)?;
         map.serialize_entry("method", e.ctx.method.name())?;
         map.serialize_entry("version", e.bundle.map_or("", |b| b.version.as_str()))?;
         map.serialize_entry("manifest_sha256", e.bundle.map_or("", |b| b.manifest_sha256.as_str()))?;
@@ -280,6 +260,28 @@ impl<R: RowView> Serialize for Record<'_, R> {
         }
         map.end()
     }
+}
+
+/// The keys every record starts with: `time`, `request_id`, `stream` and `chunk` (streams),
+/// `peer`, `caller` (when known), `task`.
+fn head<M: SerializeMap>(
+    map: &mut M,
+    request_id: &str,
+    stream: Option<(u64, u64)>,
+    ctx: &CallContext,
+    task: &str,
+) -> Result<(), M::Error> {
+    map.serialize_entry("time", &format_time(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()))?;
+    map.serialize_entry("request_id", request_id)?;
+    if let Some((stream, chunk)) = stream {
+        map.serialize_entry("stream", &stream)?;
+        map.serialize_entry("chunk", &chunk)?;
+    }
+    map.serialize_entry("peer", &ctx.peer.map(|p| p.to_string()))?;
+    if let Some(caller) = &ctx.caller {
+        map.serialize_entry("caller", &caller.name)?;
+    }
+    map.serialize_entry("task", task)
 }
 
 #[derive(Serialize)]
