@@ -72,6 +72,7 @@ async fn every_golden_row_gets_grpc_predicts_answer_on_both_routes() {
         server.client().await.get_version(pb::GetVersionRequest { task: TASK.into() }).await.unwrap().into_inner();
     assert_eq!(task["version"], version.version);
     assert_eq!(task["manifest_sha256"], version.manifest_sha256);
+    assert!(task["rollout"].is_null() && version.rollout.is_none(), "no rollout policy: {task}");
     let names: Vec<&str> = task["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(names, version.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>());
 }

@@ -8,7 +8,7 @@ mod common;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use common::{
-    TASK, TestServer, copy_version, edit, eventually, golden, http_get, json_row, metric_value, model_root, post,
+    TASK, TestServer, copy_version, curl, edit, eventually, golden, http_get, json_row, metric_value, model_root, post,
     predict_request, reseal, test_config, to_pb,
 };
 use modeld::{
@@ -142,6 +142,21 @@ async fn a_split_by_feature_needs_one_key_per_call_and_reads_the_same_key_on_eve
     let status = client.predict(predict_request(vec![missing])).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("row 0: credit_amount:"), "{}", status.message());
+
+    // Both faces describe the policy alike.
+    let described = client.get_version(pb::GetVersionRequest { task: TASK.into() }).await.unwrap().into_inner();
+    let rollout = described.rollout.expect("a live policy");
+    assert_eq!((rollout.sha256.as_str(), rollout.sticky_by.as_str()), (sha256_hex(policy).as_str(), "credit_amount"));
+    let (status, body, _) = curl(vec![format!("http://{}/v1/tasks/{TASK}", server.http)]).await;
+    assert_eq!(status, 200, "{body}");
+    let task: Value = serde_json::from_str(&body).unwrap();
+    let expected = serde_json::json!({
+        "sha256": rollout.sha256,
+        "shadow_versions": [],
+        "split": [{"version": "v1", "weight": 0.5}, {"version": "v2", "weight": 0.5}],
+        "sticky_by": "credit_amount",
+    });
+    assert_eq!(task["rollout"], expected);
 
     // The same applicant through gRPC and HTTP/JSON lands on the same version, for every row.
     for g in rows.iter().take(24) {

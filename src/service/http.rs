@@ -25,7 +25,12 @@ use serde::{
 };
 use tower_http::{compression::CompressionLayer, decompression::RequestDecompressionLayer};
 
-use super::{grpc::convert::field_info, health::Readiness, layers::CallTracker, tls::ConnInfo};
+use super::{
+    grpc::convert::{field_info, rollout_policy},
+    health::Readiness,
+    layers::CallTracker,
+    tls::ConnInfo,
+};
 use crate::{
     bundle::Kind,
     pb,
@@ -416,6 +421,17 @@ async fn describe_task(
     };
     let report = face.registry.report(&task);
     let fields: Vec<serde_json::Value> = bundle.schema.fields().iter().map(|f| field_json(field_info(f))).collect();
+    let rollout = report.as_ref().and_then(|r| r.policy.as_deref()).map(|p| {
+        let p = rollout_policy(p);
+        let split: Vec<_> =
+            p.split.iter().map(|s| serde_json::json!({ "version": s.version, "weight": s.weight })).collect();
+        serde_json::json!({
+            "sha256": p.sha256,
+            "shadow_versions": p.shadow_versions,
+            "split": split,
+            "sticky_by": (!p.sticky_by.is_empty()).then_some(p.sticky_by),
+        })
+    });
     Json(serde_json::json!({
         "task": task,
         "version": bundle.version,
@@ -423,8 +439,9 @@ async fn describe_task(
         "model_type": bundle.config.model_type,
         "class_names": bundle.class_labels(),
         "manifest_sha256": bundle.manifest_sha256,
-        "loaded_versions": report.map(|r| r.loaded_versions()).unwrap_or_default(),
+        "loaded_versions": report.as_ref().map(|r| r.loaded_versions()).unwrap_or_default(),
         "fields": fields,
+        "rollout": rollout,
     }))
     .into_response()
 }

@@ -6,6 +6,7 @@ use crate::{
     pb::{self, value::Kind},
     predict::{CallContext, Method, Prediction},
     preprocess::RowView,
+    registry::LivePolicy,
     schema::{Encoder, Field, FieldKind, Missing, Unknown, Value},
     service::{layers::CallDeadline, tls::ConnInfo},
 };
@@ -61,6 +62,21 @@ pub fn value_of(value: &pb::Value) -> Option<Value<'_>> {
         Kind::Text(s) => Value::Text(s),
         Kind::Flag(b) => Value::Bool(*b),
     })
+}
+
+/// A live rollout policy as GetVersion (and `GET /v1/tasks/{task}`) describes it: versions by
+/// their version strings.
+pub fn rollout_policy(p: &LivePolicy) -> pb::RolloutPolicy {
+    let split = &p.policy.split;
+    pb::RolloutPolicy {
+        sha256: p.sha256.clone(),
+        shadow_versions: p.policy.shadow.iter().map(|d| p.version_of(d).to_owned()).collect(),
+        split: split
+            .iter()
+            .map(|s| pb::SplitShare { version: p.version_of(&s.version).to_owned(), weight: s.weight })
+            .collect(),
+        sticky_by: if split.is_empty() { String::new() } else { p.policy.sticky_by.name().to_owned() },
+    }
 }
 
 /// A schema field as GetVersion describes it.

@@ -117,17 +117,7 @@ impl pb::inference_server::Inference for InferenceService {
         let task = request.into_inner().task;
         let bundle = self.registry.get(&task).map_err(PredictError::from)?;
         let report = self.registry.report(&task);
-        let rollout = report.as_ref().and_then(|r| r.policy.as_deref()).map(|p| pb::RolloutPolicy {
-            sha256: p.sha256.clone(),
-            shadow_versions: p.policy.shadow.iter().map(|d| p.version_of(d).to_owned()).collect(),
-            split: p
-                .policy
-                .split
-                .iter()
-                .map(|s| pb::SplitShare { version: p.version_of(&s.version).to_owned(), weight: s.weight })
-                .collect(),
-            sticky_by: if p.policy.split.is_empty() { String::new() } else { p.policy.sticky_by.name().to_owned() },
-        });
+        let rollout = report.as_ref().and_then(|r| r.policy.as_deref()).map(convert::rollout_policy);
         let rollout_error = report.as_ref().and_then(|r| r.policy_error.clone()).unwrap_or_default();
         Ok(Response::new(pb::GetVersionResponse {
             rollout,
