@@ -259,6 +259,15 @@ async fn shadow_scoring_matches_a_reference_scored_through_pins() {
         assert!(outputs["v1"]["label"].is_string() && outputs["v2"]["label"].is_string(), "{shadow}");
         assert_eq!(shadow["rows"][0]["row_id"], g.row.row_id.as_str());
     }
+    // `modeld audit` finds a call's shadow record beside it, and shadow records by version.
+    let audit = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modeld")).arg("audit").arg(&log).args(args).output();
+        String::from_utf8(out.unwrap().stdout).unwrap()
+    };
+    assert_eq!(audit(&["--request-id", "r0"]).lines().count(), 2);
+    let table = audit(&["--version", "v1", "--format", "table"]);
+    let shadow_lines = table.lines().filter(|l| l.split_whitespace().any(|w| w == "shadow")).count();
+    assert_eq!(shadow_lines, rows.len(), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

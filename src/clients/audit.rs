@@ -191,16 +191,20 @@ fn table_row(r: &Value) -> String {
     let outcome = r.pointer("/outcome/code").and_then(Value::as_str).unwrap_or("?");
     let latency = r.get("latency_ms").and_then(Value::as_f64).unwrap_or(f64::NAN);
     let rows = r.get("rows").and_then(Value::as_array).map_or(0, Vec::len);
-    let method = text("method");
+    // A shadow job's record shows as such, with the shadow version: the call's own record (same
+    // request) shows the version that answered.
+    let shadow = r.pointer("/shadow/version").and_then(Value::as_str);
+    let method = if shadow.is_some() { "shadow".to_owned() } else { text("method") };
     // HTTP routes are long; the table shows their verb and first segments.
     let method = if method.len() > 14 { format!("{}…", &method[..13]) } else { method };
+    let version = shadow.map_or_else(|| text("version"), str::to_owned);
     format!(
         "{:<27} {:<24} {:<16} {:<14} {:<10} {:<18} {:>10.3} {:>5}",
         text("time"),
         request,
         text("task"),
         method,
-        text("version"),
+        version,
         outcome,
         latency,
         rows
