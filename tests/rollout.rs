@@ -442,3 +442,19 @@ async fn requests_ok(admin: std::net::SocketAddr) -> f64 {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test]
+async fn a_refused_policy_file_that_is_removed_is_no_longer_reported() {
+    let root = model_root(Some("v2"));
+    write_policy(root.path(), "split:\n  v1: 0.7\n  v2: 0.7\nsticky_by: row_id\n");
+    let server = TestServer::start_ready(config(root.path())).await;
+    let server = &server;
+    eventually("refused", || async move { rollout(server).await["policy_error"].is_string() }).await;
+    let report = rollout(server).await;
+    assert!(report["policy"].is_null(), "{report}");
+    // Calls are answered by the live version meanwhile.
+    let answer = server.client().await.predict(keyed_request("k")).await.unwrap().into_inner();
+    assert_eq!(answer.version, "v2");
+    std::fs::remove_file(root.path().join(TASK).join("rollout.yaml")).unwrap();
+    eventually("error cleared", || async move { rollout(server).await["policy_error"].is_null() }).await;
+}

@@ -26,10 +26,11 @@ impl Registry {
     pub(super) fn apply_policy(&self, task: &str, slot: &Task, candidate: Candidate) -> bool {
         let (policy, sha256) = match candidate {
             Candidate::Absent => {
+                // A refused file that was then removed is no longer a reason to report.
+                self.clear_policy_error(slot);
                 let Some(old) = slot.policy.swap(None) else { return false };
                 self.set_weights(task, Some(&old), None);
                 tracing::info!(task, "rollout policy removed; the live version answers every call");
-                self.clear_policy_error(slot);
                 return true;
             }
             Candidate::Bad { sha256, error } => {
