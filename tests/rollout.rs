@@ -55,6 +55,14 @@ async fn wait_policy(server: &TestServer, text: &str) {
     .await;
 }
 
+/// A server on `root` with `policy` written first and live before it returns.
+async fn serve_with_policy(root: &Path, config: Config, policy: &str) -> TestServer {
+    write_policy(root, policy);
+    let server = TestServer::start_ready(config).await;
+    wait_policy(&server, policy).await;
+    server
+}
+
 fn config(root: &Path) -> Config {
     let mut config = test_config(root);
     config.shadow_budget = Duration::from_secs(30);
@@ -72,9 +80,7 @@ fn keyed_request(key: &str) -> pb::PredictRequest {
 async fn a_sticky_split_keeps_its_shares_and_its_keys_across_restarts_and_servers() {
     let root = model_root(Some("v2"));
     let policy = "split:\n  v1: 0.1\n  v2: 0.9\nsticky_by: row_id\n";
-    write_policy(root.path(), policy);
-    let server = TestServer::start_ready(config(root.path())).await;
-    wait_policy(&server, policy).await;
+    let server = serve_with_policy(root.path(), config(root.path()), policy).await;
 
     // 10,000 distinct keys, 16 calls at a time.
     let client = server.client().await;
@@ -120,9 +126,7 @@ async fn a_sticky_split_keeps_its_shares_and_its_keys_across_restarts_and_server
 async fn a_split_by_feature_needs_one_key_per_call_and_reads_the_same_key_on_every_face() {
     let root = model_root(Some("v2"));
     let policy = "split:\n  v1: 0.5\n  v2: 0.5\nsticky_by: credit_amount\n";
-    write_policy(root.path(), policy);
-    let server = TestServer::start_ready(config(root.path())).await;
-    wait_policy(&server, policy).await;
+    let server = serve_with_policy(root.path(), config(root.path()), policy).await;
     let mut client = server.client().await;
     let rows = golden("v2");
 
@@ -194,9 +198,7 @@ async fn shadow_scoring_matches_a_reference_scored_through_pins() {
     let log = dir.path().join("audit.jsonl");
     let config = audited(root.path(), &log);
     let policy = "shadow: [v1]\n";
-    write_policy(root.path(), policy);
-    let server = TestServer::start_ready(config).await;
-    wait_policy(&server, policy).await;
+    let server = serve_with_policy(root.path(), config, policy).await;
     let mut client = server.client().await;
 
     // Each golden row in its own call, answered by v2 with v1 in the shadow.
@@ -276,9 +278,7 @@ async fn shutdown_waits_for_the_shadow_jobs_of_answered_calls() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let policy = "shadow: [v1]\n";
-    write_policy(root.path(), policy);
-    let server = TestServer::start_ready(audited(root.path(), &log)).await;
-    wait_policy(&server, policy).await;
+    let server = serve_with_policy(root.path(), audited(root.path(), &log), policy).await;
     let mut client = server.client().await;
     let rows = golden("v2");
     for (i, g) in rows.iter().enumerate() {
@@ -297,9 +297,7 @@ async fn shutdown_waits_for_the_shadow_jobs_of_answered_calls() {
 async fn a_stream_is_split_once_by_its_first_row_and_shadowed() {
     let root = model_root(Some("v2"));
     let policy = "shadow: [v1]\nsplit:\n  v1: 0.5\n  v2: 0.5\nsticky_by: row_id\n";
-    write_policy(root.path(), policy);
-    let server = TestServer::start_ready(config(root.path())).await;
-    wait_policy(&server, policy).await;
+    let server = serve_with_policy(root.path(), config(root.path()), policy).await;
     let mut client = server.client().await;
     let rows = golden("v2");
     // Two streams whose first rows fall on different sides of the split.
