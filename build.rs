@@ -14,6 +14,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // prost's codec, except that a request the server cannot decode is INVALID_ARGUMENT.
         .codec_path("crate::pb::Codec")
         .compile_with_config(config, &["proto/modeld/v1/inference.proto"], &["proto"])?;
+    // The Open Inference Protocol (KServe V2), with the same codec.
+    let mut config = prost_build::Config::new();
+    if env::var_os("PROTOC").is_none() {
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("inference_descriptor.bin"))
+        .codec_path("crate::pb::Codec")
+        .compile_with_config(config, &["proto/inference/grpc_predict_v2.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

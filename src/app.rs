@@ -33,6 +33,7 @@ use crate::{
         grpc::InferenceService,
         health::Readiness,
         http,
+        kserve::{self, grpc::V2Service},
         layers::{self, CallTracker},
         tls::{self, HttpListener, TlsSource},
     },
@@ -114,6 +115,7 @@ pub struct App {
     readiness: Readiness,
     health_service: HealthServer<HealthService>,
     inference: InferenceService,
+    v2: V2Service,
     predictor: Predictor,
     bulk: BulkRuntime,
     hangups: Option<tokio::signal::unix::Signal>,
@@ -212,6 +214,7 @@ impl App {
         let health_service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
         let readiness = Readiness::new(registry.clone(), reporter).await;
         let inference = InferenceService::new(predictor.clone(), registry.clone(), readiness.clone(), bulk.handle());
+        let v2 = V2Service::new(predictor.clone(), registry.clone(), readiness.clone());
         let hangups = shutdown::hangups();
         Ok(App {
             config: config.clone(),
@@ -220,6 +223,7 @@ impl App {
             readiness,
             health_service,
             inference,
+            v2,
             predictor,
             bulk,
             hangups,
@@ -239,6 +243,7 @@ impl App {
             readiness,
             health_service,
             inference,
+            v2,
             predictor,
             bulk,
             hangups,
@@ -264,9 +269,13 @@ impl App {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(pb::v2::FILE_DESCRIPTOR_SET)
         };
         let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
         let inference = pb::inference_server::InferenceServer::new(inference)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let v2 = pb::v2::grpc_inference_service_server::GrpcInferenceServiceServer::new(v2)
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
 
@@ -288,6 +297,7 @@ impl App {
                 .add_optional_service(reflection_v1)
                 .add_optional_service(reflection_v1alpha)
                 .add_service(inference)
+                .add_service(v2)
                 .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
         );
         // Certificates and the callers file are reread on the bundle poll's interval.
@@ -321,8 +331,16 @@ impl App {
                 max_connection_age: config.max_connection_age,
             };
             let listener = HttpListener::new(listener, tls.http.clone());
+            let v2 = kserve::rest::router(
+                predictor.clone(),
+                registry.clone(),
+                readiness.clone(),
+                tracker.clone(),
+                &metrics,
+                limits,
+            );
             let router =
-                http::router(predictor, registry.clone(), readiness.clone(), tracker.clone(), &metrics, limits);
+                http::router(predictor, registry.clone(), readiness.clone(), tracker.clone(), &metrics, limits, v2);
             tokio::spawn(
                 axum::serve(listener, router.into_make_service_with_connect_info::<tls::ConnInfo>())
                     .with_graceful_shutdown(drain.clone().cancelled_owned())

@@ -11,6 +11,18 @@ mod generated {
 
 pub use generated::*;
 
+/// The Open Inference Protocol (KServe V2) messages and service, package `inference`.
+pub mod v2 {
+    #[allow(clippy::all, missing_docs)]
+    mod generated {
+        tonic::include_proto!("inference");
+    }
+    pub use generated::*;
+
+    /// Encoded file descriptor set of the V2 protocol, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference_descriptor");
+}
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Buf;
@@ -68,10 +80,19 @@ macro_rules! direction {
 }
 direction!(true => GetVersionRequest, HealthRequest);
 direction!(false => PredictResponse, BatchPredictResponse, GetVersionResponse, HealthResponse);
+direction!(true => v2::ServerLiveRequest, v2::ServerReadyRequest, v2::ModelReadyRequest,
+    v2::ServerMetadataRequest, v2::ModelMetadataRequest);
+direction!(false => v2::ServerLiveResponse, v2::ServerReadyResponse, v2::ModelReadyResponse,
+    v2::ServerMetadataResponse, v2::ModelMetadataResponse, v2::ModelInferResponse);
 
 impl Direction for PredictRequest {
     const REQUEST: bool = true;
     const ROWS: Option<(u32, &'static str)> = Some((2, "request"));
+}
+
+/// A V2 request's rows are inside its tensors: the core counts them once decoded.
+impl Direction for v2::ModelInferRequest {
+    const REQUEST: bool = true;
 }
 
 impl Direction for BatchPredictRequest {

@@ -498,6 +498,11 @@ impl Schema {
     pub fn rejects(&self, name: &str) -> bool {
         self.strict && !self.ignored.contains(name)
     }
+
+    /// Whether the schema lists `name` as a feature callers may send and the model ignores.
+    pub fn ignores(&self, name: &str) -> bool {
+        self.ignored.contains(name)
+    }
 }
 
 fn compile_field(

@@ -27,11 +27,21 @@ pub enum Method {
     JsonPredict,
     /// HTTP/JSON, KServe V1 style: `POST /v1/models/{task}:predict`.
     KserveV1Predict,
+    /// Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService/ModelInfer`.
+    ModelInfer,
+    /// Open Inference Protocol (KServe V2) over REST: `POST /v2/models/{model}/infer`.
+    V2Infer,
 }
 
 impl Method {
-    pub(super) const ALL: [Method; 4] =
-        [Method::Predict, Method::BatchPredict, Method::JsonPredict, Method::KserveV1Predict];
+    pub(super) const ALL: [Method; 6] = [
+        Method::Predict,
+        Method::BatchPredict,
+        Method::JsonPredict,
+        Method::KserveV1Predict,
+        Method::ModelInfer,
+        Method::V2Infer,
+    ];
 
     /// The `method` label value: the RPC's name, or the HTTP route.
     pub const fn name(self) -> &'static str {
@@ -40,6 +50,8 @@ impl Method {
             Method::BatchPredict => "BatchPredict",
             Method::JsonPredict => "POST /v1/tasks/{task}/predict",
             Method::KserveV1Predict => "POST /v1/models/{task}:predict",
+            Method::ModelInfer => "ModelInfer",
+            Method::V2Infer => "POST /v2/models/{model}/infer",
         }
     }
 }

@@ -68,8 +68,9 @@ struct Face {
     rejected: prometheus::IntCounter,
 }
 
-/// The HTTP/JSON router. `calls` is shared with the gRPC face: one admission limit for both,
-/// and the drain waits for calls from either.
+/// The HTTP/JSON router, with `extra` routes (the V2 REST face) behind the same layers. `calls`
+/// is shared with the gRPC face: one admission limit for both, and the drain waits for calls
+/// from either.
 pub fn router(
     predictor: Predictor,
     registry: Registry,
@@ -77,6 +78,7 @@ pub fn router(
     calls: CallTracker,
     metrics: &Metrics,
     limits: HttpLimits,
+    extra: Router,
 ) -> Router {
     let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
     let router = Router::new()
@@ -87,6 +89,8 @@ pub fn router(
         // split in the handler.
         .route("/v1/models/{model}", post(kserve_predict))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .with_state(Face { predictor, registry, readiness, calls, limits, rejected })
+        .merge(extra)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route (see /openapi.json)".into()) })
         .method_not_allowed_fallback(|| async {
             let message = "the route takes another method (see /openapi.json)".to_owned();
@@ -96,11 +100,10 @@ pub fn router(
         .layer(RequestDecompressionLayer::new())
         .layer(CompressionLayer::new());
     // Only with an age set: the check is one more layer on every call.
-    let router = match limits.max_connection_age {
+    match limits.max_connection_age {
         Some(age) => router.layer(axum::middleware::from_fn_with_state(age, age_limit)),
         None => router,
-    };
-    router.with_state(Face { predictor, registry, readiness, calls, limits, rejected })
+    }
 }
 
 /// Closes an HTTP/1.1 connection past its age after this response (`Connection: close`), so
@@ -123,7 +126,7 @@ async fn age_limit(
 }
 
 /// The `authorization` header's value, if any.
-fn authorization(headers: &HeaderMap) -> Option<&str> {
+pub fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 

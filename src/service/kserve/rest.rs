@@ -1,0 +1,493 @@
+//! `/v2/...` on the HTTP port: the V2 protocol's REST binding, with JSON tensors and Triton's
+//! binary tensor data extension (`Inference-Header-Content-Length`: the JSON header, then each
+//! binary input's bytes in input order; outputs the same way when asked for), which is
+//! tritonclient's HTTP default.
+//!
+//! Errors are the protocol's shape, `{"error": "..."}`, with the HTTP status of the one error
+//! table ([`http::status`]).
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{ConnectInfo, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{SeqAccess, Visitor},
+};
+use serde_json::{Map, Value as JsonValue};
+
+use super::{
+    EXTENSIONS, PLATFORM, SERVER_NAME, V2Error, metadata, model, model_ready,
+    tensor::{self, Columns, DataType, Output, OutputData, Scalar, Values},
+};
+use crate::{
+    bundle::Bundle,
+    predict::{CallContext, ErrorKind, Method, Predictor, Request as Call},
+    registry::Registry,
+    schema::Echo,
+    service::{
+        health::Readiness,
+        http::{self, HttpLimits},
+        layers::CallTracker,
+        tls::ConnInfo,
+    },
+    telemetry::Metrics,
+};
+
+/// The header that splits a binary request or response: the length of its JSON part.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Clone)]
+struct Rest {
+    predictor: Predictor,
+    registry: Registry,
+    readiness: Readiness,
+    calls: CallTracker,
+    limits: HttpLimits,
+    rejected: prometheus::IntCounter,
+}
+
+/// The `/v2` routes. `calls` is the admission limit the other faces share.
+pub fn router(
+    predictor: Predictor,
+    registry: Registry,
+    readiness: Readiness,
+    calls: CallTracker,
+    metrics: &Metrics,
+    limits: HttpLimits,
+) -> Router {
+    let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { Json(serde_json::json!({ "live": true })) }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(ready))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .with_state(Rest { predictor, registry, readiness, calls, limits, rejected })
+}
+
+/// The protocol's error answer.
+fn error(e: V2Error) -> Response {
+    let mut response = (http::status(e.kind), Json(serde_json::json!({ "error": e.message }))).into_response();
+    if e.kind == ErrorKind::Unauthenticated {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// `{model}` and, on the versioned routes, `{version}`.
+#[derive(Deserialize)]
+struct ModelPath {
+    model: String,
+    #[serde(default)]
+    version: String,
+}
+
+async fn server_metadata() -> Response {
+    Json(serde_json::json!({
+        "name": SERVER_NAME,
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+    .into_response()
+}
+
+async fn server_ready(State(rest): State<Rest>) -> Response {
+    let ready = rest.readiness.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "ready": ready }))).into_response()
+}
+
+impl Rest {
+    fn reader(&self, conn: &ConnInfo, headers: &HeaderMap, task: &str) -> Result<(), V2Error> {
+        Ok(self.predictor.check_reader(http::authorization(headers), conn.identities(), task)?)
+    }
+}
+
+async fn ready(
+    State(rest): State<Rest>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
+    Path(path): Path<ModelPath>,
+) -> Response {
+    let ready = rest
+        .reader(&conn, &headers, &path.model)
+        .and_then(|()| model_ready(&rest.registry, rest.readiness.is_draining(), &path.model, &path.version));
+    match ready {
+        Ok(ready) => {
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, Json(serde_json::json!({ "name": path.model, "ready": ready }))).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+async fn model_metadata(
+    State(rest): State<Rest>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
+    Path(path): Path<ModelPath>,
+) -> Response {
+    let bundle = match rest
+        .reader(&conn, &headers, &path.model)
+        .and_then(|()| model(&rest.registry, &path.model, &path.version))
+    {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let m = metadata(&rest.registry, &path.model, &bundle);
+    let tensors = |ts: Vec<super::TensorMetadata>| -> Vec<JsonValue> {
+        ts.into_iter()
+            .map(|t| serde_json::json!({ "name": t.name, "datatype": t.datatype.name(), "shape": t.shape }))
+            .collect()
+    };
+    Json(serde_json::json!({
+        "name": m.name,
+        "versions": m.versions,
+        "platform": PLATFORM,
+        "inputs": tensors(m.inputs),
+        "outputs": tensors(m.outputs),
+    }))
+    .into_response()
+}
+
+/// An inference request's JSON part. Fields the protocol may add are ignored.
+#[derive(Deserialize)]
+struct InferBody {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    parameters: Map<String, JsonValue>,
+    inputs: Vec<InputTensor>,
+    #[serde(default)]
+    outputs: Vec<RequestedOutput>,
+}
+
+#[derive(Deserialize)]
+struct InputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, JsonValue>,
+    #[serde(default)]
+    data: Option<Flat>,
+}
+
+#[derive(Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, JsonValue>,
+}
+
+/// Tensor data in JSON, flat or nested row-major: read flat.
+struct Flat(Vec<Scalar>);
+
+impl<'de> Deserialize<'de> for Flat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Flat, D::Error> {
+        struct Into<'v>(&'v mut Vec<Scalar>);
+        impl<'de> serde::de::DeserializeSeed<'de> for Into<'_> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> Visitor<'de> for Into<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tensor data: an array of numbers, booleans, strings or nulls (nested or flat)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while seq.next_element_seed(Into(self.0))?.is_some() {}
+                Ok(())
+            }
+            fn visit_unit<E>(self) -> Result<(), E> {
+                self.0.push(Scalar::Null);
+                Ok(())
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+                self.0.push(Scalar::Bool(b));
+                Ok(())
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<(), E> {
+                self.0.push(Scalar::Integer(i));
+                Ok(())
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<(), E> {
+                self.0.push(i64::try_from(u).map_or(Scalar::Number(u as f64), Scalar::Integer));
+                Ok(())
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<(), E> {
+                self.0.push(Scalar::Number(x));
+                Ok(())
+            }
+            fn visit_str<E>(self, s: &str) -> Result<(), E> {
+                self.0.push(Scalar::Text(s.to_owned()));
+                Ok(())
+            }
+        }
+        let mut out = Vec::new();
+        serde::de::DeserializeSeed::deserialize(Into(&mut out), deserializer)?;
+        Ok(Flat(out))
+    }
+}
+
+/// A JSON element's fit for `t`: the kind of element each datatype takes (null: missing).
+fn json_fits(t: DataType, s: &Scalar) -> bool {
+    match (t, s) {
+        (_, Scalar::Null) => true,
+        (DataType::Bool, Scalar::Bool(_)) => true,
+        (DataType::F32 | DataType::F64, Scalar::Integer(_) | Scalar::Number(_)) => true,
+        (DataType::Bytes, Scalar::Text(_)) => true,
+        (DataType::Bool | DataType::F32 | DataType::F64 | DataType::Bytes, _) => false,
+        (_, Scalar::Integer(_)) => true,
+        _ => false,
+    }
+}
+
+fn scalar_name(s: &Scalar) -> &'static str {
+    match s {
+        Scalar::Null => "null",
+        Scalar::Bool(_) => "a boolean",
+        Scalar::Integer(_) => "an integer",
+        Scalar::Number(_) => "a number",
+        Scalar::Text(_) => "a string",
+    }
+}
+
+fn flag(parameters: &Map<String, JsonValue>, name: &str) -> bool {
+    parameters.get(name).and_then(JsonValue::as_bool).unwrap_or(false)
+}
+
+/// The body split in its JSON part and binary part.
+fn split_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(&'b [u8], &'b [u8]), V2Error> {
+    let Some(value) = headers.get(HEADER_LENGTH) else { return Ok((body, &[])) };
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| V2Error::invalid("Inference-Header-Content-Length: not a byte count".into()))?;
+    if length > body.len() {
+        return Err(V2Error::invalid(format!(
+            "Inference-Header-Content-Length: {length} exceeds the body's {} bytes",
+            body.len()
+        )));
+    }
+    Ok(body.split_at(length))
+}
+
+fn columns<'r>(task: &str, bundle: &Bundle, body: &'r InferBody, mut binary: &'r [u8]) -> Result<Columns<'r>, V2Error> {
+    if body.inputs.is_empty() {
+        return Err(V2Error::invalid("inputs: at least one input tensor is required".into()));
+    }
+    let mut columns = Columns::with_capacity(body.inputs.len());
+    for input in &body.inputs {
+        let name = input.name.as_str();
+        let t = tensor::check_input(task, bundle, name, &input.datatype)?;
+        let size = input.parameters.get("binary_data_size");
+        let values = match (&input.data, size) {
+            (Some(_), Some(_)) => {
+                return Err(V2Error::invalid(format!(
+                    "input `{}`: has both data and binary_data_size (give one)",
+                    Echo(name)
+                )));
+            }
+            (None, None) => return Err(V2Error::invalid(format!("input `{}`: no data", Echo(name)))),
+            (Some(Flat(data)), None) => {
+                if let Some((i, s)) = data.iter().enumerate().find(|(_, s)| !json_fits(t, s)) {
+                    return Err(V2Error::invalid(format!(
+                        "input `{}`: element {i} is {}, which a {} tensor cannot hold",
+                        Echo(name),
+                        scalar_name(s),
+                        t.name()
+                    )));
+                }
+                Values::Json(data)
+            }
+            (None, Some(size)) => {
+                let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                    V2Error::invalid(format!("input `{}`: binary_data_size is not a byte count", Echo(name)))
+                })?;
+                if size > binary.len() {
+                    return Err(V2Error::invalid(format!(
+                        "input `{}`: binary_data_size {size} exceeds the {} binary bytes left",
+                        Echo(name),
+                        binary.len()
+                    )));
+                }
+                let (data, rest) = binary.split_at(size);
+                binary = rest;
+                match t.width() {
+                    Some(w) if data.len() % w != 0 => {
+                        return Err(V2Error::invalid(format!(
+                            "input `{}`: {} binary bytes are not a whole number of {} elements ({w} bytes each)",
+                            Echo(name),
+                            data.len(),
+                            t.name()
+                        )));
+                    }
+                    Some(_) => Values::Raw(t, data),
+                    None => Values::Text(tensor::split_bytes(name, data)?),
+                }
+            }
+        };
+        columns.push(name, &input.shape, values)?;
+    }
+    if !binary.is_empty() {
+        return Err(V2Error::invalid(format!(
+            "body: {} binary bytes follow the last input that takes any",
+            binary.len()
+        )));
+    }
+    Ok(columns)
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<i64>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: Map<String, JsonValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonData<'a> {
+    Text(Vec<&'a str>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+#[derive(Serialize)]
+struct InferAnswer<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    outputs: Vec<OutputTensor<'a>>,
+}
+
+async fn infer(
+    State(rest): State<Rest>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    headers: HeaderMap,
+    Path(path): Path<ModelPath>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(_admitted) = rest.calls.admit(rest.limits.max_inflight_calls) else {
+        rest.rejected.inc();
+        return error(V2Error {
+            kind: ErrorKind::ResourceExhausted,
+            message: format!(
+                "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
+                rest.limits.max_inflight_calls
+            ),
+        });
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!("body: over the limit of {} bytes (max_message_bytes)", rest.limits.max_body_bytes);
+            return error(V2Error { kind: ErrorKind::ResourceExhausted, message });
+        }
+        Err(rejection) => return error(V2Error::invalid(format!("body: {}", rejection.body_text()))),
+    };
+    match rest.infer(&conn, &headers, &path, &body).await {
+        Ok(response) => response,
+        Err(e) => error(e),
+    }
+}
+
+impl Rest {
+    async fn infer(
+        &self,
+        conn: &ConnInfo,
+        headers: &HeaderMap,
+        path: &ModelPath,
+        body: &[u8],
+    ) -> Result<Response, V2Error> {
+        let mut ctx = CallContext::new(Method::V2Infer).with_peer(conn.remote_addr);
+        ctx.deadline = Some(ctx.started + self.limits.request_timeout);
+        self.predictor.authenticate(&mut ctx, http::authorization(headers), conn.identities())?;
+        let task = path.model.as_str();
+        self.predictor.check_task(&ctx, task)?;
+        let (json, binary) = split_body(headers, body)?;
+        let request: InferBody = serde_json::from_slice(json).map_err(|e| V2Error::invalid(format!("body: {e}")))?;
+        let bundle = model(&self.registry, task, &path.version)?;
+        // Which outputs, and which of them in binary form.
+        let all_binary = flag(&request.parameters, "binary_data_output");
+        let outputs: Vec<(Output, bool)> = if request.outputs.is_empty() {
+            Output::all(bundle.config.kind).iter().map(|o| (*o, all_binary)).collect()
+        } else {
+            request
+                .outputs
+                .iter()
+                .map(|o| Ok((Output::parse(task, &bundle, &o.name)?, all_binary || flag(&o.parameters, "binary_data"))))
+                .collect::<Result<_, V2Error>>()?
+        };
+        let columns = columns(task, &bundle, &request, binary)?;
+        let rows = columns.rows();
+        let call = Call {
+            task,
+            rows: &rows,
+            request_id: &request.id,
+            version: (!path.version.is_empty()).then_some(path.version.as_str()),
+            compare_versions: &[],
+        };
+        let answer = self.predictor.predict(&ctx, call).await?;
+        let mut tail: Vec<u8> = Vec::new();
+        let mut tensors = Vec::with_capacity(outputs.len());
+        for (output, binary) in outputs {
+            let (shape, data) = tensor::output_data(output, &answer.bundle, &answer.predictions);
+            let mut parameters = Map::new();
+            let data = if binary {
+                let bytes = data.to_raw();
+                parameters.insert("binary_data_size".into(), bytes.len().into());
+                tail.extend_from_slice(&bytes);
+                None
+            } else {
+                Some(match data {
+                    OutputData::Text(v) => JsonData::Text(v),
+                    OutputData::F32(v) => JsonData::F32(v),
+                    OutputData::F64(v) => JsonData::F64(v),
+                })
+            };
+            tensors.push(OutputTensor {
+                name: output.name(),
+                datatype: output.datatype().name(),
+                shape,
+                parameters,
+                data,
+            });
+        }
+        let answer =
+            InferAnswer { model_name: task, model_version: &answer.bundle.version, id: &request.id, outputs: tensors };
+        let mut out = serde_json::to_vec(&answer)
+            .map_err(|e| V2Error { kind: ErrorKind::Internal, message: format!("encoding the answer: {e}") })?;
+        if tail.is_empty() {
+            return Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response());
+        }
+        let length = out.len();
+        out.extend_from_slice(&tail);
+        Ok((
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (header::HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(length)),
+            ],
+            out,
+        )
+            .into_response())
+    }
+}
