@@ -159,6 +159,7 @@ impl App {
             },
             keep_versions: config.keep_versions.clone(),
             keep_recent: config.keep_recent,
+            bundle: config.bundle_dir.clone(),
         };
         let registry = Registry::new(config.model_root.clone(), &config.tasks, options, metrics.clone());
         if config.require_bundles {

@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Directory holding one sub-directory per task [default: ./models].
     #[arg(long, env = "MODELD_MODEL_ROOT")]
     pub model_root: Option<PathBuf>,
+    /// Serve the one bundle in this directory (its model.onnx, config.yaml, ... directly inside,
+    /// as KServe's storage initializer leaves it at /mnt/models) as the only task, named by
+    /// `tasks`; no `current` link, no other versions, no rollout policy [default: off].
+    #[arg(long, env = "MODELD_BUNDLE_DIR")]
+    pub bundle_dir: Option<PathBuf>,
     /// Tasks to serve, comma-separated [default: every task directory under the model root].
     #[arg(long, env = "MODELD_TASKS", value_delimiter = ',')]
     pub tasks: Option<Vec<String>>,
@@ -250,6 +255,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub model_root: PathBuf,
+    /// Single-bundle mode: the one task's bundle directory (`bundle_dir`).
+    pub bundle_dir: Option<PathBuf>,
     pub tasks: Vec<String>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -354,10 +361,26 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
     let audit = audit_config(&cli, &file)?;
     let client_ca = cli.tls_client_ca.clone().or(file.tls_client_ca.clone());
     let model_root = cli.model_root.or(file.model_root).unwrap_or_else(|| PathBuf::from("models"));
-    let tasks = match cli.tasks.or(file.tasks).filter(|t| !t.is_empty()) {
+    let bundle_dir = cli.bundle_dir.or(file.bundle_dir);
+    let tasks: Vec<String> = match cli.tasks.or(file.tasks).filter(|t| !t.is_empty()) {
         Some(tasks) => tasks.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+        None if bundle_dir.is_some() => Vec::new(),
         None => discover_tasks(&model_root)?,
     };
+    let keep_versions = cli.keep_versions.or(file.keep_versions).unwrap_or_default();
+    let keep_recent = cli.keep_recent.or(file.keep_recent).unwrap_or(0);
+    if let Some(dir) = &bundle_dir {
+        if tasks.len() != 1 {
+            return invalid(format!(
+                "bundle_dir {} serves one model: give its name as the one task (tasks), got {}",
+                dir.display(),
+                tasks.len()
+            ));
+        }
+        if !keep_versions.is_empty() || keep_recent > 0 {
+            return invalid("bundle_dir serves one version: keep_versions and keep_recent do not apply".into());
+        }
+    }
     if tasks.is_empty() {
         return invalid(format!("no tasks: {} has no task directories and none were configured", model_root.display()));
     }
@@ -393,8 +416,8 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         poll_interval: ms(cli.poll_interval_ms.or(file.poll_interval_ms), 2_000),
         reload_debounce: ms(cli.reload_debounce_ms.or(file.reload_debounce_ms), 200),
         watch_events: cli.watch_events.or(file.watch_events).unwrap_or(true),
-        keep_versions: cli.keep_versions.or(file.keep_versions).unwrap_or_default(),
-        keep_recent: cli.keep_recent.or(file.keep_recent).unwrap_or(0),
+        keep_versions,
+        keep_recent,
         shadow_queue: cli.shadow_queue.or(file.shadow_queue).unwrap_or(256),
         shadow_budget: ms(cli.shadow_budget_ms.or(file.shadow_budget_ms), 250),
         require_bundles: cli.require_bundles.or(file.require_bundles).unwrap_or(false),
@@ -418,6 +441,7 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
             .map(Duration::from_millis),
         max_connection_age_grace: ms(cli.max_connection_age_grace_ms.or(file.max_connection_age_grace_ms), 30_000),
         model_root,
+        bundle_dir,
     };
     if client_ca.is_some() && config.tls.is_none() {
         return invalid(
@@ -534,6 +558,24 @@ mod tests {
         assert_eq!(config.inference_threads, 1);
         assert_eq!(config.max_rows, 50);
         assert_eq!(config.inline_max_rows, 16);
+    }
+
+    #[test]
+    fn a_bundle_dir_serves_one_named_model_and_nothing_else() {
+        let parse = |yaml: &str| resolve(ServeArgs::default(), serde_yaml::from_str(yaml).unwrap());
+        let config = parse("bundle_dir: /mnt/models\ntasks: [fraud]\n").unwrap();
+        assert_eq!(
+            (config.bundle_dir.as_deref(), &config.tasks[..]),
+            (Some(Path::new("/mnt/models")), &["fraud".to_owned()][..])
+        );
+        for (yaml, words) in [
+            ("bundle_dir: /mnt/models\n", "give its name as the one task"),
+            ("bundle_dir: /mnt/models\ntasks: [a, b]\n", "got 2"),
+            ("bundle_dir: /mnt/models\ntasks: [a]\nkeep_recent: 2\n", "keep_recent do not apply"),
+        ] {
+            let e = parse(yaml).unwrap_err().to_string();
+            assert!(e.contains(words), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Registry {
             if !retry_bad && self.lock(slot).failed_kept.contains(&identity) {
                 continue;
             }
-            match self.inner.loader.load(task, &identity, self.inner.options.load, &self.inner.metrics).await {
+            match self.inner.loader.load(task, &identity, self.inner.options.load, &self.inner.metrics, true).await {
                 Ok(bundle) => {
                     tracing::info!(task, version = %bundle.version, path = %bundle.path.display(), "version kept warm");
                     self.lock(slot).failed_kept.retain(|i| i != &identity);

@@ -63,20 +63,22 @@ impl Loader {
     }
 
     /// Loads and checks the candidate `identity` for `task` on the loader thread; counts its
-    /// load time.
+    /// load time. `named_task`: the bundle's config must name `task` if it names one (off in
+    /// single-bundle mode, where the served name is the deployment's, not the bundle's).
     pub async fn load(
         &self,
         task: &str,
         identity: &Identity,
         options: LoadOptions,
         metrics: &Metrics,
+        named_task: bool,
     ) -> Result<Arc<Bundle>, ReloadError> {
         let started = Instant::now();
         let dir = identity.path.clone();
         let loaded = self.run(move || Bundle::load(&dir, &options)).await?;
         metrics.load_seconds.with_label_values(&[task]).observe(started.elapsed().as_secs_f64());
         let bundle = loaded.map_err(|source| ReloadError::Bundle { path: identity.path.clone(), source })?;
-        if let Some(found) = bundle.config.task.as_deref().filter(|t| *t != task) {
+        if let Some(found) = bundle.config.task.as_deref().filter(|t| named_task && *t != task) {
             return Err(ReloadError::WrongTask {
                 path: identity.path.clone(),
                 task: task.to_owned(),

@@ -91,6 +91,10 @@ pub struct RegistryOptions {
     pub keep_versions: Vec<String>,
     /// Also keep the N most recent version directories (natural sort of their names) loaded.
     pub keep_recent: usize,
+    /// Single-bundle mode (KServe's `/mnt/models`): the one task's bundle is this directory
+    /// itself, read in place of `<root>/<task>/current`; there are no other versions and no
+    /// rollout policy.
+    pub bundle: Option<PathBuf>,
 }
 
 /// The registry's view of one task, for health and version reports.

@@ -22,7 +22,10 @@ impl Registry {
         // in one pass never shows the new live version under the old split. The policy's
         // versions are loaded before it is published, and the live policy's stay warm
         // meanwhile, so a refused candidate takes nothing away.
-        let candidate = policy::read(&self.inner.root.join(task));
+        let candidate = match self.inner.options.bundle {
+            Some(_) => policy::Candidate::Absent,
+            None => policy::read(&self.inner.root.join(task)),
+        };
         let named =
             |p: Option<Arc<LivePolicy>>| -> Vec<String> { p.iter().flat_map(|p| p.versions.keys().cloned()).collect() };
         let mut extra = named(slot.policy.load_full());
@@ -42,7 +45,11 @@ impl Registry {
     }
 
     async fn reload_live(&self, task: &str, slot: &Task, retry_bad: bool) -> ReloadOutcome {
-        let link = self.inner.root.join(task).join(CURRENT);
+        let (options, single) = (&self.inner.options, &self.inner.options.bundle);
+        let link = match single {
+            Some(dir) => dir.clone(),
+            None => self.inner.root.join(task).join(CURRENT),
+        };
         let identity = match Identity::of(&link) {
             Ok(identity) => identity,
             Err(source) => return self.fail(task, slot, None, ReloadError::Link { link, source }),
@@ -61,10 +68,13 @@ impl Registry {
         let kept = slot.kept.load().iter().find(|b| b.is(&identity)).cloned();
         let bundle = match kept {
             Some(bundle) => bundle,
-            None => match self.inner.loader.load(task, &identity, self.inner.options.load, &self.inner.metrics).await {
-                Ok(bundle) => bundle,
-                Err(error) => return self.fail(task, slot, Some(identity), error),
-            },
+            None => {
+                match self.inner.loader.load(task, &identity, options.load, &self.inner.metrics, single.is_none()).await
+                {
+                    Ok(bundle) => bundle,
+                    Err(error) => return self.fail(task, slot, Some(identity), error),
+                }
+            }
         };
         self.swap_live(task, slot, bundle, started.elapsed())
     }

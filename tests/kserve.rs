@@ -1,0 +1,403 @@
+//! The Open Inference Protocol (KServe V2) faces against a real server: typed and raw gRPC
+//! tensors and JSON and binary REST tensors get gRPC Predict's answers; every kind of bad call
+//! gets its status and a message naming the problem; readiness follows the registry; the
+//! single-bundle mode KServe's storage initializer needs.
+
+mod common;
+
+use common::*;
+use modeld::pb::v2::{
+    self, InferTensorContents, ModelInferRequest,
+    grpc_inference_service_client::GrpcInferenceServiceClient,
+    model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
+};
+use modeld::{bundle::golden::GoldenRow, schema::OwnedValue};
+use serde_json::{Value, json};
+use tonic::{Code, transport::Channel};
+
+async fn v2_client(server: &TestServer) -> GrpcInferenceServiceClient<Channel> {
+    GrpcInferenceServiceClient::new(server.channel().await)
+}
+
+/// The golden rows as one tensor per feature: typed contents, or raw little-endian bytes.
+fn infer_request(task: &str, rows: &[GoldenRow], raw: bool) -> ModelInferRequest {
+    let mut request = ModelInferRequest { model_name: task.into(), id: "req-7".into(), ..Default::default() };
+    for (name, first) in &rows[0].row.features {
+        let column = rows.iter().map(|g| g.row.features.iter().find(|(n, _)| n == name).unwrap().1.clone());
+        let mut contents = InferTensorContents::default();
+        let (datatype, bytes) = match first {
+            OwnedValue::Text(_) => {
+                let texts: Vec<Vec<u8>> = column
+                    .map(|v| match v {
+                        OwnedValue::Text(s) => s.into_bytes(),
+                        other => panic!("{name}: {other:?}"),
+                    })
+                    .collect();
+                let bytes =
+                    texts.iter().flat_map(|t| (t.len() as u32).to_le_bytes().into_iter().chain(t.clone())).collect();
+                contents.bytes_contents = texts;
+                ("BYTES", bytes)
+            }
+            OwnedValue::Integer(_) => {
+                contents.int64_contents = column
+                    .map(|v| match v {
+                        OwnedValue::Integer(i) => i,
+                        other => panic!("{name}: {other:?}"),
+                    })
+                    .collect();
+                ("INT64", contents.int64_contents.iter().flat_map(|i| i.to_le_bytes()).collect())
+            }
+            other => panic!("{name}: no tensor for {other:?} in this test"),
+        };
+        let mut input = InferInputTensor {
+            name: name.clone(),
+            datatype: datatype.into(),
+            shape: vec![rows.len() as i64],
+            ..Default::default()
+        };
+        if raw {
+            request.raw_input_contents.push(bytes);
+        } else {
+            input.contents = Some(contents);
+        }
+        request.inputs.push(input);
+    }
+    request
+}
+
+/// gRPC Predict's labels and probabilities for the same rows.
+async fn predict(server: &TestServer, rows: &[GoldenRow]) -> (Vec<String>, Vec<Vec<f32>>) {
+    let answer = server
+        .client()
+        .await
+        .predict(predict_request(rows.iter().map(|g| to_pb(&g.row)).collect()))
+        .await
+        .unwrap()
+        .into_inner();
+    answer.predictions.into_iter().map(|p| (p.label, p.probabilities)).unzip()
+}
+
+fn raw_labels(mut data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let n = u32::from_le_bytes(data[..4].try_into().unwrap()) as usize;
+        out.push(String::from_utf8(data[4..4 + n].to_vec()).unwrap());
+        data = &data[4 + n..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn typed_and_raw_grpc_tensors_get_predicts_answers() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let rows = golden("v2");
+    let (labels, probabilities) = predict(&server, &rows).await;
+    let mut client = v2_client(&server).await;
+
+    let typed = client.model_infer(infer_request(TASK, &rows, false)).await.unwrap().into_inner();
+    assert_eq!((typed.model_name.as_str(), typed.model_version.as_str(), typed.id.as_str()), (TASK, "v2", "req-7"));
+    assert!(typed.raw_output_contents.is_empty(), "typed in, typed out");
+    let names: Vec<&str> = typed.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["label", "probabilities"]);
+    let (label, probs) = (&typed.outputs[0], &typed.outputs[1]);
+    assert_eq!((label.datatype.as_str(), &label.shape[..]), ("BYTES", &[rows.len() as i64][..]));
+    assert_eq!((probs.datatype.as_str(), &probs.shape[..]), ("FP32", &[rows.len() as i64, 2][..]));
+    let got: Vec<String> =
+        label.contents.as_ref().unwrap().bytes_contents.iter().map(|b| String::from_utf8(b.clone()).unwrap()).collect();
+    assert_eq!(got, labels);
+    assert_eq!(probs.contents.as_ref().unwrap().fp32_contents, probabilities.concat());
+
+    let raw = client.model_infer(infer_request(TASK, &rows, true)).await.unwrap().into_inner();
+    assert!(raw.outputs.iter().all(|o| o.contents.is_none()), "raw in, raw out");
+    assert_eq!(raw_labels(&raw.raw_output_contents[0]), labels);
+    let floats: Vec<f32> =
+        raw.raw_output_contents[1].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(floats, probabilities.concat());
+
+    // One requested output, and a version pin.
+    let mut request = infer_request(TASK, &rows, false);
+    request.outputs = vec![InferRequestedOutputTensor { name: "probabilities".into(), ..Default::default() }];
+    request.model_version = "v2".into();
+    let one = client.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(one.outputs.len(), 1);
+    assert_eq!(one.outputs[0].name, "probabilities");
+
+    let metrics = http_get(server.admin, "/metrics").await.1;
+    let count = metric_value(&metrics, "modeld_requests_total", &[("method", "ModelInfer"), ("code", "OK")]);
+    assert_eq!(count, Some(3.0), "ModelInfer calls are counted by the core");
+}
+
+/// Each bad call's status and the words its message must hold.
+#[tokio::test]
+async fn bad_grpc_calls_get_their_status_and_name_the_problem() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let rows = golden("v2");
+    let mut client = v2_client(&server).await;
+    let duration = |r: &mut ModelInferRequest| r.inputs.iter().position(|i| i.name == "duration_in_month").unwrap();
+    type Edit = Box<dyn Fn(&mut ModelInferRequest)>;
+    let cases: Vec<(&str, Edit, Code, &str)> = vec![
+        (
+            "wrong datatype",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].datatype = "BYTES".into();
+            }),
+            Code::InvalidArgument,
+            "input `duration_in_month`: datatype BYTES does not fit a integer field",
+        ),
+        (
+            "unsupported datatype",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].datatype = "FP16".into();
+            }),
+            Code::InvalidArgument,
+            "datatype `FP16` is not supported",
+        ),
+        (
+            "data in another field than the datatype's",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].datatype = "FP64".into();
+            }),
+            Code::InvalidArgument,
+            "FP64 carries its data in fp64_contents",
+        ),
+        (
+            "shape holds fewer elements",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].shape = vec![3];
+            }),
+            Code::InvalidArgument,
+            "input `duration_in_month`: 64 elements for shape [3]",
+        ),
+        (
+            "shape of two columns",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].shape = vec![32, 2];
+            }),
+            Code::InvalidArgument,
+            "shape [32, 2] is not [N] or [N, 1]",
+        ),
+        (
+            "inputs of different lengths",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].shape = vec![63];
+                r.inputs[i].contents.as_mut().unwrap().int64_contents.pop();
+            }),
+            Code::InvalidArgument,
+            "has 63 rows but",
+        ),
+        (
+            "unknown input",
+            Box::new(|r| r.inputs[0].name = "shoe_size".into()),
+            Code::InvalidArgument,
+            "unknown input `shoe_size`",
+        ),
+        (
+            "unknown output",
+            Box::new(|r| r.outputs = vec![InferRequestedOutputTensor { name: "score".into(), ..Default::default() }]),
+            Code::InvalidArgument,
+            "unknown output `score`: model `credit_risk` gives label, probabilities",
+        ),
+        ("unknown model", Box::new(|r| r.model_name = "fraud".into()), Code::NotFound, "fraud"),
+        ("unknown version", Box::new(|r| r.model_version = "9.9.9".into()), Code::NotFound, "9.9.9"),
+        (
+            "a value the field refuses",
+            Box::new(move |r| {
+                let i = duration(r);
+                r.inputs[i].contents.as_mut().unwrap().int64_contents[5] = -4;
+            }),
+            Code::InvalidArgument,
+            "row 5: field `duration_in_month`",
+        ),
+        (
+            "raw contents for some inputs",
+            Box::new(|r| r.raw_input_contents = vec![vec![0; 8]]),
+            Code::InvalidArgument,
+            "raw_input_contents: 1 entries for 20 inputs",
+        ),
+    ];
+    for (what, edit, code, words) in cases {
+        let mut request = infer_request(TASK, &rows, false);
+        edit(&mut request);
+        let status = client.model_infer(request).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(status.message().contains(words), "{what}: {}", status.message());
+    }
+    // The server kept serving throughout.
+    assert!(client.model_infer(infer_request(TASK, &rows, false)).await.is_ok());
+}
+
+#[tokio::test]
+async fn json_and_binary_rest_tensors_get_predicts_answers() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let rows = golden("v2");
+    let (labels, probabilities) = predict(&server, &rows).await;
+    let typed = infer_request(TASK, &rows, false);
+
+    // JSON tensors, nested [N, 1] for one input to show the shape is read row-major.
+    let inputs: Vec<Value> = typed
+        .inputs
+        .iter()
+        .map(|i| {
+            let c = i.contents.as_ref().unwrap();
+            let data: Value = match i.datatype.as_str() {
+                "BYTES" => json!(c.bytes_contents.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>()),
+                _ if i.name == "age_in_years" => {
+                    let nested: Vec<Vec<i64>> = c.int64_contents.iter().map(|x| vec![*x]).collect();
+                    return json!({"name": i.name, "datatype": "INT64", "shape": [rows.len(), 1], "data": nested});
+                }
+                _ => json!(c.int64_contents),
+            };
+            json!({"name": i.name, "datatype": i.datatype, "shape": i.shape, "data": data})
+        })
+        .collect();
+    let (status, answer) =
+        post(server.http, &format!("/v2/models/{TASK}/infer"), &json!({"id": "r1", "inputs": inputs})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["model_name"].as_str(), answer["id"].as_str()), (Some(TASK), Some("r1")));
+    let got: Vec<String> =
+        answer["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, labels);
+    let got: Vec<f32> =
+        answer["outputs"][1]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(got, probabilities.concat());
+
+    // Binary inputs (Triton's extension): the JSON header, then each input's bytes in order.
+    let raw = infer_request(TASK, &rows, true);
+    let inputs: Vec<Value> = raw
+        .inputs
+        .iter()
+        .zip(&raw.raw_input_contents)
+        .map(|(i, b)| json!({"name": i.name, "datatype": i.datatype, "shape": i.shape, "parameters": {"binary_data_size": b.len()}}))
+        .collect();
+    let header = json!({"inputs": inputs, "outputs": [{"name": "probabilities"}]}).to_string();
+    let mut body = header.clone().into_bytes();
+    raw.raw_input_contents.iter().for_each(|b| body.extend_from_slice(b));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &body).unwrap();
+    let (status, text, _) = curl(vec![
+        "-H".into(),
+        format!("Inference-Header-Content-Length: {}", header.len()),
+        "-H".into(),
+        "content-type: application/octet-stream".into(),
+        "--data-binary".into(),
+        format!("@{}", file.path().display()),
+        format!("http://{}/v2/models/{TASK}/versions/v2/infer", server.http),
+    ])
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["outputs"].as_array().unwrap().len(), 1, "{answer}");
+    let got: Vec<f32> =
+        answer["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(got, probabilities.concat());
+
+    // Errors are the protocol's shape, with the status of the one error table.
+    for (path, body, want, words) in [
+        ("/v2/models/fraud/infer".to_owned(), json!({"inputs": []}), 404, "fraud"),
+        (
+            format!("/v2/models/{TASK}/infer"),
+            json!({"inputs": [{"name": "shoe_size", "datatype": "FP64", "shape": [1], "data": [42.0]}]}),
+            400,
+            "unknown input `shoe_size`",
+        ),
+        (
+            format!("/v2/models/{TASK}/infer"),
+            json!({"inputs": [{"name": "age_in_years", "datatype": "INT64", "shape": [2], "data": [30, "x"]}]}),
+            400,
+            "input `age_in_years`: element 1 is a string",
+        ),
+        (format!("/v2/models/{TASK}/versions/0.1/infer"), json!({"inputs": []}), 404, "0.1"),
+    ] {
+        let (status, answer) = post(server.http, &path, &body).await;
+        assert_eq!(status, want, "{path}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_else(|| panic!("{path}: no error field: {answer}"));
+        assert!(message.contains(words), "{path}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_and_metadata_follow_the_registry() {
+    let root = model_root(None);
+    let server = TestServer::start(test_config(root.path())).await;
+    let mut client = v2_client(&server).await;
+    assert!(client.server_live(v2::ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(!client.server_ready(v2::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    let ready = v2::ModelReadyRequest { name: TASK.into(), version: String::new() };
+    assert!(!client.model_ready(ready.clone()).await.unwrap().into_inner().ready);
+    assert_eq!(http_get(server.http, "/v2/health/ready").await.0, 503);
+    assert_eq!(http_get(server.http, &format!("/v2/models/{TASK}/ready")).await.0, 503);
+    let unknown = client.model_ready(v2::ModelReadyRequest { name: "fraud".into(), version: String::new() }).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+
+    point_current(root.path(), "v2");
+    eventually("model ready", || {
+        let (mut client, ready) = (client.clone(), ready.clone());
+        async move { client.model_ready(ready).await.unwrap().into_inner().ready }
+    })
+    .await;
+    assert!(client.server_ready(v2::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert_eq!(http_get(server.http, "/v2/health/ready").await.0, 200);
+    assert_eq!(http_get(server.http, "/v2/health/live").await.0, 200);
+
+    let meta = client
+        .model_metadata(v2::ModelMetadataRequest { name: TASK.into(), version: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((meta.name.as_str(), &meta.versions[..]), (TASK, &["v2".to_owned()][..]));
+    assert_eq!(meta.inputs.len(), 20);
+    let duration = meta.inputs.iter().find(|i| i.name == "duration_in_month").unwrap();
+    assert_eq!((duration.datatype.as_str(), &duration.shape[..]), ("INT64", &[-1][..]));
+    let purpose = meta.inputs.iter().find(|i| i.name == "purpose").unwrap();
+    assert_eq!(purpose.datatype, "BYTES");
+    let outputs: Vec<(&str, &str, &[i64])> =
+        meta.outputs.iter().map(|o| (o.name.as_str(), o.datatype.as_str(), &o.shape[..])).collect();
+    assert_eq!(outputs, [("label", "BYTES", &[-1][..]), ("probabilities", "FP32", &[-1, 2][..])]);
+    let (status, rest) = http_get(server.http, &format!("/v2/models/{TASK}")).await;
+    assert_eq!(status, 200);
+    let rest: Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(rest["inputs"].as_array().unwrap().len(), 20);
+    assert_eq!(rest["platform"], "onnxruntime_onnx");
+    let (status, server_meta) = http_get(server.http, "/v2").await;
+    assert_eq!(status, 200);
+    assert!(server_meta.contains("binary_tensor_data"), "{server_meta}");
+}
+
+/// KServe's storage initializer leaves the bundle's files at /mnt/models, with no task
+/// directory and no `current` link; the model is named after the InferenceService.
+#[tokio::test]
+async fn single_bundle_mode_serves_a_bundle_directory_under_the_models_name() {
+    let mnt = tempfile::tempdir().unwrap();
+    let models = mnt.path().join("models");
+    copy_version("v2", &models);
+    let mut config = test_config(mnt.path());
+    config.bundle_dir = Some(models);
+    config.tasks = vec!["german-credit".into()];
+    let server = TestServer::start_ready(config).await;
+    let mut client = v2_client(&server).await;
+    let ready = v2::ModelReadyRequest { name: "german-credit".into(), version: String::new() };
+    assert!(client.model_ready(ready).await.unwrap().into_inner().ready);
+    let rows = golden("v2");
+    let answer = client.model_infer(infer_request("german-credit", &rows, true)).await.unwrap().into_inner();
+    assert_eq!((answer.model_name.as_str(), answer.model_version.as_str()), ("german-credit", "v2"));
+    let floats: Vec<f32> =
+        answer.raw_output_contents[1].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    for (g, p) in rows.iter().zip(floats.chunks(2)) {
+        assert_close(p, &g.probabilities, &format!("golden line {}", g.line));
+    }
+    // modeld.v1 serves it under the same name.
+    let mut request = predict_request(rows.iter().take(1).map(|g| to_pb(&g.row)).collect());
+    request.task = "german-credit".into();
+    let predicted = server.client().await.predict(request).await.unwrap().into_inner();
+    assert_eq!(predicted.version, "v2");
+    assert_close(&predicted.predictions[0].probabilities, &rows[0].probabilities, "Predict");
+}
