@@ -2,8 +2,9 @@
 ORT_LIB := .ort/libonnxruntime.so.1.31.1
 VENV    := .venv
 DELIVERY_VENV := .venv-delivery
+OIP_VENV := .venv-oip
 
-.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint
+.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
@@ -15,6 +16,7 @@ test: $(ORT_LIB) $(DELIVERY_VENV)/bin/python
 	cargo test --locked
 	PATH="$(CURDIR)/$(DELIVERY_VENV)/bin:$$PATH" cargo test --locked --test release -- --ignored
 	$(MAKE) python-test
+	$(MAKE) oip-test
 	$(MAKE) delivery-check
 
 # The export package (python/): lint, then export real pipelines and serve them with the
@@ -23,6 +25,20 @@ python-test: $(VENV)/.installed $(ORT_LIB)
 	cargo build --locked
 	$(MAKE) python-lint
 	cd python && MODELD_BIN=$(CURDIR)/target/debug/modeld ../$(VENV)/bin/python -m pytest -q -W ignore::DeprecationWarning
+
+# The Open Inference Protocol (KServe V2) through tritonclient and the kserve SDK against a real
+# daemon, in an environment of their own (python/oip/requirements.txt). One process per client:
+# both define the same protobuf symbols.
+oip-test: $(OIP_VENV)/.installed $(ORT_LIB)
+	cargo build --locked
+	cd python/oip && for t in test_tritonclient.py test_kserve_sdk.py; do \
+		MODELD_BIN=$(CURDIR)/target/debug/modeld ../../$(OIP_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+			-W ignore::DeprecationWarning $$t || exit 1; done
+
+$(OIP_VENV)/.installed: python/oip/requirements.txt
+	test -x $(OIP_VENV)/bin/python || python3 -m venv $(OIP_VENV)
+	$(OIP_VENV)/bin/pip install --quiet -r python/oip/requirements.txt
+	touch $@
 
 python-lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check python training
