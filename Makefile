@@ -3,8 +3,9 @@ ORT_LIB := .ort/libonnxruntime.so.1.31.1
 VENV    := .venv
 DELIVERY_VENV := .venv-delivery
 OIP_VENV := .venv-oip
+MLSERVER_VENV := .venv-mlserver
 
-.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test
+.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test bench-v2 bench-mlserver
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
@@ -55,6 +56,20 @@ deny:
 bench: $(ORT_LIB)
 	cargo bench --bench inprocess
 	cargo bench --bench loopback
+
+# The V2 faces beside gRPC Predict (h2load), then modeld's V2 gRPC beside MLServer's on the
+# same model, each in one run.
+bench-v2: $(ORT_LIB)
+	cargo bench --bench kserve
+
+bench-mlserver: $(MLSERVER_VENV)/.installed $(ORT_LIB)
+	cargo build --release --locked
+	$(MLSERVER_VENV)/bin/python python/bench/mlserver_v2.py
+
+$(MLSERVER_VENV)/.installed: python/bench/mlserver-requirements.txt
+	test -x $(MLSERVER_VENV)/bin/python || python3 -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet -r python/bench/mlserver-requirements.txt
+	touch $@
 
 ort: $(ORT_LIB)
 

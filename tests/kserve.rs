@@ -6,63 +6,18 @@
 mod common;
 
 use common::*;
-use modeld::pb::v2::{
-    self, InferTensorContents, ModelInferRequest,
-    grpc_inference_service_client::GrpcInferenceServiceClient,
-    model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
+use modeld::{
+    bundle::golden::GoldenRow,
+    pb::v2::{
+        self, ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
+        model_infer_request::InferRequestedOutputTensor,
+    },
 };
-use modeld::{bundle::golden::GoldenRow, schema::OwnedValue};
 use serde_json::{Value, json};
 use tonic::{Code, transport::Channel};
 
 async fn v2_client(server: &TestServer) -> GrpcInferenceServiceClient<Channel> {
     GrpcInferenceServiceClient::new(server.channel().await)
-}
-
-/// The golden rows as one tensor per feature: typed contents, or raw little-endian bytes.
-fn infer_request(task: &str, rows: &[GoldenRow], raw: bool) -> ModelInferRequest {
-    let mut request = ModelInferRequest { model_name: task.into(), id: "req-7".into(), ..Default::default() };
-    for (name, first) in &rows[0].row.features {
-        let column = rows.iter().map(|g| g.row.features.iter().find(|(n, _)| n == name).unwrap().1.clone());
-        let mut contents = InferTensorContents::default();
-        let (datatype, bytes) = match first {
-            OwnedValue::Text(_) => {
-                let texts: Vec<Vec<u8>> = column
-                    .map(|v| match v {
-                        OwnedValue::Text(s) => s.into_bytes(),
-                        other => panic!("{name}: {other:?}"),
-                    })
-                    .collect();
-                let bytes =
-                    texts.iter().flat_map(|t| (t.len() as u32).to_le_bytes().into_iter().chain(t.clone())).collect();
-                contents.bytes_contents = texts;
-                ("BYTES", bytes)
-            }
-            OwnedValue::Integer(_) => {
-                contents.int64_contents = column
-                    .map(|v| match v {
-                        OwnedValue::Integer(i) => i,
-                        other => panic!("{name}: {other:?}"),
-                    })
-                    .collect();
-                ("INT64", contents.int64_contents.iter().flat_map(|i| i.to_le_bytes()).collect())
-            }
-            other => panic!("{name}: no tensor for {other:?} in this test"),
-        };
-        let mut input = InferInputTensor {
-            name: name.clone(),
-            datatype: datatype.into(),
-            shape: vec![rows.len() as i64],
-            ..Default::default()
-        };
-        if raw {
-            request.raw_input_contents.push(bytes);
-        } else {
-            input.contents = Some(contents);
-        }
-        request.inputs.push(input);
-    }
-    request
 }
 
 /// gRPC Predict's labels and probabilities for the same rows.
@@ -95,7 +50,7 @@ async fn typed_and_raw_grpc_tensors_get_predicts_answers() {
     let (labels, probabilities) = predict(&server, &rows).await;
     let mut client = v2_client(&server).await;
 
-    let typed = client.model_infer(infer_request(TASK, &rows, false)).await.unwrap().into_inner();
+    let typed = client.model_infer(v2_request(TASK, &rows, false)).await.unwrap().into_inner();
     assert_eq!((typed.model_name.as_str(), typed.model_version.as_str(), typed.id.as_str()), (TASK, "v2", "req-7"));
     assert!(typed.raw_output_contents.is_empty(), "typed in, typed out");
     let names: Vec<&str> = typed.outputs.iter().map(|o| o.name.as_str()).collect();
@@ -108,7 +63,7 @@ async fn typed_and_raw_grpc_tensors_get_predicts_answers() {
     assert_eq!(got, labels);
     assert_eq!(probs.contents.as_ref().unwrap().fp32_contents, probabilities.concat());
 
-    let raw = client.model_infer(infer_request(TASK, &rows, true)).await.unwrap().into_inner();
+    let raw = client.model_infer(v2_request(TASK, &rows, true)).await.unwrap().into_inner();
     assert!(raw.outputs.iter().all(|o| o.contents.is_none()), "raw in, raw out");
     assert_eq!(raw_labels(&raw.raw_output_contents[0]), labels);
     let floats: Vec<f32> =
@@ -116,7 +71,7 @@ async fn typed_and_raw_grpc_tensors_get_predicts_answers() {
     assert_eq!(floats, probabilities.concat());
 
     // One requested output, and a version pin.
-    let mut request = infer_request(TASK, &rows, false);
+    let mut request = v2_request(TASK, &rows, false);
     request.outputs = vec![InferRequestedOutputTensor { name: "probabilities".into(), ..Default::default() }];
     request.model_version = "v2".into();
     let one = client.model_infer(request).await.unwrap().into_inner();
@@ -224,14 +179,14 @@ async fn bad_grpc_calls_get_their_status_and_name_the_problem() {
         ),
     ];
     for (what, edit, code, words) in cases {
-        let mut request = infer_request(TASK, &rows, false);
+        let mut request = v2_request(TASK, &rows, false);
         edit(&mut request);
         let status = client.model_infer(request).await.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {}", status.message());
         assert!(status.message().contains(words), "{what}: {}", status.message());
     }
     // The server kept serving throughout.
-    assert!(client.model_infer(infer_request(TASK, &rows, false)).await.is_ok());
+    assert!(client.model_infer(v2_request(TASK, &rows, false)).await.is_ok());
 }
 
 #[tokio::test]
@@ -240,7 +195,7 @@ async fn json_and_binary_rest_tensors_get_predicts_answers() {
     let server = TestServer::start_ready(test_config(root.path())).await;
     let rows = golden("v2");
     let (labels, probabilities) = predict(&server, &rows).await;
-    let typed = infer_request(TASK, &rows, false);
+    let typed = v2_request(TASK, &rows, false);
 
     // JSON tensors, nested [N, 1] for one input to show the shape is read row-major.
     let inputs: Vec<Value> = typed
@@ -271,7 +226,7 @@ async fn json_and_binary_rest_tensors_get_predicts_answers() {
     assert_eq!(got, probabilities.concat());
 
     // Binary inputs (Triton's extension): the JSON header, then each input's bytes in order.
-    let raw = infer_request(TASK, &rows, true);
+    let raw = v2_request(TASK, &rows, true);
     let inputs: Vec<Value> = raw
         .inputs
         .iter()
@@ -387,7 +342,7 @@ async fn single_bundle_mode_serves_a_bundle_directory_under_the_models_name() {
     let ready = v2::ModelReadyRequest { name: "german-credit".into(), version: String::new() };
     assert!(client.model_ready(ready).await.unwrap().into_inner().ready);
     let rows = golden("v2");
-    let answer = client.model_infer(infer_request("german-credit", &rows, true)).await.unwrap().into_inner();
+    let answer = client.model_infer(v2_request("german-credit", &rows, true)).await.unwrap().into_inner();
     assert_eq!((answer.model_name.as_str(), answer.model_version.as_str()), ("german-credit", "v2"));
     let floats: Vec<f32> =
         answer.raw_output_contents[1].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();

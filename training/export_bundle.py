@@ -17,21 +17,14 @@ import argparse
 import os
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from modeld_bundle import export
 from modeld_bundle.examples import LABEL, german_credit
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
+from pipelines import SEED, example_models, split
 from sklearn.metrics import accuracy_score, roc_auc_score
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 TASK = "credit_risk"
 CLASS_LABELS = ["good", "bad"]  # the models predict 1 for "bad"
-SEED = 20240611
 OVERRIDES = Path(__file__).with_name("overrides.yaml")
 
 
@@ -41,52 +34,9 @@ def main():
     args = ap.parse_args()
 
     df = german_credit()
-    y = (df.pop(LABEL) == "bad").astype(int)
-    cats = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-    nums = [c for c in df.columns if c not in cats]
-    x_train, x_test, y_train, y_test = train_test_split(
-        df, y, test_size=0.25, random_state=SEED, stratify=y
-    )
+    x_train, x_test, y_train, y_test = split(df, LABEL)
     overrides = yaml.safe_load(OVERRIDES.read_text())
-
-    models = {
-        "v1": (
-            "Scaled logistic regression on one-hot encoded German Credit features",
-            Pipeline(
-                [
-                    (
-                        "prep",
-                        ColumnTransformer(
-                            [
-                                ("cat", OneHotEncoder(), cats),
-                                ("num", StandardScaler(), nums),
-                            ]
-                        ),
-                    ),
-                    ("model", LogisticRegression(C=0.5, max_iter=2000)),
-                ]
-            ),
-        ),
-        "v2": (
-            "Gradient-boosted trees (100 x depth 3) on ordinal encoded German Credit features",
-            Pipeline(
-                [
-                    (
-                        "prep",
-                        ColumnTransformer(
-                            [("cat", OrdinalEncoder(), cats)], remainder="passthrough"
-                        ),
-                    ),
-                    (
-                        "model",
-                        GradientBoostingClassifier(
-                            n_estimators=100, max_depth=3, random_state=SEED
-                        ),
-                    ),
-                ]
-            ),
-        ),
-    }
+    models = example_models(x_train)
     for version, (description, model) in models.items():
         model.fit(x_train, y_train)
         p_bad = model.predict_proba(x_test)[:, 1]

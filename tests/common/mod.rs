@@ -466,3 +466,50 @@ pub async fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> (u1
     let parsed = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text} {stderr}"));
     (status, parsed)
 }
+
+/// An Open Inference Protocol (V2) request for `rows` (which share one feature list): one
+/// tensor per feature, with typed contents or raw little-endian bytes.
+pub fn v2_request(task: &str, rows: &[GoldenRow], raw: bool) -> pb::v2::ModelInferRequest {
+    let mut request = pb::v2::ModelInferRequest { model_name: task.into(), id: "req-7".into(), ..Default::default() };
+    for (name, first) in &rows[0].row.features {
+        let column = rows.iter().map(|g| g.row.features.iter().find(|(n, _)| n == name).unwrap().1.clone());
+        let mut contents = pb::v2::InferTensorContents::default();
+        let (datatype, bytes) = match first {
+            OwnedValue::Text(_) => {
+                let texts: Vec<Vec<u8>> = column
+                    .map(|v| match v {
+                        OwnedValue::Text(s) => s.into_bytes(),
+                        other => panic!("{name}: {other:?}"),
+                    })
+                    .collect();
+                let bytes =
+                    texts.iter().flat_map(|t| (t.len() as u32).to_le_bytes().into_iter().chain(t.clone())).collect();
+                contents.bytes_contents = texts;
+                ("BYTES", bytes)
+            }
+            OwnedValue::Integer(_) => {
+                contents.int64_contents = column
+                    .map(|v| match v {
+                        OwnedValue::Integer(i) => i,
+                        other => panic!("{name}: {other:?}"),
+                    })
+                    .collect();
+                ("INT64", contents.int64_contents.iter().flat_map(|i| i.to_le_bytes()).collect())
+            }
+            other => panic!("{name}: no tensor for {other:?} in this test"),
+        };
+        let mut input = pb::v2::model_infer_request::InferInputTensor {
+            name: name.clone(),
+            datatype: datatype.into(),
+            shape: vec![rows.len() as i64],
+            ..Default::default()
+        };
+        if raw {
+            request.raw_input_contents.push(bytes);
+        } else {
+            input.contents = Some(contents);
+        }
+        request.inputs.push(input);
+    }
+    request
+}
