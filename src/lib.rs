@@ -5,8 +5,8 @@
 //! checks this, and that no two files import each other).
 //! - [`clients`]: `modeld label` and `modeld verify`, clients of the public gRPC API.
 //! - [`app`]: the wired application: build every part, serve on given listeners, drain on shutdown.
-//! - [`service`]: the faces (gRPC inference, HTTP/JSON, health, reflection, admin HTTP): wire <-> core, one status table per protocol.
-//! - [`pb`]: the generated `modeld.v1` protobuf code, for the faces and the clients only.
+//! - [`service`]: the faces (gRPC inference, HTTP/JSON, the Open Inference Protocol over gRPC and REST, health, reflection, admin HTTP): wire <-> core, one status table per protocol.
+//! - [`pb`]: the generated `modeld.v1` and V2 `inference` protobuf code, for the faces and the clients only.
 //! - [`predict`]: the protocol-neutral core: request -> snapshot -> preprocess -> run -> results; errors, metrics.
 //! - [`registry`]: the live bundle of each task, swapped atomically; the reload loop.
 //! - [`rollout`]: champion/challenger: the rollout policy file, sticky split buckets, shadow scoring, the decision diff.

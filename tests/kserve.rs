@@ -356,3 +356,48 @@ async fn single_bundle_mode_serves_a_bundle_directory_under_the_models_name() {
     assert_eq!(predicted.version, "v2");
     assert_close(&predicted.predictions[0].probabilities, &rows[0].probabilities, "Predict");
 }
+
+/// Callers are checked on the V2 faces as on the others: no token, no answer; a token for
+/// another task, no answer; health stays open for probes.
+#[tokio::test]
+async fn callers_file_guards_the_v2_faces() {
+    let root = model_root(Some("v2"));
+    let callers = root.path().join("callers.yaml");
+    let hash = |t: &str| modeld::bundle::manifest::sha256_hex(t.as_bytes());
+    std::fs::write(
+        &callers,
+        format!(
+            "callers:\n  - {{name: engine, token_sha256: {}, tasks: [{TASK}]}}\n  - {{name: other, token_sha256: {}, tasks: [fraud]}}\n",
+            hash("tok-engine"),
+            hash("tok-other")
+        ),
+    )
+    .unwrap();
+    let mut config = test_config(root.path());
+    config.callers_file = Some(callers);
+    let server = TestServer::start_ready(config).await;
+    let mut client = v2_client(&server).await;
+    let rows = &golden("v2")[..2];
+    let with_token = |token: Option<&str>| {
+        let mut request = tonic::Request::new(v2_request(TASK, rows, true));
+        if let Some(t) = token {
+            request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        request
+    };
+    let code = |r: Result<tonic::Response<v2::ModelInferResponse>, tonic::Status>| r.err().map(|s| s.code());
+    assert_eq!(code(client.model_infer(with_token(None)).await), Some(Code::Unauthenticated));
+    assert_eq!(code(client.model_infer(with_token(Some("tok-other"))).await), Some(Code::PermissionDenied));
+    assert_eq!(code(client.model_infer(with_token(Some("tok-engine"))).await), None);
+    let metadata = client.model_metadata(v2::ModelMetadataRequest { name: TASK.into(), version: String::new() }).await;
+    assert_eq!(metadata.unwrap_err().code(), Code::Unauthenticated);
+    assert!(client.server_ready(v2::ServerReadyRequest {}).await.unwrap().into_inner().ready, "probes need no token");
+
+    let url = format!("http://{}/v2/models/{TASK}", server.http);
+    let (status, body, _) = curl(vec![url.clone()]).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string(), "{body}");
+    let (status, body, _) = curl(vec!["-H".into(), "authorization: Bearer tok-engine".into(), url]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(server.http, "/v2/health/ready").await.0, 200);
+}

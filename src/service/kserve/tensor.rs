@@ -545,4 +545,39 @@ mod tests {
         }
         assert_eq!(DataType::parse("FP16"), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(11),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any raw bytes under any datatype and shape either are refused with a message or read
+        /// back row by row; nothing a caller sends makes the face panic.
+        #[test]
+        fn hostile_raw_tensors_are_refused_or_read(
+            t in 0usize..12,
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            shape in proptest::collection::vec(-2i64..20, 0..3),
+        ) {
+            let all = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64", "BYTES"];
+            let t = DataType::parse(all[t]).unwrap();
+            let values = match t.width() {
+                Some(w) if data.len() % w != 0 => return Ok(()),
+                Some(_) => Values::Raw(t, &data),
+                None => match split_bytes("x", &data) {
+                    Ok(texts) => Values::Text(texts),
+                    Err(_) => return Ok(()),
+                },
+            };
+            let mut columns = Columns::default();
+            if columns.push("x", &shape, values).is_ok() {
+                for row in columns.rows() {
+                    proptest::prop_assert_eq!(row.features().count(), 1);
+                }
+            }
+        }
+    }
 }
