@@ -64,19 +64,7 @@ fn main() {
     let mut binary = header.clone().into_bytes();
     raw.raw_input_contents.iter().for_each(|b| binary.extend_from_slice(b));
     let rest_binary = file("rest-binary.bin", &binary);
-    let inputs: Vec<serde_json::Value> = typed
-        .inputs
-        .iter()
-        .map(|i| {
-            let c = i.contents.as_ref().unwrap();
-            let data = if i.datatype == "BYTES" {
-                serde_json::json!(c.bytes_contents.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>())
-            } else {
-                serde_json::json!(c.int64_contents)
-            };
-            serde_json::json!({"name": i.name, "datatype": i.datatype, "shape": i.shape, "data": data})
-        })
-        .collect();
+    let inputs = common::v2_json_inputs(&typed);
     let rest_json = file("rest-json.json", serde_json::json!({ "inputs": inputs }).to_string().as_bytes());
 
     let grpc = |path: &str| format!("http://{}/{path}", daemon.grpc);

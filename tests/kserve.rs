@@ -198,22 +198,10 @@ async fn json_and_binary_rest_tensors_get_predicts_answers() {
     let typed = v2_request(TASK, &rows, false);
 
     // JSON tensors, nested [N, 1] for one input to show the shape is read row-major.
-    let inputs: Vec<Value> = typed
-        .inputs
-        .iter()
-        .map(|i| {
-            let c = i.contents.as_ref().unwrap();
-            let data: Value = match i.datatype.as_str() {
-                "BYTES" => json!(c.bytes_contents.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>()),
-                _ if i.name == "age_in_years" => {
-                    let nested: Vec<Vec<i64>> = c.int64_contents.iter().map(|x| vec![*x]).collect();
-                    return json!({"name": i.name, "datatype": "INT64", "shape": [rows.len(), 1], "data": nested});
-                }
-                _ => json!(c.int64_contents),
-            };
-            json!({"name": i.name, "datatype": i.datatype, "shape": i.shape, "data": data})
-        })
-        .collect();
+    let mut inputs = v2_json_inputs(&typed);
+    let age = inputs.iter_mut().find(|i| i["name"] == "age_in_years").unwrap();
+    let nested: Vec<Value> = age["data"].as_array().unwrap().iter().map(|x| json!([x])).collect();
+    *age = json!({"name": "age_in_years", "datatype": "INT64", "shape": [rows.len(), 1], "data": nested});
     let (status, answer) =
         post(server.http, &format!("/v2/models/{TASK}/infer"), &json!({"id": "r1", "inputs": inputs})).await;
     assert_eq!(status, 200, "{answer}");
@@ -400,4 +388,49 @@ async fn callers_file_guards_the_v2_faces() {
     let (status, body, _) = curl(vec!["-H".into(), "authorization: Bearer tok-engine".into(), url]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(http_get(server.http, "/v2/health/ready").await.0, 200);
+}
+
+/// The `modeld` ServingRuntime's own command line and environment, as KServe would run them
+/// (the model directory and the InferenceService's name filled in; listen addresses moved to
+/// free loopback ports): the daemon serves the bundle, its readiness probe turns 200 and the
+/// model answers under the InferenceService's name.
+#[tokio::test]
+async fn the_serving_runtimes_command_line_serves_the_mounted_bundle() {
+    let manifest = std::fs::read_to_string(repo().join("deploy/kserve/servingruntime.yaml")).unwrap();
+    let runtime: serde_yaml::Value = serde_yaml::from_str(&manifest).unwrap();
+    let container = &runtime["spec"]["containers"][0];
+    let mnt = tempfile::tempdir().unwrap();
+    let models = mnt.path().join("models");
+    copy_version("v2", &models);
+    let fill = |s: &str| s.replace("/mnt/models", models.to_str().unwrap()).replace("{{.Name}}", "german-credit");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+    for arg in container["args"].as_sequence().unwrap() {
+        command.arg(fill(arg.as_str().unwrap()));
+    }
+    for var in container["env"].as_sequence().unwrap() {
+        command.env(var["name"].as_str().unwrap(), fill(var["value"].as_str().unwrap()));
+    }
+    for addr in ["MODELD_GRPC_ADDR", "MODELD_HTTP_ADDR", "MODELD_ADMIN_ADDR"] {
+        command.env(addr, "127.0.0.1:0");
+    }
+    command.env("MODELD_CONFIG", "/dev/null").env("MODELD_MODEL_ROOT", mnt.path());
+    let mut daemon = Daemon::spawn(command);
+    let _log = daemon.collect_log();
+    let http = daemon.http.expect("the REST runtime serves HTTP");
+    let probe = container["readinessProbe"]["httpGet"]["path"].as_str().unwrap().to_owned();
+    eventually("readiness probe passes", || {
+        let probe = probe.clone();
+        async move { http_get(http, &probe).await.0 == 200 }
+    })
+    .await;
+    let rows = &golden("v2")[..3];
+    let inputs = v2_json_inputs(&v2_request("german-credit", rows, false));
+    let (status, answer) = post(http, "/v2/models/german-credit/infer", &json!({ "inputs": inputs })).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_name"], "german-credit");
+    let probabilities: Vec<f32> =
+        answer["outputs"][1]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    for (g, p) in rows.iter().zip(probabilities.chunks(2)) {
+        assert_close(p, &g.probabilities, &format!("golden line {}", g.line));
+    }
 }

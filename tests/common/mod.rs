@@ -513,3 +513,20 @@ pub fn v2_request(task: &str, rows: &[GoldenRow], raw: bool) -> pb::v2::ModelInf
     }
     request
 }
+
+/// A V2 request's typed inputs as REST JSON tensors.
+pub fn v2_json_inputs(request: &pb::v2::ModelInferRequest) -> Vec<serde_json::Value> {
+    request
+        .inputs
+        .iter()
+        .map(|i| {
+            let c = i.contents.as_ref().expect("typed contents");
+            let data = if i.datatype == "BYTES" {
+                serde_json::json!(c.bytes_contents.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>())
+            } else {
+                serde_json::json!(c.int64_contents)
+            };
+            serde_json::json!({"name": i.name, "datatype": i.datatype, "shape": i.shape, "data": data})
+        })
+        .collect()
+}
