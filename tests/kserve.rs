@@ -87,7 +87,19 @@ async fn typed_and_raw_grpc_tensors_get_predicts_answers() {
 #[tokio::test]
 async fn bad_grpc_calls_get_their_status_and_name_the_problem() {
     let root = model_root(Some("v2"));
-    let server = TestServer::start_ready(test_config(root.path())).await;
+    let mut config = test_config(root.path());
+    let log = root.path().join("audit.log");
+    config.audit = Some(modeld::config::AuditConfig {
+        target: modeld::telemetry::audit::AuditTarget::File(log.clone()),
+        sample: 1.0,
+        features: None,
+        redact: Vec::new(),
+        hmac_key_file: None,
+        max_bytes: 1 << 20,
+        keep_files: 1,
+        queue: 1024,
+    });
+    let server = TestServer::start_ready(config).await;
     let rows = golden("v2");
     let mut client = v2_client(&server).await;
     let duration = |r: &mut ModelInferRequest| r.inputs.iter().position(|i| i.name == "duration_in_month").unwrap();
@@ -178,15 +190,37 @@ async fn bad_grpc_calls_get_their_status_and_name_the_problem() {
             "raw_input_contents: 1 entries for 20 inputs",
         ),
     ];
-    for (what, edit, code, words) in cases {
+    let mut messages = Vec::new();
+    for (i, (what, edit, code, words)) in cases.into_iter().enumerate() {
         let mut request = v2_request(TASK, &rows, false);
+        request.id = format!("bad-{i}");
         edit(&mut request);
         let status = client.model_infer(request).await.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {}", status.message());
         assert!(status.message().contains(words), "{what}: {}", status.message());
+        messages.push(status.message().to_owned());
     }
     // The server kept serving throughout.
     assert!(client.model_infer(v2_request(TASK, &rows, false)).await.is_ok());
+
+    // Calls refused at the face are counted and audited as the core's own refusals are.
+    let metrics = http_get(server.admin, "/metrics").await.1;
+    let refused = |task: &str, code: &str| {
+        let labels = [("task", task), ("method", "ModelInfer"), ("code", code)];
+        metric_value(&metrics, "modeld_requests_total", &labels)
+    };
+    assert_eq!(refused(TASK, "INVALID_ARGUMENT"), Some(10.0));
+    assert_eq!(refused(TASK, "NOT_FOUND"), Some(1.0), "the unknown version");
+    assert_eq!(refused("-", "NOT_FOUND"), Some(1.0), "the unknown model");
+    server.stop().await.unwrap();
+    let records: Vec<Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, message) in messages.iter().enumerate() {
+        let id = format!("bad-{i}");
+        let record = records.iter().find(|r| r["request_id"] == id).unwrap_or_else(|| panic!("no record of {id}"));
+        assert_eq!(record["method"], "ModelInfer");
+        assert_eq!(record["outcome"]["message"], message.as_str(), "{id}");
+    }
 }
 
 #[tokio::test]
@@ -265,6 +299,9 @@ async fn json_and_binary_rest_tensors_get_predicts_answers() {
         let message = answer["error"].as_str().unwrap_or_else(|| panic!("{path}: no error field: {answer}"));
         assert!(message.contains(words), "{path}: {message}");
     }
+    let metrics = http_get(server.admin, "/metrics").await.1;
+    let labels = [("task", TASK), ("method", "POST /v2/models/{model}/infer"), ("code", "INVALID_ARGUMENT")];
+    assert_eq!(metric_value(&metrics, "modeld_requests_total", &labels), Some(2.0), "refusals are counted");
 }
 
 #[tokio::test]

@@ -44,6 +44,10 @@ pub enum PredictError {
     /// A row that cannot be encoded: names the row, the field and the reason.
     #[error(transparent)]
     BadRow(#[from] RowError),
+    /// A request a face could not read into rows: an Open Inference Protocol tensor with a
+    /// datatype, shape or name the model does not take. The message names the input.
+    #[error("{0}")]
+    Tensors(String),
     /// Unknown task, unknown version, or no live version yet: the registry says which, with
     /// the versions loaded or the reason the task is not serving.
     #[error(transparent)]
@@ -133,7 +137,8 @@ impl PredictError {
             | PredictError::ValueCount { .. }
             | PredictError::PositionalValues { .. }
             | PredictError::StickyKey { .. }
-            | PredictError::BadRow(_) => ErrorKind::InvalidArgument,
+            | PredictError::BadRow(_)
+            | PredictError::Tensors(_) => ErrorKind::InvalidArgument,
             PredictError::Registry(RegistryError::UnknownTask(_) | RegistryError::UnknownVersion { .. }) => {
                 ErrorKind::NotFound
             }

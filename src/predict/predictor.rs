@@ -102,6 +102,30 @@ impl Predictor {
         }
     }
 
+    /// Records a call the face refused before the core could score it (its tensors did not fit
+    /// the model, say): counted, logged and audited like any failed call. Returns the error for
+    /// the face to send.
+    pub fn refuse(&self, ctx: &CallContext, task: &str, request_id: &str, e: PredictError) -> PredictError {
+        let live = self.inner.registry.get(task).ok();
+        self.record(ctx, task, live.as_ref().map_or("", |b| b.version.as_str()), Some(e.kind()));
+        log_rejection(ctx, task, request_id, &e);
+        if let Some(audit) = &self.inner.audit {
+            let entry = Entry {
+                ctx,
+                task,
+                request_id,
+                stream: None,
+                bundle: live.as_deref(),
+                compare: &[],
+                error: Some(&e),
+                latency: ctx.started.elapsed(),
+            };
+            let task_label = self.inner.registry.task_name(task).unwrap_or("-");
+            audit.submit(task_label, &entry, Rows::<crate::preprocess::OwnedRow>::None);
+        }
+        e
+    }
+
     /// The caller presenting these credentials, for calls that score nothing (task listings,
     /// version queries): not counted as predictions. None when callers are not checked.
     pub fn caller(

@@ -8,13 +8,13 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    EXTENSIONS, PLATFORM, SERVER_NAME, V2Error, metadata, model, model_ready,
+    EXTENSIONS, PLATFORM, SERVER_NAME, metadata, model, model_ready,
     tensor::{self, Columns, DataType, Output, OutputData, Values},
 };
 use crate::{
     bundle::Bundle,
     pb::v2::{self as pb, model_infer_request::InferInputTensor},
-    predict::{Method, Predictor, Request as Call},
+    predict::{CallContext, Method, PredictError, Predictor, Request as Call},
     registry::Registry,
     schema::Echo,
     service::{
@@ -36,6 +36,18 @@ impl V2Service {
         V2Service { predictor, registry, readiness }
     }
 
+    /// The outputs a call asks for and its input tensors, checked against the model it names.
+    fn read<'r>(
+        &self,
+        ctx: &CallContext,
+        request: &'r pb::ModelInferRequest,
+    ) -> Result<(Vec<Output>, Columns<'r>), PredictError> {
+        let task = request.model_name.as_str();
+        self.predictor.check_task(ctx, task)?;
+        let bundle = model(&self.registry, task, &request.model_version)?;
+        Ok((requested(task, &bundle, request)?, columns(task, &bundle, request)?))
+    }
+
     /// The caller may read about `task` (its credentials, and its task list).
     fn reader<T>(&self, request: &Request<T>, task: &str) -> Result<(), Status> {
         let (authorization, identities) = credentials(request);
@@ -44,13 +56,13 @@ impl V2Service {
 }
 
 /// The request's input tensors, checked against `bundle`'s schema and the shapes they declare.
-fn columns<'r>(task: &str, bundle: &Bundle, request: &'r pb::ModelInferRequest) -> Result<Columns<'r>, V2Error> {
+fn columns<'r>(task: &str, bundle: &Bundle, request: &'r pb::ModelInferRequest) -> Result<Columns<'r>, PredictError> {
     if request.inputs.is_empty() {
-        return Err(V2Error::invalid("inputs: at least one input tensor is required".into()));
+        return Err(PredictError::Tensors("inputs: at least one input tensor is required".into()));
     }
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
-        return Err(V2Error::invalid(format!(
+        return Err(PredictError::Tensors(format!(
             "raw_input_contents: {} entries for {} inputs (give one per input, or none)",
             raw.len(),
             request.inputs.len()
@@ -63,7 +75,7 @@ fn columns<'r>(task: &str, bundle: &Bundle, request: &'r pb::ModelInferRequest) 
         let values = match raw.get(i) {
             Some(data) => {
                 if input.contents.is_some() {
-                    return Err(V2Error::invalid(format!(
+                    return Err(PredictError::Tensors(format!(
                         "input `{}`: has contents while the request uses raw_input_contents (use one form for \
                          every input)",
                         Echo(name)
@@ -78,9 +90,9 @@ fn columns<'r>(task: &str, bundle: &Bundle, request: &'r pb::ModelInferRequest) 
     Ok(columns)
 }
 
-fn raw_values<'r>(name: &str, t: DataType, data: &'r [u8]) -> Result<Values<'r>, V2Error> {
+fn raw_values<'r>(name: &str, t: DataType, data: &'r [u8]) -> Result<Values<'r>, PredictError> {
     match t.width() {
-        Some(w) if data.len() % w != 0 => Err(V2Error::invalid(format!(
+        Some(w) if data.len() % w != 0 => Err(PredictError::Tensors(format!(
             "input `{}`: {} raw bytes are not a whole number of {} elements ({w} bytes each)",
             Echo(name),
             data.len(),
@@ -92,7 +104,7 @@ fn raw_values<'r>(name: &str, t: DataType, data: &'r [u8]) -> Result<Values<'r>,
 }
 
 /// The contents field the datatype names; data in any other field is refused by name.
-fn typed_values<'r>(name: &str, t: DataType, input: &'r InferInputTensor) -> Result<Values<'r>, V2Error> {
+fn typed_values<'r>(name: &str, t: DataType, input: &'r InferInputTensor) -> Result<Values<'r>, PredictError> {
     static EMPTY: pb::InferTensorContents = pb::InferTensorContents {
         bool_contents: Vec::new(),
         int_contents: Vec::new(),
@@ -126,7 +138,7 @@ fn typed_values<'r>(name: &str, t: DataType, input: &'r InferInputTensor) -> Res
         + c.fp64_contents.len()
         + c.bytes_contents.len();
     if all != values.len() {
-        return Err(V2Error::invalid(format!(
+        return Err(PredictError::Tensors(format!(
             "input `{}`: datatype {} carries its data in {field}; other contents fields are set",
             Echo(name),
             t.name()
@@ -136,7 +148,7 @@ fn typed_values<'r>(name: &str, t: DataType, input: &'r InferInputTensor) -> Res
 }
 
 /// The outputs the request asks for (all the model's when none are named), checked by name.
-fn requested(task: &str, bundle: &Bundle, request: &pb::ModelInferRequest) -> Result<Vec<Output>, V2Error> {
+fn requested(task: &str, bundle: &Bundle, request: &pb::ModelInferRequest) -> Result<Vec<Output>, PredictError> {
     if request.outputs.is_empty() {
         return Ok(Output::all(bundle.config.kind).to_vec());
     }
@@ -207,10 +219,10 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for V2Service {
         self.predictor.authenticate(&mut ctx, authorization, identities)?;
         let request = request.into_inner();
         let task = request.model_name.as_str();
-        self.predictor.check_task(&ctx, task)?;
-        let bundle = model(&self.registry, task, &request.model_version)?;
-        let outputs = requested(task, &bundle, &request)?;
-        let columns = columns(task, &bundle, &request)?;
+        let (outputs, columns) = match self.read(&ctx, &request) {
+            Ok(read) => read,
+            Err(e) => return Err(self.predictor.refuse(&ctx, task, &request.id, e).into()),
+        };
         let rows = columns.rows();
         let call = Call {
             task,

@@ -8,23 +8,26 @@
 //! against the schema of the version that answers.
 //!
 //! # Files
-//! `error` at the bottom, then `tensor` (datatypes, inputs as rows, outputs), then this file
-//! (what both faces share: the model lookup and the metadata), then `grpc` and `rest`.
+//! `tensor` (datatypes, inputs as rows, outputs) at the bottom, then this file (what both faces
+//! share: the model lookup and the metadata), then `grpc` and `rest`.
+//!
+//! Errors are the core's ([`PredictError`]): a call refused here (tensors the model does not
+//! take, an unknown model) is counted, logged and audited through [`Predictor::refuse`] like a
+//! call the core refused.
+//!
+//! [`Predictor::refuse`]: crate::predict::Predictor::refuse
 
-mod error;
 pub mod grpc;
 pub mod rest;
 pub mod tensor;
-
-pub use self::error::V2Error;
 
 use std::sync::Arc;
 
 use self::tensor::{DataType, Output, field_datatype};
 use crate::{
     bundle::Bundle,
-    predict::{ErrorKind, PredictError},
-    registry::Registry,
+    predict::PredictError,
+    registry::{Registry, RegistryError},
 };
 
 /// Server name in the server metadata.
@@ -35,19 +38,16 @@ pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
 pub const PLATFORM: &str = "onnxruntime_onnx";
 
 /// The bundle a call names: version `version` of `task` (empty: the live one).
-pub fn model(registry: &Registry, task: &str, version: &str) -> Result<Arc<Bundle>, V2Error> {
+pub fn model(registry: &Registry, task: &str, version: &str) -> Result<Arc<Bundle>, PredictError> {
     let found = if version.is_empty() { registry.get(task) } else { registry.get_version(task, version) };
-    found.map_err(|e| PredictError::from(e).into())
+    Ok(found?)
 }
 
 /// Whether a model (or one version of it) takes calls: NOT_FOUND for a task not served, false
 /// while it has no live version or the server drains.
-pub fn model_ready(registry: &Registry, draining: bool, task: &str, version: &str) -> Result<bool, V2Error> {
+pub fn model_ready(registry: &Registry, draining: bool, task: &str, version: &str) -> Result<bool, PredictError> {
     if registry.task_name(task).is_none() {
-        return Err(model(registry, task, version).err().unwrap_or_else(|| V2Error {
-            kind: ErrorKind::NotFound,
-            message: format!("model `{}` is not served", crate::schema::Echo(task)),
-        }));
+        return Err(RegistryError::UnknownTask(task.to_owned()).into());
     }
     Ok(!draining && model(registry, task, version).is_ok())
 }

@@ -21,12 +21,12 @@ use serde::{
 use serde_json::{Map, Value as JsonValue};
 
 use super::{
-    EXTENSIONS, PLATFORM, SERVER_NAME, V2Error, metadata, model, model_ready,
+    EXTENSIONS, PLATFORM, SERVER_NAME, metadata, model, model_ready,
     tensor::{self, Columns, DataType, Output, OutputData, Scalar, Values},
 };
 use crate::{
     bundle::Bundle,
-    predict::{CallContext, ErrorKind, Method, Predictor, Request as Call},
+    predict::{CallContext, ErrorKind, Method, PredictError, Predictor, Request as Call},
     registry::Registry,
     schema::Echo,
     service::{
@@ -74,10 +74,16 @@ pub fn router(
         .with_state(Rest { predictor, registry, readiness, calls, limits, rejected })
 }
 
-/// The protocol's error answer.
-fn error(e: V2Error) -> Response {
-    let mut response = (http::status(e.kind), Json(serde_json::json!({ "error": e.message }))).into_response();
-    if e.kind == ErrorKind::Unauthenticated {
+/// The protocol's error answer: `{"error": message}`.
+fn reply(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A core error as the protocol's answer, with the status of the one error table.
+fn error(e: PredictError) -> Response {
+    let kind = e.kind();
+    let mut response = reply(http::status(kind), e.to_string());
+    if kind == ErrorKind::Unauthenticated {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
@@ -107,8 +113,8 @@ async fn server_ready(State(rest): State<Rest>) -> Response {
 }
 
 impl Rest {
-    fn reader(&self, conn: &ConnInfo, headers: &HeaderMap, task: &str) -> Result<(), V2Error> {
-        Ok(self.predictor.check_reader(http::authorization(headers), conn.identities(), task)?)
+    fn reader(&self, conn: &ConnInfo, headers: &HeaderMap, task: &str) -> Result<(), PredictError> {
+        self.predictor.check_reader(http::authorization(headers), conn.identities(), task)
     }
 }
 
@@ -269,15 +275,15 @@ fn flag(parameters: &Map<String, JsonValue>, name: &str) -> bool {
 }
 
 /// The body split in its JSON part and binary part.
-fn split_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(&'b [u8], &'b [u8]), V2Error> {
+fn split_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(&'b [u8], &'b [u8]), PredictError> {
     let Some(value) = headers.get(HEADER_LENGTH) else { return Ok((body, &[])) };
     let length = value
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .ok_or_else(|| V2Error::invalid("Inference-Header-Content-Length: not a byte count".into()))?;
+        .ok_or_else(|| PredictError::Tensors("Inference-Header-Content-Length: not a byte count".into()))?;
     if length > body.len() {
-        return Err(V2Error::invalid(format!(
+        return Err(PredictError::Tensors(format!(
             "Inference-Header-Content-Length: {length} exceeds the body's {} bytes",
             body.len()
         )));
@@ -285,9 +291,14 @@ fn split_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(&'b [u8], &'b 
     Ok(body.split_at(length))
 }
 
-fn columns<'r>(task: &str, bundle: &Bundle, body: &'r InferBody, mut binary: &'r [u8]) -> Result<Columns<'r>, V2Error> {
+fn columns<'r>(
+    task: &str,
+    bundle: &Bundle,
+    body: &'r InferBody,
+    mut binary: &'r [u8],
+) -> Result<Columns<'r>, PredictError> {
     if body.inputs.is_empty() {
-        return Err(V2Error::invalid("inputs: at least one input tensor is required".into()));
+        return Err(PredictError::Tensors("inputs: at least one input tensor is required".into()));
     }
     let mut columns = Columns::with_capacity(body.inputs.len());
     for input in &body.inputs {
@@ -296,15 +307,15 @@ fn columns<'r>(task: &str, bundle: &Bundle, body: &'r InferBody, mut binary: &'r
         let size = input.parameters.get("binary_data_size");
         let values = match (&input.data, size) {
             (Some(_), Some(_)) => {
-                return Err(V2Error::invalid(format!(
+                return Err(PredictError::Tensors(format!(
                     "input `{}`: has both data and binary_data_size (give one)",
                     Echo(name)
                 )));
             }
-            (None, None) => return Err(V2Error::invalid(format!("input `{}`: no data", Echo(name)))),
+            (None, None) => return Err(PredictError::Tensors(format!("input `{}`: no data", Echo(name)))),
             (Some(Flat(data)), None) => {
                 if let Some((i, s)) = data.iter().enumerate().find(|(_, s)| !json_fits(t, s)) {
-                    return Err(V2Error::invalid(format!(
+                    return Err(PredictError::Tensors(format!(
                         "input `{}`: element {i} is {}, which a {} tensor cannot hold",
                         Echo(name),
                         scalar_name(s),
@@ -315,10 +326,10 @@ fn columns<'r>(task: &str, bundle: &Bundle, body: &'r InferBody, mut binary: &'r
             }
             (None, Some(size)) => {
                 let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
-                    V2Error::invalid(format!("input `{}`: binary_data_size is not a byte count", Echo(name)))
+                    PredictError::Tensors(format!("input `{}`: binary_data_size is not a byte count", Echo(name)))
                 })?;
                 if size > binary.len() {
-                    return Err(V2Error::invalid(format!(
+                    return Err(PredictError::Tensors(format!(
                         "input `{}`: binary_data_size {size} exceeds the {} binary bytes left",
                         Echo(name),
                         binary.len()
@@ -328,7 +339,7 @@ fn columns<'r>(task: &str, bundle: &Bundle, body: &'r InferBody, mut binary: &'r
                 binary = rest;
                 match t.width() {
                     Some(w) if data.len() % w != 0 => {
-                        return Err(V2Error::invalid(format!(
+                        return Err(PredictError::Tensors(format!(
                             "input `{}`: {} binary bytes are not a whole number of {} elements ({w} bytes each)",
                             Echo(name),
                             data.len(),
@@ -343,7 +354,7 @@ fn columns<'r>(task: &str, bundle: &Bundle, body: &'r InferBody, mut binary: &'r
         columns.push(name, &input.shape, values)?;
     }
     if !binary.is_empty() {
-        return Err(V2Error::invalid(format!(
+        return Err(PredictError::Tensors(format!(
             "body: {} binary bytes follow the last input that takes any",
             binary.len()
         )));
@@ -388,21 +399,19 @@ async fn infer(
 ) -> Response {
     let Some(_admitted) = rest.calls.admit(rest.limits.max_inflight_calls) else {
         rest.rejected.inc();
-        return error(V2Error {
-            kind: ErrorKind::ResourceExhausted,
-            message: format!(
-                "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
-                rest.limits.max_inflight_calls
-            ),
-        });
+        let message = format!(
+            "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
+            rest.limits.max_inflight_calls
+        );
+        return reply(StatusCode::TOO_MANY_REQUESTS, message);
     };
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let message = format!("body: over the limit of {} bytes (max_message_bytes)", rest.limits.max_body_bytes);
-            return error(V2Error { kind: ErrorKind::ResourceExhausted, message });
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, message);
         }
-        Err(rejection) => return error(V2Error::invalid(format!("body: {}", rejection.body_text()))),
+        Err(rejection) => return reply(StatusCode::BAD_REQUEST, format!("body: {}", rejection.body_text())),
     };
     match rest.infer(&conn, &headers, &path, &body).await {
         Ok(response) => response,
@@ -410,34 +419,52 @@ async fn infer(
     }
 }
 
+/// The request's JSON part, parsed, and its binary part.
+fn read_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(InferBody, &'b [u8]), PredictError> {
+    let (json, binary) = split_body(headers, body)?;
+    let request = serde_json::from_slice(json).map_err(|e| PredictError::Tensors(format!("body: {e}")))?;
+    Ok((request, binary))
+}
+
 impl Rest {
+    /// The outputs a call asks for (each with whether it is sent binary) and its input tensors,
+    /// checked against the model it names.
+    fn read<'r>(
+        &self,
+        ctx: &CallContext,
+        path: &ModelPath,
+        request: &'r InferBody,
+        binary: &'r [u8],
+    ) -> Result<(Vec<(Output, bool)>, Columns<'r>), PredictError> {
+        let task = path.model.as_str();
+        self.predictor.check_task(ctx, task)?;
+        let bundle = model(&self.registry, task, &path.version)?;
+        let all_binary = flag(&request.parameters, "binary_data_output");
+        let outputs = if request.outputs.is_empty() {
+            Output::all(bundle.config.kind).iter().map(|o| (*o, all_binary)).collect()
+        } else {
+            let requested = |o: &RequestedOutput| -> Result<(Output, bool), PredictError> {
+                Ok((Output::parse(task, &bundle, &o.name)?, all_binary || flag(&o.parameters, "binary_data")))
+            };
+            request.outputs.iter().map(requested).collect::<Result<_, _>>()?
+        };
+        Ok((outputs, columns(task, &bundle, request, binary)?))
+    }
+
     async fn infer(
         &self,
         conn: &ConnInfo,
         headers: &HeaderMap,
         path: &ModelPath,
         body: &[u8],
-    ) -> Result<Response, V2Error> {
+    ) -> Result<Response, PredictError> {
         let mut ctx = CallContext::new(Method::V2Infer).with_peer(conn.remote_addr);
         ctx.deadline = Some(ctx.started + self.limits.request_timeout);
         self.predictor.authenticate(&mut ctx, http::authorization(headers), conn.identities())?;
         let task = path.model.as_str();
-        self.predictor.check_task(&ctx, task)?;
-        let (json, binary) = split_body(headers, body)?;
-        let request: InferBody = serde_json::from_slice(json).map_err(|e| V2Error::invalid(format!("body: {e}")))?;
-        let bundle = model(&self.registry, task, &path.version)?;
-        // Which outputs, and which of them in binary form.
-        let all_binary = flag(&request.parameters, "binary_data_output");
-        let outputs: Vec<(Output, bool)> = if request.outputs.is_empty() {
-            Output::all(bundle.config.kind).iter().map(|o| (*o, all_binary)).collect()
-        } else {
-            request
-                .outputs
-                .iter()
-                .map(|o| Ok((Output::parse(task, &bundle, &o.name)?, all_binary || flag(&o.parameters, "binary_data"))))
-                .collect::<Result<_, V2Error>>()?
-        };
-        let columns = columns(task, &bundle, &request, binary)?;
+        let refuse = |id: &str, e: PredictError| self.predictor.refuse(&ctx, task, id, e);
+        let (request, binary) = read_body(headers, body).map_err(|e| refuse("", e))?;
+        let (outputs, columns) = self.read(&ctx, path, &request, binary).map_err(|e| refuse(&request.id, e))?;
         let rows = columns.rows();
         let call = Call {
             task,
@@ -474,8 +501,8 @@ impl Rest {
         }
         let answer =
             InferAnswer { model_name: task, model_version: &answer.bundle.version, id: &request.id, outputs: tensors };
-        let mut out = serde_json::to_vec(&answer)
-            .map_err(|e| V2Error { kind: ErrorKind::Internal, message: format!("encoding the answer: {e}") })?;
+        // Plain structs of strings and numbers: serializing them cannot fail.
+        let mut out = serde_json::to_vec(&answer).expect("the answer serializes");
         if tail.is_empty() {
             return Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response());
         }

@@ -2,10 +2,9 @@
 //! row, read in place (typed contents, raw little-endian bytes, or decoded JSON) through a
 //! [`RowView`] per row; and the outputs built from the core's predictions.
 
-use super::error::V2Error;
 use crate::{
     bundle::{Bundle, Kind},
-    predict::Prediction,
+    predict::{PredictError, Prediction},
     preprocess::RowView,
     schema::{Echo, FieldKind, Schema, Value},
 };
@@ -225,19 +224,19 @@ fn raw(t: DataType, bytes: &[u8], i: usize) -> Value<'_> {
 
 /// Splits raw BYTES data (each element a 4-byte little-endian length, then its bytes) into
 /// strings, checking lengths and UTF-8.
-pub fn split_bytes<'a>(input: &str, mut data: &'a [u8]) -> Result<Vec<&'a str>, V2Error> {
+pub fn split_bytes<'a>(input: &str, mut data: &'a [u8]) -> Result<Vec<&'a str>, PredictError> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let element = out.len();
         let Some((len, rest)) = data.split_first_chunk::<4>() else {
-            return Err(V2Error::invalid(format!(
+            return Err(PredictError::Tensors(format!(
                 "input `{}`: element {element} of the BYTES data is cut short in its length prefix",
                 Echo(input)
             )));
         };
         let len = u32::from_le_bytes(*len) as usize;
         if len > rest.len() {
-            return Err(V2Error::invalid(format!(
+            return Err(PredictError::Tensors(format!(
                 "input `{}`: element {element} of the BYTES data claims {len} bytes, {} remain",
                 Echo(input),
                 rest.len()
@@ -250,9 +249,10 @@ pub fn split_bytes<'a>(input: &str, mut data: &'a [u8]) -> Result<Vec<&'a str>, 
 }
 
 /// A BYTES element as text: feature values are strings.
-pub fn utf8<'a>(input: &str, element: usize, bytes: &'a [u8]) -> Result<&'a str, V2Error> {
-    std::str::from_utf8(bytes)
-        .map_err(|_| V2Error::invalid(format!("input `{}`: element {element} is not valid UTF-8 text", Echo(input))))
+pub fn utf8<'a>(input: &str, element: usize, bytes: &'a [u8]) -> Result<&'a str, PredictError> {
+    std::str::from_utf8(bytes).map_err(|_| {
+        PredictError::Tensors(format!("input `{}`: element {element} is not valid UTF-8 text", Echo(input)))
+    })
 }
 
 /// One input tensor, decoded.
@@ -275,14 +275,14 @@ impl<'a> Columns<'a> {
     }
 
     /// Adds an input after checking it against the shape it declared and the others.
-    pub fn push(&mut self, name: &'a str, shape: &[i64], values: Values<'a>) -> Result<(), V2Error> {
+    pub fn push(&mut self, name: &'a str, shape: &[i64], values: Values<'a>) -> Result<(), PredictError> {
         // A linear scan: a tabular model has tens of inputs, and it allocates nothing.
         if self.columns.iter().any(|c| c.name == name) {
-            return Err(V2Error::invalid(format!("input `{}` is given twice", Echo(name))));
+            return Err(PredictError::Tensors(format!("input `{}` is given twice", Echo(name))));
         }
         let rows = batch(name, shape)?;
         if values.len() != rows {
-            return Err(V2Error::invalid(format!(
+            return Err(PredictError::Tensors(format!(
                 "input `{}`: {} elements for shape {shape:?} (which holds {rows})",
                 Echo(name),
                 values.len()
@@ -290,7 +290,7 @@ impl<'a> Columns<'a> {
         }
         if let Some(first) = self.columns.first() {
             if rows != self.rows {
-                return Err(V2Error::invalid(format!(
+                return Err(PredictError::Tensors(format!(
                     "input `{}` has {rows} rows but `{}` has {} (every input holds one value per row)",
                     Echo(name),
                     Echo(first.name),
@@ -310,22 +310,25 @@ impl<'a> Columns<'a> {
 }
 
 /// The rows a shape holds: `[N]` or `[N, 1]`, one value per row.
-fn batch(name: &str, shape: &[i64]) -> Result<usize, V2Error> {
+fn batch(name: &str, shape: &[i64]) -> Result<usize, PredictError> {
     let rows = match shape {
         [n] | [n, 1] => *n,
         _ => -1,
     };
     usize::try_from(rows).map_err(|_| {
-        V2Error::invalid(format!("input `{}`: shape {shape:?} is not [N] or [N, 1] (one value per row)", Echo(name)))
+        PredictError::Tensors(format!(
+            "input `{}`: shape {shape:?} is not [N] or [N, 1] (one value per row)",
+            Echo(name)
+        ))
     })
 }
 
 /// Elements a shape holds, refusing negative dimensions and overflow.
-pub fn elements(name: &str, shape: &[i64]) -> Result<usize, V2Error> {
+pub fn elements(name: &str, shape: &[i64]) -> Result<usize, PredictError> {
     shape
         .iter()
         .try_fold(1usize, |n, d| usize::try_from(*d).ok().and_then(|d| n.checked_mul(d)))
-        .ok_or_else(|| V2Error::invalid(format!("input `{}`: shape {shape:?} is not a valid shape", Echo(name))))
+        .ok_or_else(|| PredictError::Tensors(format!("input `{}`: shape {shape:?} is not a valid shape", Echo(name))))
 }
 
 /// One row of the tensors: element `index` of every input.
@@ -346,10 +349,10 @@ impl RowView for TensorRow<'_> {
 
 /// Checks an input's name and datatype against `bundle`'s schema: every input must be a field
 /// (or a name the schema ignores) with a datatype the field can take. Returns the datatype.
-pub fn check_input(task: &str, bundle: &Bundle, name: &str, datatype: &str) -> Result<DataType, V2Error> {
+pub fn check_input(task: &str, bundle: &Bundle, name: &str, datatype: &str) -> Result<DataType, PredictError> {
     let schema: &Schema = &bundle.schema;
     let Some(t) = DataType::parse(datatype) else {
-        return Err(V2Error::invalid(format!(
+        return Err(PredictError::Tensors(format!(
             "input `{}`: datatype `{}` is not supported (BOOL, INT8-64, UINT8-64, FP32, FP64, BYTES)",
             Echo(name),
             Echo(datatype)
@@ -359,7 +362,7 @@ pub fn check_input(task: &str, bundle: &Bundle, name: &str, datatype: &str) -> R
         Some(i) => {
             let kind = schema.fields()[i].kind;
             if !t.fits(kind) {
-                return Err(V2Error::invalid(format!(
+                return Err(PredictError::Tensors(format!(
                     "input `{}`: datatype {} does not fit a {} field (send {})",
                     Echo(name),
                     t.name(),
@@ -370,7 +373,7 @@ pub fn check_input(task: &str, bundle: &Bundle, name: &str, datatype: &str) -> R
         }
         None if schema.ignores(name) => {}
         None => {
-            return Err(V2Error::invalid(format!(
+            return Err(PredictError::Tensors(format!(
                 "unknown input `{}`: model `{}` has no such input (see its metadata for the inputs)",
                 Echo(name),
                 Echo(task)
@@ -409,11 +412,11 @@ impl Output {
     }
 
     /// The requested output `name`, or an error listing what the model gives.
-    pub fn parse(task: &str, bundle: &Bundle, name: &str) -> Result<Output, V2Error> {
+    pub fn parse(task: &str, bundle: &Bundle, name: &str) -> Result<Output, PredictError> {
         let all = Output::all(bundle.config.kind);
         all.iter().copied().find(|o| o.name() == name).ok_or_else(|| {
             let names: Vec<&str> = all.iter().map(|o| o.name()).collect();
-            V2Error::invalid(format!(
+            PredictError::Tensors(format!(
                 "unknown output `{}`: model `{}` gives {}",
                 Echo(name),
                 Echo(task),
@@ -511,9 +514,9 @@ mod tests {
         assert_eq!(split_bytes("x", &data).unwrap(), vec!["A11", "", "ü"]);
         assert_eq!(OutputData::Text(vec!["A11", "", "ü"]).to_raw(), data);
         let e = split_bytes("x", &data[..data.len() - 1]).unwrap_err();
-        assert!(e.message.contains("element 2") && e.message.contains("2 bytes, 1 remain"), "{}", e.message);
-        assert!(split_bytes("x", &[1, 0]).unwrap_err().message.contains("cut short"));
-        assert!(split_bytes("x", &[1, 0, 0, 0, 0xff]).unwrap_err().message.contains("not valid UTF-8"));
+        assert!(e.to_string().contains("element 2") && e.to_string().contains("2 bytes, 1 remain"), "{e}");
+        assert!(split_bytes("x", &[1, 0]).unwrap_err().to_string().contains("cut short"));
+        assert!(split_bytes("x", &[1, 0, 0, 0, 0xff]).unwrap_err().to_string().contains("not valid UTF-8"));
     }
 
     #[test]
@@ -529,10 +532,10 @@ mod tests {
             [(&[3, 2][..], "is not [N] or [N, 1]"), (&[-1], "is not [N] or [N, 1]"), (&[2], "3 elements for shape [2]")]
         {
             let e = Columns::default().push("x", shape, Values::I64(&a)).unwrap_err();
-            assert!(e.message.contains(expect), "{shape:?}: {}", e.message);
+            assert!(e.to_string().contains(expect), "{shape:?}: {e}");
         }
         let e = c.push("c", &[2], Values::I64(&a[..2])).unwrap_err();
-        assert!(e.message.contains("`c` has 2 rows but `a` has 3"), "{}", e.message);
+        assert!(e.to_string().contains("`c` has 2 rows but `a` has 3"), "{e}");
     }
 
     #[test]
