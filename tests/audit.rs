@@ -13,29 +13,17 @@ use std::{
 };
 
 use common::{
-    TASK, TestServer, golden, http_get, json_row, metric_value, model_root, predict_request, test_config, to_pb,
+    TASK, TestServer, audit_to, golden, http_get, json_row, metric_value, model_root, predict_request, test_config,
+    to_pb,
 };
 use hmac::{Hmac, Mac};
 use modeld::{
     config::{AuditConfig, Config},
     pb::{self, row_result::Outcome, value::Kind},
-    telemetry::audit::{AuditTarget, parse_time},
+    telemetry::audit::parse_time,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-fn audit_to(path: &Path) -> AuditConfig {
-    AuditConfig {
-        target: AuditTarget::File(path.to_owned()),
-        sample: 1.0,
-        features: None,
-        redact: Vec::new(),
-        hmac_key_file: None,
-        max_bytes: 100 << 20,
-        keep_files: 5,
-        queue: 8192,
-    }
-}
 
 fn config_with(root: &Path, audit: AuditConfig) -> Config {
     let mut config = test_config(root);

@@ -89,16 +89,7 @@ async fn bad_grpc_calls_get_their_status_and_name_the_problem() {
     let root = model_root(Some("v2"));
     let mut config = test_config(root.path());
     let log = root.path().join("audit.log");
-    config.audit = Some(modeld::config::AuditConfig {
-        target: modeld::telemetry::audit::AuditTarget::File(log.clone()),
-        sample: 1.0,
-        features: None,
-        redact: Vec::new(),
-        hmac_key_file: None,
-        max_bytes: 1 << 20,
-        keep_files: 1,
-        queue: 1024,
-    });
+    config.audit = Some(audit_to(&log));
     let server = TestServer::start_ready(config).await;
     let rows = golden("v2");
     let mut client = v2_client(&server).await;

@@ -218,16 +218,7 @@ async fn callers_by_token_and_by_certificate_identity_are_allowed_and_denied_per
     let mut config = tls_config(root.path(), &ca.server("server"), Some(&ca));
     config.callers_file = Some(callers.clone());
     let audit_log = pki.path().join("audit.log");
-    config.audit = Some(modeld::config::AuditConfig {
-        target: modeld::config::AuditTarget::File(audit_log.clone()),
-        sample: 1.0,
-        features: Some(Vec::new()),
-        redact: Vec::new(),
-        hmac_key_file: None,
-        max_bytes: 1 << 20,
-        keep_files: 1,
-        queue: 1024,
-    });
+    config.audit = Some(modeld::config::AuditConfig { features: Some(Vec::new()), ..common::audit_to(&audit_log) });
     let server = TestServer::start_ready(config).await;
     let by_uri = ca.client("labeller", Some("spiffe://bank/labeller"), "ignored-cn");
     let by_cn = ca.client("batch", None, "batch-job");

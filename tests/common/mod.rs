@@ -63,6 +63,20 @@ pub fn point_current(root: &Path, target: &str) {
     std::fs::rename(&tmp, task.join("current")).unwrap();
 }
 
+/// An audit log of every call (no sampling) to the file `path`.
+pub fn audit_to(path: &Path) -> modeld::config::AuditConfig {
+    modeld::config::AuditConfig {
+        target: modeld::config::AuditTarget::File(path.to_owned()),
+        sample: 1.0,
+        features: None,
+        redact: Vec::new(),
+        hmac_key_file: None,
+        max_bytes: 100 << 20,
+        keep_files: 5,
+        queue: 8192,
+    }
+}
+
 /// Settings for tests: the given root, quick polling, small grace period.
 pub fn test_config(root: &Path) -> Config {
     let mut config = Config::for_model_root(root).expect("test config");
