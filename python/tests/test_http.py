@@ -1,6 +1,7 @@
 """The HTTP/JSON face from a Python HTTP client (urllib, no third-party client): every German Credit
 golden row through both routes gets gRPC Predict's probabilities; the OpenAPI document validates,
-and every route it lists answers with a body valid against the schema it documents."""
+and every route it lists (the V2 REST routes too) answers with a body valid against the schema it
+documents."""
 
 from __future__ import annotations
 
@@ -111,24 +112,35 @@ def test_openapi_document_is_valid_and_every_route_answers_as_documented(daemon)
         Draft202012Validator({**schema, "components": doc["components"]}).validate(body)
 
     row = GOLDEN[0]["features"]
+    # The same row as V2 tensors: one per field, typed as the model metadata gives them.
+    tensors = [
+        {"name": k, "datatype": "BYTES" if isinstance(v, str) else "INT64", "shape": [1], "data": [v]}
+        for k, v in row.items()
+    ]
     examples = {
         ("post", "/v1/tasks/{task}/predict"): {"rows": [row], "row_ids": ["r1"], "request_id": "q"},
         ("post", "/v1/models/{task}:predict"): {"instances": [row]},
+        ("post", "/v2/models/{model}/infer"): {"id": "q", "inputs": tensors},
+        ("post", "/v2/models/{model}/versions/{version}/infer"): {"inputs": tensors},
     }
+
+    def fill(path, task):
+        return path.replace("{task}", task).replace("{model}", task).replace("{version}", "v2")
+
     answered = 0
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             body = examples.get((method, path))
-            status, _, answer = call(daemon, method.upper(), path.replace("{task}", TASK), body)
+            status, _, answer = call(daemon, method.upper(), fill(path, TASK), body)
             assert status == 200, (path, answer)
             check(operation["responses"]["200"]["content"]["application/json"]["schema"], answer)
             answered += 1
             # The documented error shape, for routes that can fail on the task.
-            if "{task}" in path:
-                status, _, error = call(daemon, method.upper(), path.replace("{task}", "nope"), body)
+            if "{task}" in path or "{model}" in path:
+                status, _, error = call(daemon, method.upper(), fill(path, "nope"), body)
                 assert status == 404
                 check(operation["responses"]["404"]["content"]["application/json"]["schema"], error)
-    assert answered == 5
+    assert answered == 14
 
 
 def test_gzip_request_and_response(daemon):

@@ -7,7 +7,8 @@
 //! - `POST /v1/models/{task}:predict`: KServe V1 / TF-Serving style, `{"instances": [...]}` in,
 //!   `{"predictions": [...]}` out.
 //! - `GET /v1/tasks`, `GET /v1/tasks/{task}`: what is served, and a task's schema.
-//! - `GET /openapi.json`: the OpenAPI 3.1 document of all of the above.
+//! - `GET /openapi.json`: the OpenAPI 3.1 document of all of the above, and of the V2 REST routes
+//!   (`service::kserve::rest`), which are merged into this router.
 
 use std::{fmt, time::Duration};
 
