@@ -332,16 +332,9 @@ impl App {
                 max_connection_age: config.max_connection_age,
             };
             let listener = HttpListener::new(listener, tls.http.clone());
-            let v2 = kserve::rest::router(
-                predictor.clone(),
-                registry.clone(),
-                readiness.clone(),
-                tracker.clone(),
-                &metrics,
-                limits,
-            );
-            let router =
-                http::router(predictor, registry.clone(), readiness.clone(), tracker.clone(), &metrics, limits, v2);
+            let face =
+                http::Face::new(predictor, registry.clone(), readiness.clone(), tracker.clone(), &metrics, limits);
+            let router = http::router(face.clone(), kserve::rest::router(face));
             tokio::spawn(
                 axum::serve(listener, router.into_make_service_with_connect_info::<tls::ConnInfo>())
                     .with_graceful_shutdown(drain.clone().cancelled_owned())

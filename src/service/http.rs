@@ -29,7 +29,7 @@ use tower_http::{compression::CompressionLayer, decompression::RequestDecompress
 use super::{
     grpc::convert::{field_info, rollout_policy},
     health::Readiness,
-    layers::CallTracker,
+    layers::{CallGuard, CallTracker},
     tls::ConnInfo,
 };
 use crate::{
@@ -59,29 +59,48 @@ pub struct HttpLimits {
     pub max_connection_age: Option<Duration>,
 }
 
+/// What the faces on the HTTP port (this one and the V2 REST face) share. Cloning is shallow.
 #[derive(Clone)]
-struct Face {
-    predictor: Predictor,
-    registry: Registry,
-    readiness: Readiness,
+pub struct Face {
+    pub predictor: Predictor,
+    pub registry: Registry,
+    pub readiness: Readiness,
+    /// Shared with the gRPC face: one admission limit for all, and the drain waits for calls
+    /// from any.
     calls: CallTracker,
-    limits: HttpLimits,
+    pub limits: HttpLimits,
     rejected: prometheus::IntCounter,
 }
 
-/// The HTTP/JSON router, with `extra` routes (the V2 REST face) behind the same layers. `calls`
-/// is shared with the gRPC face: one admission limit for both, and the drain waits for calls
-/// from either.
-pub fn router(
-    predictor: Predictor,
-    registry: Registry,
-    readiness: Readiness,
-    calls: CallTracker,
-    metrics: &Metrics,
-    limits: HttpLimits,
-    extra: Router,
-) -> Router {
-    let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
+impl Face {
+    pub fn new(
+        predictor: Predictor,
+        registry: Registry,
+        readiness: Readiness,
+        calls: CallTracker,
+        metrics: &Metrics,
+        limits: HttpLimits,
+    ) -> Face {
+        let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
+        Face { predictor, registry, readiness, calls, limits, rejected }
+    }
+
+    /// Admits a call within `max_inflight_calls` (held until the guard drops), or counts the
+    /// refusal and says why.
+    pub fn admit(&self) -> Result<CallGuard, String> {
+        self.calls.admit(self.limits.max_inflight_calls).ok_or_else(|| {
+            self.rejected.inc();
+            format!(
+                "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
+                self.limits.max_inflight_calls
+            )
+        })
+    }
+}
+
+/// The HTTP/JSON router, with `extra` routes (the V2 REST face) behind the same layers.
+pub fn router(face: Face, extra: Router) -> Router {
+    let limits = face.limits;
     let router = Router::new()
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{task}", get(describe_task))
@@ -90,7 +109,7 @@ pub fn router(
         // split in the handler.
         .route("/v1/models/{model}", post(kserve_predict))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .with_state(Face { predictor, registry, readiness, calls, limits, rejected })
+        .with_state(face)
         .merge(extra)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route (see /openapi.json)".into()) })
         .method_not_allowed_fallback(|| async {
@@ -358,14 +377,8 @@ impl Face {
         headers: &HeaderMap,
         call: Call<'_, JsonRow>,
     ) -> Result<crate::predict::Answer, Response> {
-        let Some(_admitted) = self.calls.admit(self.limits.max_inflight_calls) else {
-            self.rejected.inc();
-            let message = format!(
-                "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
-                self.limits.max_inflight_calls
-            );
-            return Err(error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message));
-        };
+        let _admitted =
+            self.admit().map_err(|message| error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message))?;
         let mut ctx = CallContext::new(method).with_peer(conn.remote_addr);
         ctx.deadline = Some(ctx.started + self.limits.request_timeout);
         self.predictor.authenticate(&mut ctx, authorization(headers), conn.identities()).map_err(core_error)?;

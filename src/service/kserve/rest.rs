@@ -26,41 +26,19 @@ use super::{
 };
 use crate::{
     bundle::Bundle,
-    predict::{CallContext, ErrorKind, Method, PredictError, Predictor, Request as Call},
-    registry::Registry,
+    predict::{CallContext, ErrorKind, Method, PredictError, Request as Call},
     schema::Echo,
     service::{
-        health::Readiness,
-        http::{self, HttpLimits},
-        layers::CallTracker,
+        http::{self, Face},
         tls::ConnInfo,
     },
-    telemetry::Metrics,
 };
 
 /// The header that splits a binary request or response: the length of its JSON part.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
-#[derive(Clone)]
-struct Rest {
-    predictor: Predictor,
-    registry: Registry,
-    readiness: Readiness,
-    calls: CallTracker,
-    limits: HttpLimits,
-    rejected: prometheus::IntCounter,
-}
-
-/// The `/v2` routes. `calls` is the admission limit the other faces share.
-pub fn router(
-    predictor: Predictor,
-    registry: Registry,
-    readiness: Readiness,
-    calls: CallTracker,
-    metrics: &Metrics,
-    limits: HttpLimits,
-) -> Router {
-    let rejected = metrics.rejected.with_label_values(&["calls_in_flight"]);
+/// The `/v2` routes, over what the HTTP port's faces share (the admission limit among it).
+pub fn router(face: Face) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { Json(serde_json::json!({ "live": true })) }))
@@ -71,7 +49,7 @@ pub fn router(
         .route("/v2/models/{model}/versions/{version}/ready", get(ready))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
-        .with_state(Rest { predictor, registry, readiness, calls, limits, rejected })
+        .with_state(face)
 }
 
 /// The protocol's error answer: `{"error": message}`.
@@ -106,27 +84,25 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-async fn server_ready(State(rest): State<Rest>) -> Response {
-    let ready = rest.readiness.is_ready();
+async fn server_ready(State(face): State<Face>) -> Response {
+    let ready = face.readiness.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(serde_json::json!({ "ready": ready }))).into_response()
 }
 
-impl Rest {
-    fn reader(&self, conn: &ConnInfo, headers: &HeaderMap, task: &str) -> Result<(), PredictError> {
-        self.predictor.check_reader(http::authorization(headers), conn.identities(), task)
-    }
+/// The caller may read about `task` (its credentials, and its task list).
+fn reader(face: &Face, conn: &ConnInfo, headers: &HeaderMap, task: &str) -> Result<(), PredictError> {
+    face.predictor.check_reader(http::authorization(headers), conn.identities(), task)
 }
 
 async fn ready(
-    State(rest): State<Rest>,
+    State(face): State<Face>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     Path(path): Path<ModelPath>,
 ) -> Response {
-    let ready = rest
-        .reader(&conn, &headers, &path.model)
-        .and_then(|()| model_ready(&rest.registry, rest.readiness.is_draining(), &path.model, &path.version));
+    let ready = reader(&face, &conn, &headers, &path.model)
+        .and_then(|()| model_ready(&face.registry, face.readiness.is_draining(), &path.model, &path.version));
     match ready {
         Ok(ready) => {
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -137,19 +113,18 @@ async fn ready(
 }
 
 async fn model_metadata(
-    State(rest): State<Rest>,
+    State(face): State<Face>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     Path(path): Path<ModelPath>,
 ) -> Response {
-    let bundle = match rest
-        .reader(&conn, &headers, &path.model)
-        .and_then(|()| model(&rest.registry, &path.model, &path.version))
+    let bundle = match reader(&face, &conn, &headers, &path.model)
+        .and_then(|()| model(&face.registry, &path.model, &path.version))
     {
         Ok(b) => b,
         Err(e) => return error(e),
     };
-    let m = metadata(&rest.registry, &path.model, &bundle);
+    let m = metadata(&face.registry, &path.model, &bundle);
     let tensors = |ts: Vec<super::TensorMetadata>| -> Vec<JsonValue> {
         ts.into_iter()
             .map(|t| serde_json::json!({ "name": t.name, "datatype": t.datatype.name(), "shape": t.shape }))
@@ -391,29 +366,25 @@ struct InferAnswer<'a> {
 }
 
 async fn infer(
-    State(rest): State<Rest>,
+    State(face): State<Face>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     Path(path): Path<ModelPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(_admitted) = rest.calls.admit(rest.limits.max_inflight_calls) else {
-        rest.rejected.inc();
-        let message = format!(
-            "the server is at its limit of {} calls in flight (max_inflight_calls); retry with backoff",
-            rest.limits.max_inflight_calls
-        );
-        return reply(StatusCode::TOO_MANY_REQUESTS, message);
+    let _admitted = match face.admit() {
+        Ok(guard) => guard,
+        Err(message) => return reply(StatusCode::TOO_MANY_REQUESTS, message),
     };
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let message = format!("body: over the limit of {} bytes (max_message_bytes)", rest.limits.max_body_bytes);
+            let message = format!("body: over the limit of {} bytes (max_message_bytes)", face.limits.max_body_bytes);
             return reply(StatusCode::PAYLOAD_TOO_LARGE, message);
         }
         Err(rejection) => return reply(StatusCode::BAD_REQUEST, format!("body: {}", rejection.body_text())),
     };
-    match rest.infer(&conn, &headers, &path, &body).await {
+    match score(&face, &conn, &headers, &path, &body).await {
         Ok(response) => response,
         Err(e) => error(e),
     }
@@ -426,95 +397,87 @@ fn read_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(InferBody, &'b 
     Ok((request, binary))
 }
 
-impl Rest {
-    /// The outputs a call asks for (each with whether it is sent binary) and its input tensors,
-    /// checked against the model it names.
-    fn read<'r>(
-        &self,
-        ctx: &CallContext,
-        path: &ModelPath,
-        request: &'r InferBody,
-        binary: &'r [u8],
-    ) -> Result<(Vec<(Output, bool)>, Columns<'r>), PredictError> {
-        let task = path.model.as_str();
-        self.predictor.check_task(ctx, task)?;
-        let bundle = model(&self.registry, task, &path.version)?;
-        let all_binary = flag(&request.parameters, "binary_data_output");
-        let outputs = if request.outputs.is_empty() {
-            Output::all(bundle.config.kind).iter().map(|o| (*o, all_binary)).collect()
-        } else {
-            let requested = |o: &RequestedOutput| -> Result<(Output, bool), PredictError> {
-                Ok((Output::parse(task, &bundle, &o.name)?, all_binary || flag(&o.parameters, "binary_data")))
-            };
-            request.outputs.iter().map(requested).collect::<Result<_, _>>()?
+/// The outputs a call asks for (each with whether it is sent binary) and its input tensors,
+/// checked against the model it names.
+fn read<'r>(
+    face: &Face,
+    ctx: &CallContext,
+    path: &ModelPath,
+    request: &'r InferBody,
+    binary: &'r [u8],
+) -> Result<(Vec<(Output, bool)>, Columns<'r>), PredictError> {
+    let task = path.model.as_str();
+    face.predictor.check_task(ctx, task)?;
+    let bundle = model(&face.registry, task, &path.version)?;
+    let all_binary = flag(&request.parameters, "binary_data_output");
+    let outputs = if request.outputs.is_empty() {
+        Output::all(bundle.config.kind).iter().map(|o| (*o, all_binary)).collect()
+    } else {
+        let requested = |o: &RequestedOutput| -> Result<(Output, bool), PredictError> {
+            Ok((Output::parse(task, &bundle, &o.name)?, all_binary || flag(&o.parameters, "binary_data")))
         };
-        Ok((outputs, columns(task, &bundle, request, binary)?))
-    }
+        request.outputs.iter().map(requested).collect::<Result<_, _>>()?
+    };
+    Ok((outputs, columns(task, &bundle, request, binary)?))
+}
 
-    async fn infer(
-        &self,
-        conn: &ConnInfo,
-        headers: &HeaderMap,
-        path: &ModelPath,
-        body: &[u8],
-    ) -> Result<Response, PredictError> {
-        let mut ctx = CallContext::new(Method::V2Infer).with_peer(conn.remote_addr);
-        ctx.deadline = Some(ctx.started + self.limits.request_timeout);
-        self.predictor.authenticate(&mut ctx, http::authorization(headers), conn.identities())?;
-        let task = path.model.as_str();
-        let refuse = |id: &str, e: PredictError| self.predictor.refuse(&ctx, task, id, e);
-        let (request, binary) = read_body(headers, body).map_err(|e| refuse("", e))?;
-        let (outputs, columns) = self.read(&ctx, path, &request, binary).map_err(|e| refuse(&request.id, e))?;
-        let rows = columns.rows();
-        let call = Call {
-            task,
-            rows: &rows,
-            request_id: &request.id,
-            version: (!path.version.is_empty()).then_some(path.version.as_str()),
-            compare_versions: &[],
+async fn score(
+    face: &Face,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    path: &ModelPath,
+    body: &[u8],
+) -> Result<Response, PredictError> {
+    let mut ctx = CallContext::new(Method::V2Infer).with_peer(conn.remote_addr);
+    ctx.deadline = Some(ctx.started + face.limits.request_timeout);
+    face.predictor.authenticate(&mut ctx, http::authorization(headers), conn.identities())?;
+    let task = path.model.as_str();
+    let refuse = |id: &str, e: PredictError| face.predictor.refuse(&ctx, task, id, e);
+    let (request, binary) = read_body(headers, body).map_err(|e| refuse("", e))?;
+    let (outputs, columns) = read(face, &ctx, path, &request, binary).map_err(|e| refuse(&request.id, e))?;
+    let rows = columns.rows();
+    let call = Call {
+        task,
+        rows: &rows,
+        request_id: &request.id,
+        version: (!path.version.is_empty()).then_some(path.version.as_str()),
+        compare_versions: &[],
+    };
+    let answer = face.predictor.predict(&ctx, call).await?;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut tensors = Vec::with_capacity(outputs.len());
+    for (output, binary) in outputs {
+        let (shape, data) = tensor::output_data(output, &answer.bundle, &answer.predictions);
+        let mut parameters = Map::new();
+        let data = if binary {
+            let bytes = data.to_raw();
+            parameters.insert("binary_data_size".into(), bytes.len().into());
+            tail.extend_from_slice(&bytes);
+            None
+        } else {
+            Some(match data {
+                OutputData::Text(v) => JsonData::Text(v),
+                OutputData::F32(v) => JsonData::F32(v),
+                OutputData::F64(v) => JsonData::F64(v),
+            })
         };
-        let answer = self.predictor.predict(&ctx, call).await?;
-        let mut tail: Vec<u8> = Vec::new();
-        let mut tensors = Vec::with_capacity(outputs.len());
-        for (output, binary) in outputs {
-            let (shape, data) = tensor::output_data(output, &answer.bundle, &answer.predictions);
-            let mut parameters = Map::new();
-            let data = if binary {
-                let bytes = data.to_raw();
-                parameters.insert("binary_data_size".into(), bytes.len().into());
-                tail.extend_from_slice(&bytes);
-                None
-            } else {
-                Some(match data {
-                    OutputData::Text(v) => JsonData::Text(v),
-                    OutputData::F32(v) => JsonData::F32(v),
-                    OutputData::F64(v) => JsonData::F64(v),
-                })
-            };
-            tensors.push(OutputTensor {
-                name: output.name(),
-                datatype: output.datatype().name(),
-                shape,
-                parameters,
-                data,
-            });
-        }
-        let answer =
-            InferAnswer { model_name: task, model_version: &answer.bundle.version, id: &request.id, outputs: tensors };
-        // Plain structs of strings and numbers: serializing them cannot fail.
-        let mut out = serde_json::to_vec(&answer).expect("the answer serializes");
-        if tail.is_empty() {
-            return Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response());
-        }
-        let length = out.len();
-        out.extend_from_slice(&tail);
-        Ok((
-            [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
-                (header::HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(length)),
-            ],
-            out,
-        )
-            .into_response())
+        tensors.push(OutputTensor { name: output.name(), datatype: output.datatype().name(), shape, parameters, data });
     }
+    let answer =
+        InferAnswer { model_name: task, model_version: &answer.bundle.version, id: &request.id, outputs: tensors };
+    // Plain structs of strings and numbers: serializing them cannot fail.
+    let mut out = serde_json::to_vec(&answer).expect("the answer serializes");
+    if tail.is_empty() {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response());
+    }
+    let length = out.len();
+    out.extend_from_slice(&tail);
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (header::HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(length)),
+        ],
+        out,
+    )
+        .into_response())
 }
