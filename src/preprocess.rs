@@ -4,7 +4,7 @@
 //! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
 //! per call. The first bad value stops the call with a [`RowError`] naming row and field.
 
-use crate::schema::{Echo, InputColumn, Missing, OwnedValue, Reason, Schema, Value};
+use crate::schema::{Bin, Echo, Encoder, InputColumn, Missing, OwnedValue, Reason, Schema, Value};
 
 /// Read access to one row, whatever its wire or file form.
 pub trait RowView {
@@ -49,6 +49,9 @@ pub struct Input {
     pub rows: usize,
     pub width: usize,
     pub columns: Vec<InputColumn>,
+    /// Per row, the bin of each binned field (the schema's `binned()` order): what a
+    /// scorecard's points and reason codes are read from. Empty when no field is binned.
+    pub bins: Vec<Bin>,
 }
 
 /// Encodes all rows, or fails on the first bad one.
@@ -62,16 +65,17 @@ pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError
     }
     let width = schema.width();
     let mut data = vec![0.0f32; rows.len() * width];
+    let mut bins = Vec::with_capacity(rows.len() * schema.binned().len());
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
     for (index, (row, out)) in rows.iter().zip(data.chunks_exact_mut(width)).enumerate() {
-        encode_row(schema, row, &mut slots, out).map_err(|(field, reason)| RowError {
+        encode_row(schema, row, &mut slots, out, &mut bins).map_err(|(field, reason)| RowError {
             row_index: index,
             row_id: row.row_id().to_owned(),
             field: field.to_owned(),
             reason,
         })?;
     }
-    Ok(Input { data, rows: rows.len(), width, columns: Vec::new() })
+    Ok(Input { data, rows: rows.len(), width, columns: Vec::new(), bins })
 }
 
 /// Encodes each row on its own: one result per row, for streams where a bad row must not
@@ -82,18 +86,21 @@ pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Resul
     }
     let width = schema.width();
     let mut data = Vec::with_capacity(rows.len() * width);
+    let per_row = schema.binned().len();
+    let mut bins = Vec::with_capacity(rows.len() * per_row);
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut good = 0;
     for (index, row) in rows.iter().enumerate() {
         data.resize((good + 1) * width, 0.0);
-        match encode_row(schema, row, &mut slots, &mut data[good * width..]) {
+        match encode_row(schema, row, &mut slots, &mut data[good * width..], &mut bins) {
             Ok(()) => {
                 outcomes.push(Ok(good));
                 good += 1;
             }
             Err((field, reason)) => {
                 data.truncate(good * width);
+                bins.truncate(good * per_row);
                 outcomes.push(Err(RowError {
                     row_index: index,
                     row_id: row.row_id().to_owned(),
@@ -104,7 +111,7 @@ pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Resul
         }
     }
     data.truncate(good * width);
-    (Input { data, rows: good, width, columns: Vec::new() }, outcomes)
+    (Input { data, rows: good, width, columns: Vec::new(), bins }, outcomes)
 }
 
 /// The raw-input form: each good row's values appended to the model inputs' columns; a row that
@@ -134,7 +141,7 @@ fn put_rows<R: RowView>(schema: &Schema, rows: &[R], stop: bool) -> (Input, Vec<
             }
         }
     }
-    (Input { data: Vec::new(), rows: good, width: 0, columns }, outcomes)
+    (Input { data: Vec::new(), rows: good, width: 0, columns, bins: Vec::new() }, outcomes)
 }
 
 fn put_row<'r, R: RowView>(
@@ -159,7 +166,9 @@ fn put_row<'r, R: RowView>(
                 }
                 continue;
             }
-            (None, Missing::Value { .. } | Missing::Reject) => return Err((&field.name, Reason::Missing)),
+            (None, Missing::Value { .. } | Missing::Reject | Missing::Bin(_)) => {
+                return Err((&field.name, Reason::Missing));
+            }
         };
         field.encoder.put(value, columns).map_err(|reason| (&*field.name, reason))?;
     }
@@ -188,6 +197,7 @@ fn encode_row<'r, R: RowView>(
     row: &'r R,
     slots: &mut [Option<Value<'r>>],
     out: &mut [f32],
+    bins: &mut Vec<Bin>,
 ) -> Result<(), (&'r str, Reason)> {
     fill_slots(schema, row, slots)?;
     for (field, slot) in schema.fields().iter().zip(slots.iter()) {
@@ -198,8 +208,22 @@ fn encode_row<'r, R: RowView>(
                 out[*column] = *value;
                 continue;
             }
+            (None, Missing::Bin(b)) => {
+                if let Encoder::Binned(table) = &field.encoder {
+                    out[table.column] = table.woe(*b);
+                    bins.push(*b);
+                }
+                continue;
+            }
             (None, Missing::Reject | Missing::Input(_)) => return Err((&field.name, Reason::Missing)),
         };
+        // A binned field's bin is kept beside its column: a scorecard's points come from it.
+        if let Encoder::Binned(table) = &field.encoder {
+            let b = table.bin(value).map_err(|reason| (&*field.name, reason))?;
+            out[table.column] = table.woe(b);
+            bins.push(b);
+            continue;
+        }
         field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
     }
     Ok(())

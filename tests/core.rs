@@ -39,7 +39,7 @@ async fn core(root: &std::path::Path, tasks: &[&str]) -> (Predictor, Metrics, Re
 }
 
 fn request<'a>(task: &'a str, rows: &'a [OwnedRow]) -> Request<'a, OwnedRow> {
-    Request { task, rows, request_id: "", version: None, compare_versions: &[] }
+    Request { task, rows, request_id: "", version: None, compare_versions: &[], reason_codes: 0 }
 }
 
 fn count(metrics: &Metrics, labels: &[(&str, &str)]) -> f64 {
@@ -131,8 +131,8 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     let e = core.open_stream(CallContext::new(Method::BatchPredict)).err().expect("one stream at a time");
     assert!(matches!(e, PredictError::TooManyStreams { limit: 1 }) && e.kind() == ErrorKind::ResourceExhausted);
 
-    assert!(matches!(session.bind("", ""), Err(PredictError::MissingStreamTask)));
-    session.bind(TASK, "").unwrap();
+    assert!(matches!(session.bind("", "", 0), Err(PredictError::MissingStreamTask)));
+    session.bind(TASK, "", 0).unwrap();
     // More rows than one model run takes, with one bad row in the second run.
     let mut rows: Vec<OwnedRow> = golden("v2").iter().take(40).map(|g| g.row.clone()).collect();
     rows[20].features.push(("age_in_years".into(), OwnedValue::Text("old".into())));
@@ -146,8 +146,8 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     point_current(root.path(), "v1");
     registry.reload(TASK, false).await;
     assert_eq!(registry.get(TASK).unwrap().version, "v1");
-    assert!(matches!(session.bind("other", ""), Err(PredictError::TaskChanged { .. })));
-    session.bind("", "").unwrap();
+    assert!(matches!(session.bind("other", "", 0), Err(PredictError::TaskChanged { .. })));
+    session.bind("", "", 0).unwrap();
     assert_eq!(session.score_chunk(&rows[..1]).await.unwrap().bundle.version, "v2");
     session.finish(Ok(()));
 

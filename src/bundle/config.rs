@@ -20,6 +20,21 @@ pub enum Kind {
     Classifier,
     /// One or more real values per row.
     Regressor,
+    /// A binary classifier over binned fields whose bins carry points: served as a classifier,
+    /// plus each row's score (`base_points` + the points of the row's bins) and, on request,
+    /// its reason codes.
+    Scorecard,
+}
+
+impl Kind {
+    /// The name `config.yaml` uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Classifier => "classifier",
+            Kind::Regressor => "regressor",
+            Kind::Scorecard => "scorecard",
+        }
+    }
 }
 
 /// The bundle's output contract.
@@ -42,6 +57,10 @@ pub struct BundleConfig {
     /// Binary models only: serve `class_labels[1]` when its probability reaches this value,
     /// instead of the model's own label. Unset keeps the model's label.
     pub decision_threshold: Option<f32>,
+    /// Scorecards: the points every row starts from (0 when the points of the bins include
+    /// the intercept, as optbinning's do).
+    #[serde(default)]
+    pub base_points: f64,
 }
 
 /// Names of the ONNX outputs.
@@ -71,14 +90,25 @@ impl BundleConfig {
             (Kind::Classifier, _, _) => {
                 return invalid("a classifier names outputs.probabilities and no outputs.values".into());
             }
+            (Kind::Scorecard, Some(_), None) => {
+                if config.class_labels.len() != 2 {
+                    return invalid("a scorecard is a binary classifier: it needs exactly two class_labels".into());
+                }
+            }
+            (Kind::Scorecard, _, _) => {
+                return invalid("a scorecard names outputs.probabilities and no outputs.values".into());
+            }
             (Kind::Regressor, None, Some(_)) => {
-                if !config.class_labels.is_empty() || config.decision_threshold.is_some() {
-                    return invalid("a regressor has no class_labels or decision_threshold".into());
+                if !config.class_labels.is_empty() || config.decision_threshold.is_some() || config.base_points != 0.0 {
+                    return invalid("a regressor has no class_labels, decision_threshold or base_points".into());
                 }
             }
             (Kind::Regressor, _, _) => {
                 return invalid("a regressor names outputs.values and no outputs.probabilities".into());
             }
+        }
+        if !config.base_points.is_finite() || (config.kind == Kind::Classifier && config.base_points != 0.0) {
+            return invalid("base_points applies to scorecards only and must be finite".into());
         }
         for (i, c) in config.class_labels.iter().enumerate() {
             if config.class_labels[..i].contains(c) {
@@ -99,7 +129,7 @@ impl BundleConfig {
     /// The one ONNX output modeld reads.
     pub fn output_name(&self) -> &str {
         match self.kind {
-            Kind::Classifier => self.outputs.probabilities.as_deref(),
+            Kind::Classifier | Kind::Scorecard => self.outputs.probabilities.as_deref(),
             Kind::Regressor => self.outputs.values.as_deref(),
         }
         .unwrap_or_default()
@@ -128,5 +158,13 @@ mod tests {
         assert!(err("outputs: {values: v}\nclass_labels: [a, b]\n").contains("names outputs.probabilities"));
         assert!(err("outputs: {probabilities: p}\nclass_labels: [a]\n").contains("at least two"));
         assert!(err("kind: ranker\noutputs: {values: v}\n").contains("unknown variant"));
+        assert!(err("kind: scorecard\noutputs: {probabilities: p}\nclass_labels: [a, b, c]\n").contains("exactly two"));
+        assert!(
+            err("outputs: {probabilities: p}\nclass_labels: [a, b]\nbase_points: 600\n").contains("scorecards only")
+        );
+        let card = BundleConfig::parse(
+            "kind: scorecard\noutputs: {probabilities: p}\nclass_labels: [good, bad]\nbase_points: 12.5\n",
+        );
+        assert_eq!(card.unwrap().base_points, 12.5);
     }
 }

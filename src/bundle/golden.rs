@@ -23,12 +23,18 @@ struct GoldenLine {
     /// Regressors.
     #[serde(default)]
     values: Vec<f64>,
+    /// Scorecards.
+    score: Option<f64>,
 }
 
 /// Largest absolute difference from a golden probability that still counts as equal, for
 /// bundle loading and for `modeld verify`. Regression values get the same figure as a relative
 /// tolerance: `|served - golden| <= TOLERANCE * max(1, |golden|)`.
 pub const TOLERANCE: f32 = 1e-5;
+
+/// Largest absolute difference from a golden scorecard score. Scores are sums of the bundle's
+/// own points in f64: only the order of the additions may differ from training's.
+pub const SCORE_TOLERANCE: f64 = 1e-6;
 
 /// One golden row and its expected outputs.
 #[derive(Debug, Clone)]
@@ -41,11 +47,29 @@ pub struct GoldenRow {
     pub probabilities: Vec<f32>,
     /// Regressors: the values; empty for classifiers.
     pub values: Vec<f64>,
+    /// Scorecards: the score.
+    pub score: Option<f64>,
 }
 
 impl GoldenRow {
     /// Why a served output differs from this row's golden output, or None when it matches.
-    pub fn mismatch(&self, label: &str, probabilities: &[f32], values: &[f64], tolerance: f32) -> Option<String> {
+    pub fn mismatch(
+        &self,
+        label: &str,
+        probabilities: &[f32],
+        values: &[f64],
+        score: Option<f64>,
+        tolerance: f32,
+    ) -> Option<String> {
+        match (score, self.score) {
+            (None, None) => {}
+            (Some(s), Some(g)) if (s - g).abs() <= SCORE_TOLERANCE => {}
+            (Some(s), Some(g)) => {
+                return Some(format!("score {s} differs from golden {g} (tolerance {SCORE_TOLERANCE:e})"));
+            }
+            (Some(s), None) => return Some(format!("score {s}, golden has no score")),
+            (None, Some(g)) => return Some(format!("no score, golden score {g}")),
+        }
         if !self.values.is_empty() || !values.is_empty() {
             return self.values_mismatch(values, f64::from(tolerance));
         }
@@ -102,6 +126,7 @@ pub fn parse(text: &str) -> Result<Vec<GoldenRow>, GoldenParseError> {
                 label: g.label,
                 probabilities: g.probabilities,
                 values: g.values,
+                score: g.score,
             })
         })
         .collect()

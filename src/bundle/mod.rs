@@ -20,7 +20,7 @@ pub use config::{BundleConfig, Kind};
 use crate::{
     engine::{Engine, EngineError, EngineOptions},
     preprocess::{self, Input, RowError, RowView},
-    schema::{Schema, SchemaError},
+    schema::{Bin, Schema, SchemaError},
 };
 
 /// Why a bundle cannot be served. Every variant names the file or step and the reason.
@@ -46,6 +46,8 @@ pub enum BundleError {
     EmptyVersion,
     #[error("model.onnx: {0}")]
     Engine(#[from] EngineError),
+    #[error("config.yaml: a scorecard needs {0}")]
+    Scorecard(&'static str),
     #[error("feature_schema.yaml declares {schema} columns but model.onnx takes {model}")]
     Width { schema: usize, model: usize },
     #[error("golden.jsonl: {0}")]
@@ -113,6 +115,62 @@ pub struct Scored<'a> {
     pub probabilities: &'a [f32],
     /// Regressors: one value per target; empty for classifiers.
     pub values: &'a [f32],
+    /// Scorecards: the row's score and bins.
+    pub card: Option<Card<'a>>,
+}
+
+/// A scorecard row: its score, and what its reason codes are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Card<'a> {
+    pub score: f64,
+    /// The bin of each binned field, in the schema's `binned()` order.
+    bins: &'a [Bin],
+    schema: &'a Schema,
+}
+
+/// A field that cost the row points: what an adverse-action notice names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReasonCode {
+    pub field: String,
+    /// The label of the bin the row's value fell into.
+    pub bin: String,
+    pub points: f64,
+    /// The most points a bin of this field gives.
+    pub best_points: f64,
+}
+
+impl Card<'_> {
+    /// Up to `n` reason codes: the fields ranked by points lost against the field's best bin,
+    /// largest loss first, ties in schema order; fields that lost nothing are left out.
+    pub fn reasons(&self, n: usize) -> Vec<ReasonCode> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut lost: Vec<(f64, usize)> = Vec::with_capacity(self.bins.len());
+        for (k, (&field, &b)) in self.schema.binned().iter().zip(self.bins).enumerate() {
+            let table = self.schema.bins(field).expect("binned() lists binned fields");
+            let loss = table.best_points() - table.points(b).unwrap_or(0.0);
+            if loss > 0.0 {
+                lost.push((loss, k));
+            }
+        }
+        // Stable: equal losses keep schema order.
+        lost.sort_by(|a, b| b.0.total_cmp(&a.0));
+        lost.truncate(n);
+        lost.into_iter()
+            .map(|(_, k)| {
+                let field = self.schema.binned()[k];
+                let table = self.schema.bins(field).expect("binned() lists binned fields");
+                let b = self.bins[k];
+                ReasonCode {
+                    field: self.schema.fields()[field].name.to_string(),
+                    bin: table.label(b).to_owned(),
+                    points: table.points(b).unwrap_or(0.0),
+                    best_points: table.best_points(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// One row's answer, owned: what the core returns and what a shadow version's run compares.
@@ -124,19 +182,40 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
     /// Regressors: one value per target.
     pub values: Vec<f64>,
+    /// Scorecards: the row's points.
+    pub score: Option<f64>,
+    /// Scorecards, when asked for: the fields that cost the most points, worst first.
+    pub reasons: Vec<ReasonCode>,
 }
 
 impl Prediction {
-    /// The owned form of a scored row; the row index is ignored (the shape
-    /// [`Bundle::score`]'s `emit` takes).
+    /// The owned form of a scored row, without reason codes; the row index is ignored (the
+    /// shape [`Bundle::score`]'s `emit` takes).
     pub fn from_scored(_: usize, scored: Scored<'_>) -> Prediction {
+        Prediction::with_reasons(scored, 0)
+    }
+
+    /// The owned form of a scored row with up to `reasons` reason codes (scorecards).
+    pub fn with_reasons(scored: Scored<'_>, reasons: usize) -> Prediction {
+        let (score, reasons) = match scored.card {
+            Some(card) => (Some(card.score), card.reasons(reasons)),
+            None => (None, Vec::new()),
+        };
         if scored.values.is_empty() {
-            Prediction { class: Some(scored.class), probabilities: scored.probabilities.to_vec(), values: Vec::new() }
+            Prediction {
+                class: Some(scored.class),
+                probabilities: scored.probabilities.to_vec(),
+                values: Vec::new(),
+                score,
+                reasons,
+            }
         } else {
             Prediction {
                 class: None,
                 probabilities: Vec::new(),
                 values: scored.values.iter().map(|v| f64::from(*v)).collect(),
+                score,
+                reasons,
             }
         }
     }
@@ -193,6 +272,16 @@ impl Bundle {
         match config.kind {
             Kind::Classifier => done("config", format!("version {version}, classes {:?}", config.class_labels)),
             Kind::Regressor => done("config", format!("version {version}, regressor")),
+            Kind::Scorecard => {
+                if schema.binned().is_empty() {
+                    return Err(BundleError::Scorecard("binned fields in feature_schema.yaml"));
+                }
+                if schema.binned().iter().any(|&f| !schema.bins(f).is_some_and(|b| b.has_points())) {
+                    return Err(BundleError::Scorecard("points on every binned field's bins"));
+                }
+                let fields = schema.binned().len();
+                done("config", format!("version {version}, scorecard over {fields} binned fields"));
+            }
         }
 
         let engine = Engine::load(
@@ -240,7 +329,8 @@ impl Bundle {
         let mismatch = self.score(&input, |i, scored| {
             let g = &golden[i];
             let values: Vec<f64> = scored.values.iter().map(|v| f64::from(*v)).collect();
-            g.mismatch(scored.label, scored.probabilities, &values, tolerance)
+            let score = scored.card.map(|c| c.score);
+            g.mismatch(scored.label, scored.probabilities, &values, score, tolerance)
                 .map(|reason| (g.line, g.row.row_id.clone(), reason))
         })?;
         match mismatch.into_iter().flatten().next() {
@@ -269,7 +359,7 @@ impl Bundle {
             let mut results = Vec::with_capacity(input.rows);
             if kind == Kind::Regressor {
                 for (i, values) in out.data.chunks_exact(out.width).enumerate() {
-                    results.push(emit(i, Scored { class: 0, label: "", probabilities: &[], values }));
+                    results.push(emit(i, Scored { class: 0, label: "", probabilities: &[], values, card: None }));
                 }
                 return Ok(results);
             }
@@ -288,10 +378,22 @@ impl Bundle {
                     Some(t) => usize::from(probabilities[1] >= t),
                     None => argmax(probabilities),
                 };
-                results.push(emit(i, Scored { class, label: &classes[class], probabilities, values: &[] }));
+                let card = (kind == Kind::Scorecard).then(|| self.card(&input.bins, i));
+                results.push(emit(i, Scored { class, label: &classes[class], probabilities, values: &[], card }));
             }
             Ok(results)
         })?
+    }
+
+    /// Row `i`'s scorecard: base points plus the points of its bins, summed in f64.
+    fn card<'a>(&'a self, bins: &'a [Bin], i: usize) -> Card<'a> {
+        let per_row = self.schema.binned().len();
+        let bins = &bins[i * per_row..(i + 1) * per_row];
+        let mut score = self.config.base_points;
+        for (&field, &b) in self.schema.binned().iter().zip(bins) {
+            score += self.schema.bins(field).and_then(|t| t.points(b)).unwrap_or(0.0);
+        }
+        Card { score, bins, schema: &self.schema }
     }
 
     /// True when this bundle was loaded from exactly the candidate `identity` describes.

@@ -43,6 +43,9 @@ pub struct LabelArgs {
     /// Output file: .jsonl or .csv.
     #[arg(long)]
     pub output: PathBuf,
+    /// Scorecards: reason codes per row (the fields that cost the most points), 0 for none.
+    #[arg(long, default_value_t = 0)]
+    pub reason_codes: u32,
     /// Rows per chunk sent to the server.
     #[arg(long, default_value_t = 512)]
     pub chunk_rows: usize,
@@ -155,15 +158,14 @@ pub async fn run(args: &LabelArgs) -> Result<Summary, LabelError> {
         let Some(response) = response else { break };
         if summary.version.is_empty() {
             summary.version.clone_from(&response.version);
-            let targets = response
-                .results
-                .iter()
-                .find_map(|r| match &r.outcome {
-                    Some(Outcome::Prediction(p)) => Some(p.values.len()),
-                    _ => None,
-                })
-                .unwrap_or(1);
-            out.header(&response.class_names, targets).map_err(io(&args.output))?;
+            let first = response.results.iter().find_map(|r| match &r.outcome {
+                Some(Outcome::Prediction(p)) => Some(p),
+                _ => None,
+            });
+            let targets = first.map_or(1, |p| p.values.len());
+            // Scorecards answer with a score: their files add it and the reason columns.
+            let reasons = first.filter(|p| p.score.is_some()).map(|_| args.reason_codes as usize);
+            out.header(&response.class_names, targets, reasons).map_err(io(&args.output))?;
         }
         let entries = entries_rx.recv().await.unwrap_or_default();
         let mut results = response.results.into_iter();
@@ -254,6 +256,7 @@ fn read_chunks(
                 version: args.version.clone().unwrap_or_default(),
                 rows: std::mem::take(rows),
                 columns: if first { columns.clone() } else { Vec::new() },
+                reason_codes: args.reason_codes,
             };
             if chunk_tx.blocking_send(chunk).is_err() {
                 return false;
@@ -377,17 +380,21 @@ struct Output {
     /// Output columns after `label` (classifiers) or after the first value (regressors).
     classes: usize,
     regressor: bool,
+    /// Scorecards: the number of reason columns after `score`.
+    reasons: Option<usize>,
 }
 
 impl Output {
     fn create(path: &Path, format: Format) -> std::io::Result<Output> {
-        Ok(Output { format, file: BufWriter::new(File::create(path)?), classes: 0, regressor: false })
+        Ok(Output { format, file: BufWriter::new(File::create(path)?), classes: 0, regressor: false, reasons: None })
     }
 
     /// Classifiers: `row_id,label,p_<class>..,version,error`; regressors (no classes):
-    /// `row_id,value,version,error`, or `value_0..` for several targets.
-    fn header(&mut self, classes: &[String], targets: usize) -> std::io::Result<()> {
-        let columns: Vec<String> = if classes.is_empty() {
+    /// `row_id,value,version,error`, or `value_0..` for several targets. Scorecards add
+    /// `score` and `reason_1..` (field names, worst first) after the probabilities.
+    fn header(&mut self, classes: &[String], targets: usize, reasons: Option<usize>) -> std::io::Result<()> {
+        self.reasons = reasons;
+        let mut columns: Vec<String> = if classes.is_empty() {
             self.regressor = true;
             match targets {
                 1 => vec!["value".to_owned()],
@@ -396,6 +403,10 @@ impl Output {
         } else {
             std::iter::once("label".to_owned()).chain(classes.iter().map(|c| format!("p_{c}"))).collect()
         };
+        if let Some(n) = reasons {
+            columns.push("score".to_owned());
+            columns.extend((1..=n).map(|i| format!("reason_{i}")));
+        }
         // Row errors leave every output column empty.
         self.classes = columns.len() - 1;
         if self.format == Format::Csv {
@@ -411,11 +422,21 @@ impl Output {
     fn prediction(&mut self, p: &pb::Prediction, version: &str) -> std::io::Result<()> {
         match self.format {
             Format::Jsonl => {
-                let record = if self.regressor {
+                let mut record = if self.regressor {
                     serde_json::json!({"row_id": p.row_id, "values": p.values, "version": version})
                 } else {
                     serde_json::json!({"row_id": p.row_id, "label": p.label, "probabilities": p.probabilities, "version": version})
                 };
+                if let Some(score) = p.score {
+                    record["score"] = score.into();
+                    record["reasons"] = p
+                        .reasons
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({"field": r.field, "bin": r.bin, "points": r.points, "best_points": r.best_points})
+                        })
+                        .collect();
+                }
                 writeln!(self.file, "{record}")
             }
             Format::Csv if self.regressor => {
@@ -423,7 +444,11 @@ impl Output {
                 writeln!(self.file, "{},{},{},", csv_cell(&p.row_id), values.join(","), csv_cell(version))
             }
             Format::Csv => {
-                let probs: Vec<String> = p.probabilities.iter().map(f32::to_string).collect();
+                let mut probs: Vec<String> = p.probabilities.iter().map(f32::to_string).collect();
+                if let Some(n) = self.reasons {
+                    probs.push(p.score.map(|s| s.to_string()).unwrap_or_default());
+                    probs.extend((0..n).map(|i| p.reasons.get(i).map(|r| csv_cell(&r.field)).unwrap_or_default()));
+                }
                 writeln!(
                     self.file,
                     "{},{},{},{},",

@@ -255,7 +255,7 @@ fn compare(expected: &str, rows: &[GoldenRow], response: &pb::PredictResponse) -
         return mismatches;
     }
     for (g, p) in rows.iter().zip(&response.predictions) {
-        if let Some(reason) = g.mismatch(&p.label, &p.probabilities, &p.values, golden::TOLERANCE) {
+        if let Some(reason) = g.mismatch(&p.label, &p.probabilities, &p.values, p.score, golden::TOLERANCE) {
             mismatches.push(format!("golden line {}: {reason}", g.line));
         }
     }

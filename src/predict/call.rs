@@ -102,6 +102,8 @@ pub struct Request<'a, R> {
     pub version: Option<&'a str>,
     /// Further loaded versions to score the same rows with.
     pub compare_versions: &'a [String],
+    /// Scorecards: how many reason codes each prediction carries (0: none).
+    pub reason_codes: u32,
 }
 
 /// The same rows scored by another loaded version.

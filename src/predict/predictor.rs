@@ -291,10 +291,10 @@ impl Predictor {
 
         let mut comparisons = Vec::with_capacity(others.len());
         for other in others {
-            let predictions = self.score(ctx, &other, req.rows).await?;
+            let predictions = self.score(ctx, &other, req.rows, req.reason_codes).await?;
             comparisons.push(Comparison { bundle: other, predictions });
         }
-        let predictions = self.score(ctx, &bundle, req.rows).await?;
+        let predictions = self.score(ctx, &bundle, req.rows, req.reason_codes).await?;
         Ok(Answer { bundle, predictions, comparisons })
     }
 
@@ -304,9 +304,10 @@ impl Predictor {
         ctx: &CallContext,
         bundle: &Arc<Bundle>,
         rows: &[R],
+        reason_codes: u32,
     ) -> Result<Vec<Prediction>, PredictError> {
         let input = bundle.prepare(rows)?;
-        Ok(self.inner.runner.score(bundle, input, ctx.deadline, prediction).await?)
+        Ok(self.inner.runner.score(bundle, input, ctx.deadline, predictions(reason_codes)).await?)
     }
 
     /// The bundle a call uses: the pinned version, or the live one.
@@ -344,9 +345,10 @@ fn permit(caller: Option<&crate::access::Caller>, task: &str) -> Result<(), Pred
     }
 }
 
-/// A scored row as the core returns it.
-pub(super) fn prediction(i: usize, scored: Scored<'_>) -> Prediction {
-    Prediction::from_scored(i, scored)
+/// How scored rows become the core's predictions: with up to `reason_codes` reason codes each.
+pub(super) fn predictions(reason_codes: u32) -> impl FnMut(usize, Scored<'_>) -> Prediction + Send + 'static {
+    let n = reason_codes as usize;
+    move |_, scored| Prediction::with_reasons(scored, n)
 }
 
 /// Rejections are the caller's business (debug); failures of our own are errors.

@@ -20,7 +20,7 @@ use super::{
     audit::{Entry, Rows},
     call::{Answered, CallContext, KeyOf, Method, Prediction},
     error::{ErrorKind, PredictError},
-    predictor::{Predictor, log_rejection, prediction},
+    predictor::{Predictor, log_rejection, predictions},
 };
 use crate::{
     bundle::Bundle,
@@ -55,6 +55,8 @@ pub struct StreamSession {
     number: u64,
     /// Chunks seen so far.
     chunks: u64,
+    /// Scorecards: reason codes per prediction, as the first chunk asked.
+    reason_codes: u32,
     _open: (OwnedSemaphorePermit, GaugeGuard, GaugeGuard),
 }
 
@@ -82,6 +84,7 @@ impl Predictor {
             outcome: None,
             number: STREAMS.fetch_add(1, Ordering::Relaxed) + 1,
             chunks: 0,
+            reason_codes: 0,
             _open: (permit, in_flight, open),
         })
     }
@@ -90,9 +93,13 @@ impl Predictor {
 impl StreamSession {
     /// Checks a chunk's task against the stream's. The first chunk must name one; it fixes the
     /// stream's task and its one bundle snapshot: the pinned `version`, the live one, or, when
-    /// the task's rollout policy splits, the version its first row's key chooses.
-    pub fn bind(&mut self, task: &str, version: &str) -> Result<(), PredictError> {
+    /// the task's rollout policy splits, the version its first row's key chooses. The first
+    /// chunk's `reason_codes` holds for the stream.
+    pub fn bind(&mut self, task: &str, version: &str, reason_codes: u32) -> Result<(), PredictError> {
         self.chunks += 1;
+        if self.chunks == 1 {
+            self.reason_codes = reason_codes;
+        }
         if let Err(e) = self.bind_inner(task, version) {
             let task = if self.task.is_empty() { task } else { &self.task };
             log_rejection(&self.ctx, task, "", &e);
@@ -243,7 +250,11 @@ impl StreamSession {
         for (batch_index, batch) in rows.chunks(inner.limits.max_batch_rows.max(1)).enumerate() {
             let offset = batch_index * inner.limits.max_batch_rows.max(1);
             let (input, encoded) = preprocess::encode_each(&bundle.schema, batch);
-            let mut scored = inner.runner.score_bulk(&bundle, input, self.ctx.deadline, prediction).await?.into_iter();
+            let mut scored = inner
+                .runner
+                .score_bulk(&bundle, input, self.ctx.deadline, predictions(self.reason_codes))
+                .await?
+                .into_iter();
             for outcome in encoded {
                 outcomes.push(match outcome {
                     Ok(_) => Ok(scored.next().expect("one prediction per good row")),

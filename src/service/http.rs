@@ -33,7 +33,6 @@ use super::{
     tls::ConnInfo,
 };
 use crate::{
-    bundle::Kind,
     pb,
     predict::{CallContext, ErrorKind, Method, PredictError, Prediction, Predictor, Request as Call},
     preprocess::RowView,
@@ -226,6 +225,9 @@ struct PredictBody {
     version: Option<String>,
     #[serde(default)]
     compare_versions: Vec<String>,
+    /// Scorecards: reason codes per prediction.
+    #[serde(default)]
+    reason_codes: u32,
 }
 
 /// `POST /v1/models/{task}:predict`.
@@ -269,6 +271,18 @@ struct JsonPrediction<'a> {
     probabilities: Vec<f32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     values: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<JsonReason>,
+}
+
+#[derive(Serialize)]
+struct JsonReason {
+    field: String,
+    bin: String,
+    points: f64,
+    best_points: f64,
 }
 
 fn to_json<'a>(p: Prediction, row: &'a JsonRow, classes: &'a [String]) -> JsonPrediction<'a> {
@@ -277,6 +291,12 @@ fn to_json<'a>(p: Prediction, row: &'a JsonRow, classes: &'a [String]) -> JsonPr
         label: p.class.map(|c| classes[c].as_str()),
         probabilities: p.probabilities,
         values: p.values,
+        score: p.score,
+        reasons: p
+            .reasons
+            .into_iter()
+            .map(|r| JsonReason { field: r.field, bin: r.bin, points: r.points, best_points: r.best_points })
+            .collect(),
     }
 }
 
@@ -310,6 +330,7 @@ async fn predict(
         request_id: &request.request_id,
         version: request.version.as_deref(),
         compare_versions: &request.compare_versions,
+        reason_codes: request.reason_codes,
     };
     let answer = match face.score(Method::JsonPredict, &conn, &headers, call).await {
         Ok(a) => a,
@@ -357,7 +378,8 @@ async fn kserve_predict(
         Ok(r) => r,
         Err(response) => return response,
     };
-    let call = Call { task, rows: &request.instances, request_id: "", version: None, compare_versions: &[] };
+    let call =
+        Call { task, rows: &request.instances, request_id: "", version: None, compare_versions: &[], reason_codes: 0 };
     let answer = match face.score(Method::KserveV1Predict, &conn, &headers, call).await {
         Ok(a) => a,
         Err(response) => return response,
@@ -452,7 +474,7 @@ async fn describe_task(
     Json(serde_json::json!({
         "task": task,
         "version": bundle.version,
-        "kind": match bundle.config.kind { Kind::Classifier => "classifier", Kind::Regressor => "regressor" },
+        "kind": bundle.config.kind.name(),
         "model_type": bundle.config.model_type,
         "class_names": bundle.class_labels(),
         "manifest_sha256": bundle.manifest_sha256,

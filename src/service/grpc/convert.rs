@@ -37,7 +37,12 @@ pub fn credentials<T>(request: &Request<T>) -> (Option<&str>, &[String]) {
 /// A core prediction in wire form.
 pub fn to_pb(p: Prediction, row_id: String, classes: &[String]) -> pb::Prediction {
     let label = p.class.map(|c| classes[c].clone()).unwrap_or_default();
-    pb::Prediction { row_id, label, probabilities: p.probabilities, values: p.values }
+    let reasons = p
+        .reasons
+        .into_iter()
+        .map(|r| pb::ReasonCode { field: r.field, bin: r.bin, points: r.points, best_points: r.best_points })
+        .collect();
+    pb::Prediction { row_id, label, probabilities: p.probabilities, values: p.values, score: p.score, reasons }
 }
 
 impl RowView for pb::Row {
@@ -83,7 +88,7 @@ pub fn rollout_policy(p: &LivePolicy) -> pb::RolloutPolicy {
 pub fn field_info(field: &Field) -> pb::FieldInfo {
     let default = match &field.missing {
         Missing::Default(v) => Some(v.into()),
-        Missing::Reject | Missing::Value { .. } | Missing::Input(_) => None,
+        Missing::Reject | Missing::Value { .. } | Missing::Input(_) | Missing::Bin(_) => None,
     };
     let (categories, unknown) = match &field.encoder {
         Encoder::Categorical { categories, unknown, .. }
@@ -97,7 +102,13 @@ pub fn field_info(field: &Field) -> pb::FieldInfo {
             };
             (categories.iter().map(|c| c.to_string()).collect(), unknown)
         }
-        Encoder::Numeric { .. } | Encoder::Boolean { .. } | Encoder::Input { .. } => (Vec::new(), String::new()),
+        Encoder::Binned(bins) if field.kind == FieldKind::Categorical => {
+            let unknown = if bins.has_unknown_bin() { "bin" } else { "reject" };
+            (bins.categories().iter().map(|c| c.to_string()).collect(), unknown.to_owned())
+        }
+        Encoder::Numeric { .. } | Encoder::Boolean { .. } | Encoder::Input { .. } | Encoder::Binned(_) => {
+            (Vec::new(), String::new())
+        }
     };
     pb::FieldInfo {
         name: field.name.to_string(),

@@ -15,7 +15,6 @@ use tonic::{Request, Response, Status, Streaming};
 use self::convert::{call_context, credentials, to_pb};
 use super::health::Readiness;
 use crate::{
-    bundle::Kind,
     pb,
     predict::{Method, PredictError, Predictor, Request as Call},
     registry::Registry,
@@ -56,6 +55,7 @@ impl pb::inference_server::Inference for InferenceService {
             request_id: &req.request_id,
             version: (!req.version.is_empty()).then_some(req.version.as_str()),
             compare_versions: &req.compare_versions,
+            reason_codes: req.reason_codes,
         };
         let answer = self.predictor.predict(&ctx, call).await?;
         let comparisons = answer
@@ -138,11 +138,7 @@ impl pb::inference_server::Inference for InferenceService {
             evaluation: bundle.evaluation.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             evaluation_json: bundle.evaluation_json.clone(),
             fields: bundle.schema.fields().iter().map(convert::field_info).collect(),
-            kind: match bundle.config.kind {
-                Kind::Classifier => "classifier",
-                Kind::Regressor => "regressor",
-            }
-            .to_owned(),
+            kind: bundle.config.kind.name().to_owned(),
         }))
     }
 

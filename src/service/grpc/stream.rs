@@ -101,8 +101,8 @@ async fn answer(
     chunk: pb::BatchPredictRequest,
     chunk_index: u64,
 ) -> Result<pb::BatchPredictResponse, PredictError> {
-    let pb::BatchPredictRequest { task, version, rows, columns: new_columns } = chunk;
-    session.bind(&task, &version)?;
+    let pb::BatchPredictRequest { task, version, rows, columns: new_columns, reason_codes } = chunk;
+    session.bind(&task, &version, reason_codes)?;
     if !new_columns.is_empty() {
         *columns = new_columns;
     }

@@ -230,6 +230,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for V2Service {
             request_id: &request.id,
             version: (!request.model_version.is_empty()).then_some(request.model_version.as_str()),
             compare_versions: &[],
+            reason_codes: 0,
         };
         let answer = self.predictor.predict(&ctx, call).await?;
         // The answer takes the form the request used: raw in, raw out.

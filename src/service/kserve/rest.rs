@@ -442,6 +442,7 @@ async fn score(
         request_id: &request.id,
         version: (!path.version.is_empty()).then_some(path.version.as_str()),
         compare_versions: &[],
+        reason_codes: 0,
     };
     let answer = face.predictor.predict(&ctx, call).await?;
     let mut tail: Vec<u8> = Vec::new();

@@ -392,6 +392,8 @@ pub enum Output {
     Probabilities,
     /// Regressors: the predicted values per row and target, FP64 `[N, K]`.
     Values,
+    /// Scorecards: the points per row, FP64 `[N]`.
+    Score,
 }
 
 impl Output {
@@ -400,6 +402,7 @@ impl Output {
             Output::Label => "label",
             Output::Probabilities => "probabilities",
             Output::Values => "values",
+            Output::Score => "score",
         }
     }
 
@@ -408,6 +411,7 @@ impl Output {
         match kind {
             Kind::Classifier => &[Output::Label, Output::Probabilities],
             Kind::Regressor => &[Output::Values],
+            Kind::Scorecard => &[Output::Label, Output::Probabilities, Output::Score],
         }
     }
 
@@ -429,14 +433,14 @@ impl Output {
         match self {
             Output::Label => DataType::Bytes,
             Output::Probabilities => DataType::F32,
-            Output::Values => DataType::F64,
+            Output::Values | Output::Score => DataType::F64,
         }
     }
 
     /// The output's shape in model metadata: -1 for the rows (and for a width not known).
     pub fn metadata_shape(self, bundle: &Bundle) -> Vec<i64> {
         match self {
-            Output::Label => vec![-1],
+            Output::Label | Output::Score => vec![-1],
             Output::Probabilities => vec![-1, bundle.class_labels().len() as i64],
             Output::Values => vec![-1, -1],
         }
@@ -486,6 +490,7 @@ pub fn output_data<'b>(output: Output, bundle: &'b Bundle, predictions: &[Predic
             let data: Vec<f64> = predictions.iter().flat_map(|p| p.values.iter().copied()).collect();
             (vec![n, width as i64], OutputData::F64(data))
         }
+        Output::Score => (vec![n], OutputData::F64(predictions.iter().map(|p| p.score.unwrap_or(f64::NAN)).collect())),
     }
 }
 

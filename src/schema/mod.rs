@@ -5,12 +5,15 @@
 //! columns it writes, every categorical knows its category indices. Feature names are resolved
 //! to fields here, once per bundle, never per request.
 
+mod bins;
+
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
 use serde::Deserialize;
 
+pub use self::bins::{Bin, Bins};
 pub use crate::engine::{InputColumn, InputType};
 
 /// Errors found while reading or checking a schema. Each names what is wrong.
@@ -132,6 +135,8 @@ struct FieldSpec {
     /// Entries may share a column (infrequent categories). Default: `name=category`.
     onehot_columns: Option<Vec<Option<String>>>,
     unknown: Option<UnknownSpec>,
+    /// `encoding: binned`: the bin table.
+    bins: Option<bins::BinsSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +181,9 @@ pub enum Encoding {
     Onehot,
     /// One column, `name`, holding the category's index in the vocabulary.
     Ordinal,
+    /// Numeric or categorical: one column, `name`, holding the weight of evidence of the bin
+    /// the value falls into (see `bins`).
+    Binned,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +222,8 @@ pub struct Schema {
     ignored: rustc_hash::FxHashSet<Box<str>>,
     /// Raw-input form: the model inputs (name, element type), one per field in field order.
     inputs: Vec<(String, InputType)>,
+    /// Indices of the binned fields, in field order: the bins preprocessing records per row.
+    binned: Box<[usize]>,
 }
 
 /// One input field and how it is written into the model input.
@@ -271,6 +281,8 @@ pub enum Missing {
     Value { column: usize, value: f32 },
     /// Raw-input form: this value goes to the field's input as is.
     Input(OwnedValue),
+    /// Binned fields: the value falls into this bin (the table's missing bin).
+    Bin(Bin),
 }
 
 /// One arithmetic step of a numeric field.
@@ -303,6 +315,8 @@ pub enum Encoder {
         unknown: Unknown,
         layout: CategoricalLayout,
     },
+    /// A bin table: the bin's weight of evidence goes into the column.
+    Binned(Box<Bins>),
     /// Raw-input form: the checked value goes to model input `input` as its own element type.
     Input {
         kind: FieldKind,
@@ -394,8 +408,14 @@ impl Schema {
             return Err(SchemaError::OrphanColumn(file.columns[i].clone()));
         }
         let ignored = ignored_names(file.ignored, &by_name)?;
+        let binned = fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| matches!(f.encoder, Encoder::Binned(_)))
+            .map(|(i, _)| i)
+            .collect();
         let schema =
-            Schema { fields, by_name, columns: file.columns, strict: file.strict, ignored, inputs: Vec::new() };
+            Schema { fields, by_name, columns: file.columns, strict: file.strict, ignored, inputs: Vec::new(), binned };
         schema.check_defaults()?;
         Ok(schema)
     }
@@ -431,7 +451,8 @@ impl Schema {
             inputs.push((input.name, input.kind));
         }
         let ignored = ignored_names(file.ignored, &by_name)?;
-        let schema = Schema { fields, by_name, columns: Vec::new(), strict: file.strict, ignored, inputs };
+        let schema =
+            Schema { fields, by_name, columns: Vec::new(), strict: file.strict, ignored, inputs, binned: Box::new([]) };
         schema.check_defaults()?;
         Ok(schema)
     }
@@ -499,6 +520,19 @@ impl Schema {
         self.strict && !self.ignored.contains(name)
     }
 
+    /// Indices of the binned fields, in field order.
+    pub fn binned(&self) -> &[usize] {
+        &self.binned
+    }
+
+    /// The bin table of field `i`, when it is binned.
+    pub fn bins(&self, i: usize) -> Option<&Bins> {
+        match &self.fields[i].encoder {
+            Encoder::Binned(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Whether the schema lists `name` as a feature callers may send and the model ignores.
     pub fn ignores(&self, name: &str) -> bool {
         self.ignored.contains(name)
@@ -509,6 +543,9 @@ fn compile_field(
     spec: FieldSpec,
     claim: &mut impl FnMut(&str, String) -> Result<usize, SchemaError>,
 ) -> Result<Field, SchemaError> {
+    if spec.encoding == Some(Encoding::Binned) || spec.bins.is_some() {
+        return compile_binned(spec, claim);
+    }
     let name = spec.name;
     let bad = |reason: &str| SchemaError::Field { field: name.clone(), reason: reason.to_owned() };
     let categorical = spec.kind == FieldType::Categorical;
@@ -643,6 +680,7 @@ fn compile_field(
                     let column = claim(&name, name.clone())?;
                     (CategoricalLayout::Ordinal { column, codes }, Some(column))
                 }
+                Encoding::Binned => unreachable!("binned fields are compiled by compile_binned"),
             };
             (
                 Encoder::Categorical {
@@ -674,6 +712,65 @@ fn compile_field(
         required: spec.required,
         missing,
         encoder,
+        min: spec.min,
+        max: spec.max,
+    })
+}
+
+/// A binned field: numeric or categorical, one column holding its bin's weight of evidence.
+fn compile_binned(
+    spec: FieldSpec,
+    claim: &mut impl FnMut(&str, String) -> Result<usize, SchemaError>,
+) -> Result<Field, SchemaError> {
+    let name = spec.name;
+    let bad = |reason: &str| SchemaError::Field { field: name.clone(), reason: reason.to_owned() };
+    if spec.encoding != Some(Encoding::Binned) {
+        return Err(bad("`bins` go with `encoding: binned`"));
+    }
+    let Some(table) = spec.bins else {
+        return Err(bad("a binned field needs `bins`"));
+    };
+    if spec.kind == FieldType::Boolean {
+        return Err(bad("boolean fields cannot be binned"));
+    }
+    if spec.vocabulary.is_some()
+        || spec.codes.is_some()
+        || spec.onehot_columns.is_some()
+        || spec.unknown.is_some()
+        || spec.scaler.is_some()
+        || spec.transform.is_some()
+        || spec.missing_value.is_some()
+    {
+        return Err(bad("a binned field takes its categories, unknown and missing values from `bins` \
+             (no vocabulary, codes, onehot_columns, unknown, scaler, transform or missing_value)"));
+    }
+    if let (Some(lo), Some(hi)) = (spec.min, spec.max) {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(bad("min is greater than max"));
+        }
+    }
+    let categorical = spec.kind == FieldType::Categorical;
+    if categorical && (spec.min.is_some() || spec.max.is_some()) {
+        return Err(bad("min and max apply to numeric fields only"));
+    }
+    let column = claim(&name, name.clone())?;
+    let shape = bins::Shape { categorical, integer: spec.kind == FieldType::Integer, min: spec.min, max: spec.max };
+    let table = Bins::compile(table, shape, column).map_err(|r| bad(&r))?;
+    let missing = match (table.missing(), spec.default, spec.required) {
+        (Some(_), Some(_), _) => return Err(bad("give either a default or a missing bin, not both")),
+        (Some(_), None, true) => return Err(bad("a field with a missing bin is optional (required: false)")),
+        (Some(b), None, false) => Missing::Bin(b),
+        (None, Some(_), true) => return Err(bad("a required field cannot have a default")),
+        (None, Some(d), false) => Missing::Default(d),
+        (None, None, true) => Missing::Reject,
+        (None, None, false) => return Err(bad("an optional binned field needs a default or a missing bin")),
+    };
+    Ok(Field {
+        name: name.into_boxed_str(),
+        kind: FieldKind::from(spec.kind),
+        required: spec.required,
+        missing,
+        encoder: Encoder::Binned(Box::new(table)),
         min: spec.min,
         max: spec.max,
     })
@@ -945,6 +1042,7 @@ impl Encoder {
                     CategoricalLayout::Ordinal { column, codes } => row[*column] = codes[index as usize],
                 }
             }
+            Encoder::Binned(bins) => row[bins.column] = bins.woe(bins.bin(value)?),
             Encoder::Input { .. } => unreachable!("raw-input fields are put, not written"),
         }
         Ok(())
