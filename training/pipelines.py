@@ -64,3 +64,19 @@ def example_models(x: pd.DataFrame) -> dict[str, tuple[str, Pipeline]]:
             ),
         ),
     }
+
+
+def example_scorecard(x: pd.DataFrame):
+    """An unfitted optbinning Scorecard over every column of `x`: optimal WoE binning, a
+    logistic regression on the WoE columns, points scaled to 600 at odds 50:1 with 20 points
+    to double the odds (higher is better)."""
+    from optbinning import BinningProcess, Scorecard
+
+    names = list(x.columns)
+    cats = [c for c in names if not pd.api.types.is_numeric_dtype(x[c])]
+    return Scorecard(
+        binning_process=BinningProcess(names, categorical_variables=cats),
+        estimator=LogisticRegression(max_iter=2000),
+        scaling_method="pdo_odds",
+        scaling_method_params={"pdo": 20, "odds": 50, "scorecard_points": 600},
+    )

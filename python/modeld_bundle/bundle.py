@@ -90,6 +90,28 @@ def export(
     schema encodes), "onnx" (the whole pipeline, one model input per raw column) or "auto" (the
     schema form when every step maps onto it). `evaluation` is merged into evaluation.json.
     """
+    from .scorecard import export_card, from_optbinning, is_optbinning
+
+    if is_optbinning(model):
+        if overrides or mode != "auto":
+            raise ExportError(
+                "optbinning models take their serving rules from the bin tables: no overrides or mode"
+            )
+        if not isinstance(sample, pd.DataFrame) or sample.empty:
+            raise ExportError("sample must be a non-empty pandas DataFrame of raw rows")
+        card, proba, score, sample = from_optbinning(model, sample)
+        return export_card(
+            card,
+            proba,
+            score,
+            sample,
+            out,
+            task=task,
+            version=version,
+            class_labels=class_labels,
+            description=description,
+            evaluation=evaluation,
+        )
     started = time.monotonic()
     if not task or "/" in task or not version or "/" in version:
         raise ExportError("task and version must be non-empty names without '/'")

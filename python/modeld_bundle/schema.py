@@ -7,6 +7,7 @@ written, so a schema that would make modeld disagree with the Python model never
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 
@@ -122,6 +123,9 @@ def encode(schema: dict, rows: list[dict[str, Any]]) -> np.ndarray:
         for spec in schema["fields"]:
             value = row.get(spec["name"])
             if value is None:
+                if "missing" in spec.get("bins", {}):
+                    out[r, index[spec["name"]]] = spec["bins"]["missing"]["woe"]
+                    continue
                 if "default" in spec:
                     value = spec["default"]
                 elif "missing_value" in spec:
@@ -137,8 +141,48 @@ def encode(schema: dict, rows: list[dict[str, Any]]) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def bin_of(spec: dict, value: Any) -> int:
+    """The bin a value falls into, as modeld finds it: regular bins (right-open `[a, b)`
+    intervals, or category groups), then the special, missing and unknown bins in that order."""
+    bins = spec["bins"]
+    extra = [k for k in ("special", "missing", "unknown") if k in bins]
+    at = {k: len(bins["woe"]) + i for i, k in enumerate(extra)}
+    special, missing, unknown = at.get("special"), at.get("missing"), at.get("unknown")
+    if value is None:
+        if missing is None:
+            raise ValueError("required field is missing")
+        return missing
+    if spec["type"] == "categorical":
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        for i, group in enumerate(bins["groups"]):
+            if value in group:
+                return i
+        if special is not None and value in bins["special"]["codes"]:
+            return special
+        if unknown is None:
+            raise ValueError(f"unknown category `{value}`")
+        return unknown
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected a finite {spec['type']}, got {value!r}")
+    if special is not None and float(value) in [float(c) for c in bins["special"]["codes"]]:
+        return special
+    if ("min" in spec and value < spec["min"]) or ("max" in spec and value > spec["max"]):
+        raise ValueError(f"value {value} is out of range")
+    return bisect.bisect_right(bins["edges"], float(value))
+
+
+def bin_table(spec: dict, key: str) -> list:
+    """Per bin (in `bin_of`'s order), the table's `woe` or `points`."""
+    bins = spec["bins"]
+    return list(bins[key]) + [bins[k][key] for k in ("special", "missing", "unknown") if k in bins]
+
+
 def encode_value(spec: dict, value: Any, row: np.ndarray, index: dict[str, int]) -> None:
     name = spec["name"]
+    if spec.get("encoding") == "binned":
+        row[index[name]] = bin_table(spec, "woe")[bin_of(spec, value)]
+        return
     if spec["type"] in ("number", "integer"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected {spec['type']}, got {type(value).__name__}")

