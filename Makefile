@@ -4,8 +4,9 @@ VENV    := .venv
 DELIVERY_VENV := .venv-delivery
 OIP_VENV := .venv-oip
 MLSERVER_VENV := .venv-mlserver
+SCORECARDPY_VENV := .venv-scorecardpy
 
-.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test bench-v2 bench-mlserver
+.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test scorecardpy-test bench-v2 bench-mlserver bench-scorecard
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
@@ -18,6 +19,7 @@ test: $(ORT_LIB) $(DELIVERY_VENV)/bin/python
 	PATH="$(CURDIR)/$(DELIVERY_VENV)/bin:$$PATH" cargo test --locked --test release -- --ignored
 	$(MAKE) python-test
 	$(MAKE) oip-test
+	$(MAKE) scorecardpy-test
 	$(MAKE) delivery-check
 
 # The export package (python/): lint, then export real pipelines and serve them with the
@@ -39,6 +41,19 @@ oip-test: $(OIP_VENV)/.installed $(ORT_LIB)
 $(OIP_VENV)/.installed: python/oip/requirements.txt
 	test -x $(OIP_VENV)/bin/python || python3 -m venv $(OIP_VENV)
 	$(OIP_VENV)/bin/pip install --quiet -r python/oip/requirements.txt
+	touch $@
+
+# scorecardpy's file form, written by scorecardpy in its own environment (it needs pandas < 3),
+# exported by the export package's command line and served by a real daemon.
+scorecardpy-test: $(SCORECARDPY_VENV)/.installed $(VENV)/.installed $(ORT_LIB)
+	cargo build --locked
+	cd python/scorecardpy && MODELD_BIN=$(CURDIR)/target/debug/modeld MODELD_BUNDLE_CLI=$(CURDIR)/$(VENV)/bin/modeld-bundle \
+		../../$(SCORECARDPY_VENV)/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+		-W "ignore:pkg_resources is deprecated:UserWarning" test_scorecardpy.py
+
+$(SCORECARDPY_VENV)/.installed: python/scorecardpy/requirements.txt
+	test -x $(SCORECARDPY_VENV)/bin/python || python3 -m venv $(SCORECARDPY_VENV)
+	$(SCORECARDPY_VENV)/bin/pip install --quiet -r python/scorecardpy/requirements.txt
 	touch $@
 
 python-lint: $(VENV)/.installed

