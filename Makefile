@@ -77,6 +77,11 @@ bench: $(ORT_LIB)
 bench-v2: $(ORT_LIB)
 	cargo bench --bench kserve
 
+# The example scorecard, with and without reason codes, beside the GBDT example on one daemon.
+bench-scorecard: $(VENV)/.installed $(ORT_LIB)
+	cargo build --release --locked
+	$(VENV)/bin/python python/bench/scorecard.py
+
 bench-mlserver: $(MLSERVER_VENV)/.installed $(ORT_LIB)
 	cargo build --release --locked
 	$(MLSERVER_VENV)/bin/python python/bench/mlserver_v2.py
