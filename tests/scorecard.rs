@@ -137,3 +137,37 @@ async fn streams_http_and_label_carry_score_and_reasons() {
         assert_eq!(&r[6], want.reasons.get(1).map_or("", |x| x.field.as_str()));
     }
 }
+
+#[tokio::test]
+async fn audit_records_keep_the_score_and_the_reasons_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let mut config = test_config(&repo_models());
+    config.tasks = vec![CARD.to_owned()];
+    config.audit = Some(audit_to(&log));
+    let server = TestServer::start_ready(config).await;
+    let golden = card_golden();
+    let mut call = request(&golden[..2], 2);
+    call.request_id = "card-1".into();
+    let answer = server.client().await.predict(call).await.unwrap().into_inner();
+    server.stop().await.unwrap(); // flushes the log
+
+    let text = std::fs::read_to_string(modeld::telemetry::audit::log_files(&log)[0].clone()).unwrap();
+    let record: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["request_id"] == "card-1")
+        .unwrap();
+    for (row, p) in record["rows"].as_array().unwrap().iter().zip(&answer.predictions) {
+        let outputs = &row["outputs"]["v1"];
+        assert_eq!(outputs["score"].as_f64(), p.score);
+        let reasons = outputs["reasons"].as_array().unwrap();
+        assert_eq!(reasons.len(), p.reasons.len());
+        for (r, want) in reasons.iter().zip(&p.reasons) {
+            assert_eq!(r["field"], want.field.as_str());
+            assert_eq!(r["bin"], want.bin.as_str());
+            assert_eq!(r["points"].as_f64(), Some(want.points));
+            assert_eq!(r["best_points"].as_f64(), Some(want.best_points));
+        }
+    }
+}

@@ -318,3 +318,24 @@ def test_refuses_what_it_cannot_express(tmp_path):
         export(card, x, tmp_path / "v1", task="t", version="v1", overrides={"fields": {}})
     with pytest.raises(ExportError, match="lacks the binned columns"):
         export(card, x.drop(columns=["purpose"]), tmp_path / "v1", task="t", version="v1")
+
+
+def test_cli_exports_a_saved_scorecard(served, tmp_path):
+    """`modeld-bundle export --model card.joblib` recognises the fitted Scorecard; the sample's
+    text cells are typed by the bins, so the bundle equals the one exported from Python."""
+    import joblib
+
+    from modeld_bundle.cli import main
+
+    root, _, x, card, _, _ = served
+    joblib.dump(card, tmp_path / "card.joblib")
+    x.to_csv(tmp_path / "sample.csv", index=False)
+    out = tmp_path / "card" / "v1"
+    args = ["export", "--model", str(tmp_path / "card.joblib"), "--sample", str(tmp_path / "sample.csv")]
+    assert (
+        main([*args, "--task", "card", "--version", "v1", "--out", str(out), "--class-labels", "good,bad"])
+        == 0
+    )
+    assert "PASS" in modeld("validate", str(out)).stdout
+    for name in ("feature_schema.yaml", "config.yaml", "golden.jsonl", "model.onnx"):
+        assert (out / name).read_bytes() == (root / "card" / "v1" / name).read_bytes(), name

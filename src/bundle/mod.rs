@@ -129,7 +129,7 @@ pub struct Card<'a> {
 }
 
 /// A field that cost the row points: what an adverse-action notice names.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ReasonCode {
     pub field: String,
     /// The label of the bin the row's value fell into.

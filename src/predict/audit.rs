@@ -9,7 +9,7 @@
 //! `time` (RFC 3339, UTC, microseconds), `request_id`, `stream` and `chunk` (streams), `peer`,
 //! `caller`, `task`, `method`, `version`, `manifest_sha256`, `compare` (`[{version,
 //! manifest_sha256}]`), `outcome` (`{code, message, row, field}`), `latency_ms`, and `rows`:
-//! `[{row_id, features, outputs: {version: {label, probabilities} | {values}}, error}]`.
+//! `[{row_id, features, outputs: {version: {label, probabilities[, score, reasons]} | {values}}, error}]`.
 
 use std::{
     cell::Cell,
@@ -406,6 +406,12 @@ impl Serialize for PredictionRecord<'_> {
         }
         if !self.p.values.is_empty() {
             map.serialize_entry("values", &self.p.values)?;
+        }
+        if let Some(score) = self.p.score {
+            map.serialize_entry("score", &score)?;
+        }
+        if !self.p.reasons.is_empty() {
+            map.serialize_entry("reasons", &self.p.reasons)?;
         }
         map.end()
     }
