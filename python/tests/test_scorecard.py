@@ -149,6 +149,8 @@ def test_every_row_scores_like_optbinning(served, pb):
     assert reports["card"].kind == "scorecard"
     assert "PASS" in modeld("validate", str(root / "card" / "v1")).stdout
     fields = schema_of(root, "card")["fields"]
+    x = x.copy()
+    x.loc[x.index[::97], "purpose"] = "never-seen"  # optbinning scores unseen categories too
     rows = wire_rows(pb2, x, fields)
     served_rows = []
     with grpc.insecure_channel(daemon.grpc) as channel:
