@@ -15,19 +15,16 @@ Usage (from the repository root, after `cargo build --release`):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_exported import REPO, failures, frame, h2load, stubs, wait_ready  # noqa: E402
+from serve_exported import REPO, failures, frame, h2load, serve, stubs  # noqa: E402
 
 from modeld_bundle.examples import LABEL, german_credit  # noqa: E402
 
@@ -58,27 +55,8 @@ def main():
             frame(pb2.PredictRequest(task=task, rows=[row], reason_codes=reasons).SerializeToString())
         )
         bodies.append(body)
-    env = {
-        **os.environ,
-        "MODELD_MODEL_ROOT": str(REPO / "models"),
-        "MODELD_GRPC_ADDR": "127.0.0.1:0",
-        "MODELD_ADMIN_ADDR": "127.0.0.1:0",
-        "MODELD_HTTP_ADDR": "127.0.0.1:0",
-        "MODELD_CONFIG": "/dev/null",
-        "MODELD_LOG_FORMAT": "json",
-        "MODELD_ORT_LIBRARY": str(REPO / ".ort/libonnxruntime.so.1.31.1"),
-    }
-    daemon = subprocess.Popen(
-        [str(REPO / "target/release/modeld"), "serve"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    daemon, grpc, admin = serve(REPO / "models")
     try:
-        for line in daemon.stderr:
-            entry = json.loads(line)
-            if entry.get("message") == "listening":
-                grpc, admin = entry["grpc"], entry["admin"]
-                break
-        threading.Thread(target=lambda: [None for _ in daemon.stderr], daemon=True).start()
-        wait_ready(admin)
         url = f"http://{grpc}/modeld.v1.Inference/Predict"
         best: dict[tuple[int, int], tuple[float, float, float]] = {}
         for _ in range(ROUNDS):

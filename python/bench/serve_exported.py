@@ -149,6 +149,34 @@ def wait_ready(admin: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)  # polling a condition
 
 
+def serve(root: Path) -> tuple[subprocess.Popen, str, str]:
+    """The release daemon over `root` on ports it picks, ready; its gRPC and admin addresses."""
+    env = {
+        **os.environ,
+        "MODELD_MODEL_ROOT": str(root),
+        "MODELD_GRPC_ADDR": "127.0.0.1:0",
+        "MODELD_ADMIN_ADDR": "127.0.0.1:0",
+        "MODELD_HTTP_ADDR": "127.0.0.1:0",
+        "MODELD_CONFIG": "/dev/null",
+        "MODELD_LOG_FORMAT": "json",
+        "MODELD_ORT_LIBRARY": str(REPO / ".ort/libonnxruntime.so.1.31.1"),
+    }
+    daemon = subprocess.Popen(
+        [str(REPO / "target/release/modeld"), "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    for line in daemon.stderr:
+        entry = json.loads(line)
+        if entry.get("message") == "listening":
+            grpc, admin = entry["grpc"], entry["admin"]
+            break
+    else:
+        sys.exit("the daemon exited before listening")
+    # Keep reading the log so the daemon never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in daemon.stderr], daemon=True).start()
+    wait_ready(admin)
+    return daemon, grpc, admin
+
+
 def main():
     work = Path(tempfile.mkdtemp(prefix="modeld-bench-"))
     pb2 = stubs(work)
@@ -202,28 +230,8 @@ def main():
         (root / task / "current").symlink_to("v2" if task == "credit_risk" else "v1")
     inprocess(root)
 
-    env = {
-        **os.environ,
-        "MODELD_MODEL_ROOT": str(root),
-        "MODELD_GRPC_ADDR": "127.0.0.1:0",
-        "MODELD_ADMIN_ADDR": "127.0.0.1:0",
-        "MODELD_HTTP_ADDR": "127.0.0.1:0",
-        "MODELD_CONFIG": "/dev/null",
-        "MODELD_LOG_FORMAT": "json",
-        "MODELD_ORT_LIBRARY": str(REPO / ".ort/libonnxruntime.so.1.31.1"),
-    }
-    daemon = subprocess.Popen(
-        [str(REPO / "target/release/modeld"), "serve"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    daemon, grpc, admin = serve(root)
     try:
-        for line in daemon.stderr:
-            entry = json.loads(line)
-            if entry.get("message") == "listening":
-                grpc, admin = entry["grpc"], entry["admin"]
-                break
-        # Keep reading the log so the daemon never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in daemon.stderr], daemon=True).start()
-        wait_ready(admin)
         print(f"\nPredict, one German Credit row of named raw features per call, h2load, {SECONDS} s each")
         print(f"{'task':<12} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         first = df.iloc[0]

@@ -99,12 +99,8 @@ def export(
             )
         if not isinstance(sample, pd.DataFrame) or sample.empty:
             raise ExportError("sample must be a non-empty pandas DataFrame of raw rows")
-        card, proba, score, sample = from_optbinning(model, sample)
         return export_card(
-            card,
-            proba,
-            score,
-            sample,
+            from_optbinning(model, sample),
             out,
             task=task,
             version=version,

