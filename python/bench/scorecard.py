@@ -16,15 +16,13 @@ Usage (from the repository root, after `cargo build --release`):
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_exported import REPO, failures, frame, h2load, serve, stubs  # noqa: E402
+from serve_exported import REPO, frame, h2load, serving, stubs  # noqa: E402
 
 from modeld_bundle.examples import LABEL, german_credit  # noqa: E402
 
@@ -55,8 +53,7 @@ def main():
             frame(pb2.PredictRequest(task=task, rows=[row], reason_codes=reasons).SerializeToString())
         )
         bodies.append(body)
-    daemon, grpc, admin = serve(REPO / "models")
-    try:
+    with serving(REPO / "models", work) as (grpc, _):
         url = f"http://{grpc}/modeld.v1.Inference/Predict"
         best: dict[tuple[int, int], tuple[float, float, float]] = {}
         for _ in range(ROUNDS):
@@ -72,14 +69,6 @@ def main():
             _, p50, p99 = best[(i, 1)]
             rps, q50, q99 = best[(i, 32)]
             print(f"{name:<22} {p50:>8.3f} / {p99:<7.3f} {rps:>15.0f} {q50:>7.3f} {q99:>7.3f}")
-        bad = failures(admin)
-        if bad:
-            sys.exit(f"{bad:.0f} calls were answered with an error status")
-        print("every call answered OK (modeld_requests_total)")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

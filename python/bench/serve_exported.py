@@ -15,6 +15,7 @@ Usage (from the repository root, after `cargo build --release`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,6 +150,23 @@ def wait_ready(admin: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)  # polling a condition
 
 
+@contextlib.contextmanager
+def serving(root: Path, work: Path):
+    """The release daemon over `root` for the block (its gRPC and admin addresses); afterwards,
+    a run where any call got an error status fails; the daemon is stopped, `work` removed."""
+    daemon, grpc, admin = serve(root)
+    try:
+        yield grpc, admin
+        bad = failures(admin)
+        if bad:
+            sys.exit(f"{bad:.0f} calls were answered with an error status")
+        print("every call answered OK (modeld_requests_total)")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def serve(root: Path) -> tuple[subprocess.Popen, str, str]:
     """The release daemon over `root` on ports it picks, ready; its gRPC and admin addresses."""
     env = {
@@ -230,8 +248,7 @@ def main():
         (root / task / "current").symlink_to("v2" if task == "credit_risk" else "v1")
     inprocess(root)
 
-    daemon, grpc, admin = serve(root)
-    try:
+    with serving(root, work) as (grpc, admin):
         print(f"\nPredict, one German Credit row of named raw features per call, h2load, {SECONDS} s each")
         print(f"{'task':<12} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         first = df.iloc[0]
@@ -251,14 +268,6 @@ def main():
                     f"http://{grpc}/modeld.v1.Inference/Predict", body, conns, work / "log.tsv"
                 )
                 print(f"{task:<12} {conns:>5} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f}")
-        bad = failures(admin)
-        if bad:
-            sys.exit(f"{bad:.0f} calls were answered with an error status")
-        print("every call answered OK (modeld_requests_total)")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
