@@ -527,13 +527,7 @@ def export_card(
     golden rows (and on the source's check rows, scored by the library elsewhere, when given)."""
     from .bundle import Report, float_matrix, to_onnx, write_bundle
 
-    card, predict_proba, library_score, sample, check = (
-        source.card,
-        source.predict_proba,
-        source.score,
-        source.sample,
-        source.check,
-    )
+    card, sample = source.card, source.sample
     started = time.monotonic()
     if not task or "/" in task or not version or "/" in version:
         raise ExportError("task and version must be non-empty names without '/'")
@@ -558,8 +552,8 @@ def export_card(
     frame = frame_of([{**base_extra, **r["features"]} for r in rows], card.fields, all_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = predict_proba(frame)
-        expected_score = library_score(frame) if scored and library_score else None
+        expected = source.predict_proba(frame)
+        expected_score = source.score(frame) if scored and source.score else None
     import onnxruntime as ort
 
     try:
@@ -600,7 +594,7 @@ def export_card(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p1 = predict_proba(sample_frame)[:, 1]
+        p1 = source.predict_proba(sample_frame)[:, 1]
     from .bundle import baseline
 
     doc = {
@@ -630,7 +624,7 @@ def export_card(
         "version.txt": version + "\n",
         "golden.jsonl": "\n".join(golden_lines) + "\n",
     }
-    checked = prove(card, check) if check is not None else 0
+    checked = prove(card, source.check) if source.check is not None else 0
     write_bundle(Path(out), contents)
     what = "scorecard with points" if scored else "no points: probabilities only"
     notes = [f"binned by {card.library}; {what}"]
