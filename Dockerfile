@@ -27,9 +27,12 @@ RUN mkdir src \
     && cargo build --release --locked --bin modeld \
     && rm -rf src
 COPY src src
+# The commit the build-info metric names (the build context has no .git); declared here so
+# that only this last layer depends on it.
+ARG REVISION=unknown
 # COPY keeps the sources' old mtimes; touch them so cargo rebuilds over the placeholders.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin modeld
+    && MODELD_GIT_COMMIT="${REVISION}" cargo build --release --locked --bin modeld
 
 FROM debian:bookworm-slim
 ARG VERSION=dev

@@ -24,5 +24,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::pb::Codec")
         .compile_with_config(config, &["proto/inference/grpc_predict_v2.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    git_commit();
     Ok(())
+}
+
+/// `MODELD_GIT_COMMIT` for the build-info metric: as given to the build (an image build without
+/// the repository passes it in), else the checkout's commit, else "unknown".
+fn git_commit() {
+    println!("cargo:rerun-if-env-changed=MODELD_GIT_COMMIT");
+    let commit = env::var("MODELD_GIT_COMMIT").ok().filter(|c| !c.is_empty()).or_else(|| {
+        // Rebuild when the checkout moves: HEAD, or a branch (a commit rewrites its ref file).
+        for watched in [".git/HEAD", ".git/refs/heads"] {
+            if std::path::Path::new(watched).exists() {
+                println!("cargo:rerun-if-changed={watched}");
+            }
+        }
+        let out = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    println!("cargo:rustc-env=MODELD_GIT_COMMIT={}", commit.unwrap_or_else(|| "unknown".to_owned()));
 }

@@ -152,6 +152,7 @@ impl App {
     pub async fn build(config: &Config) -> Result<App, AppError> {
         engine::init(&config.ort_library)?;
         let metrics = Metrics::new();
+        metrics.set_build_info(&engine::runtime_version(&config.ort_library));
         let options = RegistryOptions {
             load: LoadOptions {
                 engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },

@@ -163,6 +163,26 @@ pub fn init(library: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The version of the ONNX Runtime library `library` is, as its file name says after links are
+/// followed (`libonnxruntime.so.1.31.1`), or as its build information says (release builds name
+/// their branch `rel-1.31.1`); "unknown" when neither does. The library's own version call is
+/// out of reach without unsafe code.
+pub fn runtime_version(library: &Path) -> String {
+    let named = library
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.split_once(".so.").map(|(_, v)| v.to_owned()))
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    let built = || {
+        RUNTIME.get()?;
+        ort::info()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find_map(|part| part.strip_prefix("git-branch=rel-"))
+            .map(str::to_owned)
+    };
+    named.or_else(built).unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// How sessions are built.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {

@@ -151,6 +151,30 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
     assert_eq!(metric_value(&text, "modeld_live_version_info", &[("task", TASK), ("version", "v2")]), Some(1.0));
 }
 
+#[tokio::test]
+async fn metrics_say_what_the_process_is_and_what_it_uses() {
+    let root = model_root(Some("v2"));
+    let server = TestServer::start_ready(test_config(root.path())).await;
+    let (_, text) = http_get(server.admin, "/metrics").await;
+    check_exposition_format(&text);
+    // The tests load the pinned ONNX Runtime; the commit is the checkout's when there is one.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".to_owned(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let build = [("version", env!("CARGO_PKG_VERSION")), ("git_commit", commit.as_str()), ("onnxruntime", "1.31.1")];
+    assert_eq!(metric_value(&text, "modeld_build_info", &build), Some(1.0), "{text}");
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let start = metric_value(&text, "process_start_time_seconds", &[]).unwrap();
+    assert!(start > 0.0 && start <= started + 1.0, "start time {start}, now {started}");
+    assert!(metric_value(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(metric_value(&text, "process_open_fds", &[]).unwrap() >= 3.0, "the listeners are open files");
+    assert!(metric_value(&text, "process_cpu_seconds_total", &[]).is_some());
+}
+
 /// The text format's rules that scrapers rely on: every sample belongs to a family declared by
 /// `# HELP` and `# TYPE` lines, names and labels are well formed, values are numbers.
 fn check_exposition_format(text: &str) {

@@ -29,6 +29,8 @@ pub fn init_logs(filter: &str, format: LogFormat) -> Result<(), Box<dyn std::err
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// 1, labelled with what this process is: modeld's version and commit, ONNX Runtime's version.
+    build_info: IntGaugeVec,
     /// Finished calls by task, version, method and gRPC status code.
     pub requests: IntCounterVec,
     /// Call latency by task and method, from decoded request to encoded response.
@@ -332,9 +334,22 @@ impl Metrics {
             registry.register(c).expect("each metric is registered once");
         }
         let rollout = RolloutMetrics::new(&registry);
+        let build_info = IntGaugeVec::new(
+            Opts::new("modeld_build_info", "Always 1: modeld's version and git commit, and ONNX Runtime's version."),
+            &["version", "git_commit", "onnxruntime"],
+        )
+        .expect("static metric definition is valid");
+        registry.register(Box::new(build_info.clone())).expect("each metric is registered once");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds, process_start_time_seconds, process_threads, process_virtual_memory_*.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("each metric is registered once");
         Metrics {
             rollout,
             registry,
+            build_info,
             requests,
             latency,
             rows,
@@ -360,6 +375,12 @@ impl Metrics {
             tls_reloads,
             tls_expiry,
         }
+    }
+
+    /// Sets `modeld_build_info` for this build and the ONNX Runtime version it loaded.
+    pub fn set_build_info(&self, onnxruntime: &str) {
+        let labels = [env!("CARGO_PKG_VERSION"), env!("MODELD_GIT_COMMIT"), onnxruntime];
+        self.build_info.with_label_values(&labels).set(1);
     }
 
     /// The Prometheus text exposition of every metric.
