@@ -220,10 +220,10 @@ impl Prediction {
         }
     }
 
-    /// The one number a comparison of two versions looks at: P(class 1) for a binary
-    /// classifier, the served class's probability for a multiclass one, the first value for a
-    /// regressor.
-    pub fn score(&self) -> f64 {
+    /// The one number a comparison of two versions looks at (not a scorecard's `score`):
+    /// P(class 1) for a binary classifier, the served class's probability for a multiclass one,
+    /// the first value for a regressor.
+    pub fn compared_score(&self) -> f64 {
         match (self.class, self.probabilities.len()) {
             (Some(_), 2) => f64::from(self.probabilities[1]),
             (Some(c), _) => self.probabilities.get(c).copied().map_or(f64::NAN, f64::from),

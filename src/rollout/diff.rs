@@ -167,6 +167,6 @@ fn label(labels: &[String], class: usize) -> &str {
 fn score_of(p: &Prediction, champion: &Prediction) -> f64 {
     match (champion.class, p.probabilities.len()) {
         (Some(c), n) if n > 2 => p.probabilities.get(c).copied().map_or(f64::NAN, f64::from),
-        _ => p.score(),
+        _ => p.compared_score(),
     }
 }
