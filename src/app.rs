@@ -156,6 +156,7 @@ impl App {
         let options = RegistryOptions {
             load: LoadOptions {
                 engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
+                drift: config.drift,
                 ..LoadOptions::default()
             },
             keep_versions: config.keep_versions.clone(),

@@ -213,6 +213,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MODELD_AUDIT_QUEUE")]
     pub audit_queue: Option<usize>,
 
+    /// Length of the window that `modeld_score_psi` compares with the bundle's score baseline,
+    /// in seconds [default: 900].
+    #[arg(long, env = "MODELD_DRIFT_WINDOW_SECONDS")]
+    pub drift_window_seconds: Option<u64>,
+    /// Scored rows the window must hold before a PSI is exported [default: 500].
+    #[arg(long, env = "MODELD_DRIFT_MIN_ROWS")]
+    pub drift_min_rows: Option<u64>,
+
     /// ONNX Runtime shared library [default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1].
     #[arg(long, env = "MODELD_ORT_LIBRARY")]
     pub ort_library: Option<PathBuf>,
@@ -299,6 +307,20 @@ pub struct Config {
     /// None: connections live as long as their callers keep them.
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Duration,
+    pub drift: DriftConfig,
+}
+
+/// The score drift window (`modeld_score_psi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftConfig {
+    pub window: Duration,
+    pub min_rows: u64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig { window: Duration::from_secs(900), min_rows: 500 }
+    }
 }
 
 /// A certificate, its key, and optionally the CA that client certificates must come from.
@@ -440,6 +462,10 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
         max_connection_age_grace: ms(cli.max_connection_age_grace_ms.or(file.max_connection_age_grace_ms), 30_000),
+        drift: DriftConfig {
+            window: Duration::from_secs(cli.drift_window_seconds.or(file.drift_window_seconds).unwrap_or(900)),
+            min_rows: cli.drift_min_rows.or(file.drift_min_rows).unwrap_or(500),
+        },
         model_root,
         bundle_dir,
     };
@@ -447,6 +473,9 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         return invalid(
             "tls_client_ca needs tls_cert and tls_key: client certificates are checked in the TLS handshake".into(),
         );
+    }
+    if config.drift.window.is_zero() {
+        return invalid("drift_window_seconds must be at least 1".into());
     }
     if [config.inference_threads, config.max_rows, config.max_message_bytes, config.max_batch_rows, config.max_streams]
         .contains(&0)

@@ -4,7 +4,10 @@
 //! as they are, without an intermediate copy. The output is one contiguous buffer, allocated once
 //! per call. The first bad value stops the call with a [`RowError`] naming row and field.
 
-use crate::schema::{Bin, Echo, Encoder, InputColumn, Missing, OwnedValue, Reason, Schema, Value};
+use crate::{
+    schema::{Bin, Echo, Encoder, Fit, InputColumn, Missing, OwnedValue, Reason, Schema, Value},
+    telemetry::drift::Drift,
+};
 
 /// Read access to one row, whatever its wire or file form.
 pub trait RowView {
@@ -54,10 +57,11 @@ pub struct Input {
     pub bins: Vec<Bin>,
 }
 
-/// Encodes all rows, or fails on the first bad one.
-pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError> {
+/// Encodes all rows, or fails on the first bad one. With `drift`, defaults applied, unknown
+/// categories accepted and the rejection are counted there.
+pub fn encode<R: RowView>(schema: &Schema, rows: &[R], drift: Option<&Drift>) -> Result<Input, RowError> {
     if !schema.inputs().is_empty() {
-        let (input, outcomes) = put_rows(schema, rows, true);
+        let (input, outcomes) = put_rows(schema, rows, true, drift);
         return match outcomes.into_iter().find_map(Result::err) {
             Some(e) => Err(e),
             None => Ok(input),
@@ -68,11 +72,9 @@ pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError
     let mut bins = Vec::with_capacity(rows.len() * schema.binned().len());
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
     for (index, (row, out)) in rows.iter().zip(data.chunks_exact_mut(width)).enumerate() {
-        encode_row(schema, row, &mut slots, out, &mut bins).map_err(|(field, reason)| RowError {
-            row_index: index,
-            row_id: row.row_id().to_owned(),
-            field: field.to_owned(),
-            reason,
+        encode_row(schema, row, &mut slots, out, &mut bins, drift).map_err(|(field, reason)| {
+            rejected(schema, drift, field, &reason);
+            RowError { row_index: index, row_id: row.row_id().to_owned(), field: field.to_owned(), reason }
         })?;
     }
     Ok(Input { data, rows: rows.len(), width, columns: Vec::new(), bins })
@@ -80,9 +82,13 @@ pub fn encode<R: RowView>(schema: &Schema, rows: &[R]) -> Result<Input, RowError
 
 /// Encodes each row on its own: one result per row, for streams where a bad row must not
 /// stop the others. Bad rows leave a zeroed slot in the input that is never reported.
-pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Result<usize, RowError>>) {
+pub fn encode_each<R: RowView>(
+    schema: &Schema,
+    rows: &[R],
+    drift: Option<&Drift>,
+) -> (Input, Vec<Result<usize, RowError>>) {
     if !schema.inputs().is_empty() {
-        return put_rows(schema, rows, false);
+        return put_rows(schema, rows, false, drift);
     }
     let width = schema.width();
     let mut data = Vec::with_capacity(rows.len() * width);
@@ -93,12 +99,13 @@ pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Resul
     let mut good = 0;
     for (index, row) in rows.iter().enumerate() {
         data.resize((good + 1) * width, 0.0);
-        match encode_row(schema, row, &mut slots, &mut data[good * width..], &mut bins) {
+        match encode_row(schema, row, &mut slots, &mut data[good * width..], &mut bins, drift) {
             Ok(()) => {
                 outcomes.push(Ok(good));
                 good += 1;
             }
             Err((field, reason)) => {
+                rejected(schema, drift, field, &reason);
                 data.truncate(good * width);
                 bins.truncate(good * per_row);
                 outcomes.push(Err(RowError {
@@ -116,18 +123,24 @@ pub fn encode_each<R: RowView>(schema: &Schema, rows: &[R]) -> (Input, Vec<Resul
 
 /// The raw-input form: each good row's values appended to the model inputs' columns; a row that
 /// fails half way is taken back out. With `stop`, the first bad row ends the work.
-fn put_rows<R: RowView>(schema: &Schema, rows: &[R], stop: bool) -> (Input, Vec<Result<usize, RowError>>) {
+fn put_rows<R: RowView>(
+    schema: &Schema,
+    rows: &[R],
+    stop: bool,
+    drift: Option<&Drift>,
+) -> (Input, Vec<Result<usize, RowError>>) {
     let mut columns = schema.input_columns(rows.len());
     let mut slots: Vec<Option<Value<'_>>> = vec![None; schema.fields().len()];
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut good = 0;
     for (index, row) in rows.iter().enumerate() {
-        match put_row(schema, row, &mut slots, &mut columns) {
+        match put_row(schema, row, &mut slots, &mut columns, drift) {
             Ok(()) => {
                 outcomes.push(Ok(good));
                 good += 1;
             }
             Err((field, reason)) => {
+                rejected(schema, drift, field, &reason);
                 columns.iter_mut().for_each(|c| c.truncate(good));
                 outcomes.push(Err(RowError {
                     row_index: index,
@@ -149,9 +162,15 @@ fn put_row<'r, R: RowView>(
     row: &'r R,
     slots: &mut [Option<Value<'r>>],
     columns: &mut [InputColumn],
+    drift: Option<&Drift>,
 ) -> Result<(), (&'r str, Reason)> {
     fill_slots(schema, row, slots)?;
-    for (field, slot) in schema.fields().iter().zip(slots.iter()) {
+    for (i, (field, slot)) in schema.fields().iter().zip(slots.iter()).enumerate() {
+        if slot.is_none() && matches!(field.missing, Missing::Default(_) | Missing::Input(_)) {
+            if let Some(d) = drift {
+                d.defaulted(i);
+            }
+        }
         let value = match (slot, &field.missing) {
             (Some(v), _) => *v,
             (None, Missing::Default(default)) => default.as_value(),
@@ -170,9 +189,25 @@ fn put_row<'r, R: RowView>(
                 return Err((&field.name, Reason::Missing));
             }
         };
-        field.encoder.put(value, columns).map_err(|reason| (&*field.name, reason))?;
+        let fit = field.encoder.put(value, columns).map_err(|reason| (&*field.name, reason))?;
+        unknown(drift, i, fit);
     }
     Ok(())
+}
+
+/// Counts an accepted unknown category.
+#[inline]
+fn unknown(drift: Option<&Drift>, field: usize, fit: Fit) {
+    if let (Some(d), Fit::Unknown) = (drift, fit) {
+        d.unknown_category(field);
+    }
+}
+
+/// Counts a refused row by field and reason.
+fn rejected(schema: &Schema, drift: Option<&Drift>, field: &str, reason: &Reason) {
+    if let Some(d) = drift {
+        d.rejected(schema.field_index(field), reason.name());
+    }
 }
 
 /// Each feature the row sends, in its field's slot; a name the schema rejects is the error.
@@ -198,9 +233,15 @@ fn encode_row<'r, R: RowView>(
     slots: &mut [Option<Value<'r>>],
     out: &mut [f32],
     bins: &mut Vec<Bin>,
+    drift: Option<&Drift>,
 ) -> Result<(), (&'r str, Reason)> {
     fill_slots(schema, row, slots)?;
-    for (field, slot) in schema.fields().iter().zip(slots.iter()) {
+    for (i, (field, slot)) in schema.fields().iter().zip(slots.iter()).enumerate() {
+        if slot.is_none() && matches!(field.missing, Missing::Default(_) | Missing::Value { .. } | Missing::Bin(_)) {
+            if let Some(d) = drift {
+                d.defaulted(i);
+            }
+        }
         let value = match (slot, &field.missing) {
             (Some(v), _) => *v,
             (None, Missing::Default(default)) => default.as_value(),
@@ -222,9 +263,11 @@ fn encode_row<'r, R: RowView>(
             let b = table.bin(value).map_err(|reason| (&*field.name, reason))?;
             out[table.column] = table.woe(b);
             bins.push(b);
+            unknown(drift, i, table.fit(b));
             continue;
         }
-        field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
+        let fit = field.encoder.write(value, out).map_err(|reason| (&*field.name, reason))?;
+        unknown(drift, i, fit);
     }
     Ok(())
 }
@@ -279,7 +322,7 @@ ignored: [note]
             row("r0", &[("x", OwnedValue::Number(3.0)), ("c", OwnedValue::Text("a".into()))]),
             row("r1", &[("x", OwnedValue::Integer(1))]),
         ];
-        let input = encode(&schema, &rows).unwrap();
+        let input = encode(&schema, &rows, None).unwrap();
         assert_eq!(input.data, [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
         assert_eq!((input.rows, input.width), (2, 3));
     }
@@ -291,11 +334,53 @@ ignored: [note]
             row("ok", &[("x", OwnedValue::Number(0.0)), ("note", OwnedValue::Text("dropped by the pipeline".into()))]),
             row("bad", &[("y", OwnedValue::Number(0.0))]),
         ];
-        let err = encode(&schema, &rows).unwrap_err();
+        let err = encode(&schema, &rows, None).unwrap_err();
         assert_eq!((err.row_index, err.field.as_str(), &err.reason), (1, "y", &Reason::UnknownField));
         assert_eq!(err.to_string(), "row 1 (row_id `bad`): field `y`: unknown field (the schema is strict)");
-        let missing = encode(&schema, &[row("", &[])]).unwrap_err();
+        let missing = encode(&schema, &[row("", &[])], None).unwrap_err();
         assert_eq!(missing.to_string(), "row 0: field `x`: required field is missing");
+    }
+
+    #[test]
+    fn defaults_unknown_categories_and_rejections_are_counted_per_field() {
+        use crate::{
+            config::DriftConfig,
+            telemetry::drift::{DriftSet, ScoreKind},
+        };
+        let schema = Schema::parse(&SCHEMA.replace("unknown: reject", "unknown: {fallback: b}")).unwrap();
+        let fields = schema.fields().iter().map(|f| &*f.name);
+        let drift = std::sync::Arc::new(Drift::new("v1", fields, ScoreKind::Probability, None, DriftConfig::default()));
+        let set = DriftSet::default();
+        set.watch("t", &drift);
+        let rows = [
+            row("default", &[("x", OwnedValue::Number(3.0))]),
+            row("unknown", &[("x", OwnedValue::Number(3.0)), ("c", OwnedValue::Text("zz".into()))]),
+            row("known", &[("x", OwnedValue::Number(3.0)), ("c", OwnedValue::Text("a".into()))]),
+            row("wrong type", &[("x", OwnedValue::Text("3".into()))]),
+            row("stranger", &[("x", OwnedValue::Number(3.0)), ("y", OwnedValue::Number(0.0))]),
+        ];
+        let (_, outcomes) = encode_each(&schema, &rows, Some(&drift));
+        assert_eq!(outcomes.iter().filter(|o| o.is_err()).count(), 2);
+        assert!(encode(&schema, &rows[3..4], Some(&drift)).is_err());
+        let text = {
+            let mut out = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &prometheus::core::Collector::collect(&set),
+                &mut out,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        for line in [
+            r#"modeld_input_defaults_total{task="t",version="v1",field="x"} 0"#,
+            r#"modeld_input_defaults_total{task="t",version="v1",field="c"} 1"#,
+            r#"modeld_input_unknown_categories_total{task="t",version="v1",field="c"} 1"#,
+            r#"modeld_input_rejections_total{task="t",version="v1",field="x",reason="wrong_type"} 2"#,
+            r#"modeld_input_rejections_total{task="t",version="v1",field="-",reason="unknown_field"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]
@@ -306,7 +391,7 @@ ignored: [note]
             row("b", &[("x", OwnedValue::Text("no".into()))]),
             row("c", &[("x", OwnedValue::Number(5.0))]),
         ];
-        let (input, outcomes) = encode_each(&schema, &rows);
+        let (input, outcomes) = encode_each(&schema, &rows, None);
         assert_eq!(input.rows, 2);
         assert_eq!(input.data, [0.0, 0.0, 1.0, 2.0, 0.0, 1.0]);
         assert_eq!(outcomes[0], Ok(0));
@@ -347,7 +432,7 @@ fields:
             row("b", &[("purpose", OwnedValue::Text("car".into())), ("age", OwnedValue::Integer(7))]),
             row("c", &[("age", OwnedValue::Integer(30)), ("amount", OwnedValue::Number(2.5))]),
         ];
-        let (input, outcomes) = encode_each(&schema, &rows);
+        let (input, outcomes) = encode_each(&schema, &rows, None);
         assert_eq!(input.rows, 2);
         assert_eq!(
             outcomes[1].as_ref().unwrap_err().to_string(),
@@ -357,7 +442,7 @@ fields:
         assert_eq!(input.columns[0].texts(), ["boat", ""], "an unknown category passes; a missing one is \"\"");
         assert!(matches!(&input.columns[1], InputColumn::Int64(v) if v == &[40, 30]));
         assert!(matches!(&input.columns[2], InputColumn::Float(v) if v[0].is_nan() && v[1] == 2.5));
-        assert!(encode(&schema, &rows).is_err(), "encode stops at the first bad row");
+        assert!(encode(&schema, &rows, None).is_err(), "encode stops at the first bad row");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use modeld::pb;
+use modeld::{pb, schema::OwnedValue};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -173,6 +173,51 @@ async fn metrics_say_what_the_process_is_and_what_it_uses() {
     assert!(metric_value(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert!(metric_value(&text, "process_open_fds", &[]).unwrap() >= 3.0, "the listeners are open files");
     assert!(metric_value(&text, "process_cpu_seconds_total", &[]).is_some());
+}
+
+#[tokio::test]
+async fn drift_signals_count_per_field_and_score_every_answered_row() {
+    let root = model_root(Some("v2"));
+    let mut config = test_config(root.path());
+    config.drift.min_rows = 1;
+    let server = TestServer::start_ready(config).await;
+    let mut client = server.client().await;
+    let rows = golden("v2");
+    let with = |row: &modeld::preprocess::OwnedRow, name: &str, value: Option<OwnedValue>| {
+        let mut row = row.clone();
+        row.features.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            row.features.push((name.to_owned(), v));
+        }
+        to_pb(&row)
+    };
+    let sent = vec![
+        to_pb(&rows[0].row),
+        with(&rows[1].row, "telephone", None),
+        with(&rows[2].row, "purpose", Some(OwnedValue::Text("space travel".into()))),
+    ];
+    client.predict(predict_request(sent)).await.expect("defaults and fallbacks are accepted");
+    let status = client
+        .predict(predict_request(vec![with(&rows[0].row, "age_in_years", Some(OwnedValue::Integer(7)))]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let (_, text) = http_get(server.admin, "/metrics").await;
+    check_exposition_format(&text);
+    fn series(field: &str) -> [(&str, &str); 3] {
+        [("task", TASK), ("version", "v2"), ("field", field)]
+    }
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(value("modeld_input_defaults_total", &series("telephone")), Some(1.0), "{text}");
+    assert_eq!(value("modeld_input_defaults_total", &series("purpose")), Some(0.0));
+    assert_eq!(value("modeld_input_unknown_categories_total", &series("purpose")), Some(1.0));
+    let rejected = [("task", TASK), ("version", "v2"), ("field", "age_in_years"), ("reason", "out_of_range")];
+    assert_eq!(value("modeld_input_rejections_total", &rejected), Some(1.0));
+    let version = [("task", TASK), ("version", "v2")];
+    assert_eq!(value("modeld_prediction_score_count", &version), Some(3.0), "the three answered rows");
+    assert_eq!(value("modeld_score_window_rows", &version), Some(3.0));
+    assert!(value("modeld_score_psi", &version).is_some_and(|psi| psi > 0.0), "v2 has a score baseline");
 }
 
 /// The text format's rules that scrapers rely on: every sample belongs to a family declared by

@@ -126,7 +126,7 @@ proptest! {
     fn schemas_parse_or_fail_clearly(text in edited(shipped("v2", "feature_schema.yaml"))) {
         if let Ok(schema) = Schema::parse(&text) {
             // A schema that parses must be usable: encoding a golden row does not panic.
-            let _ = preprocess::encode(&schema, &[golden("v2")[0].row.clone()]);
+            let _ = preprocess::encode(&schema, &[golden("v2")[0].row.clone()], None);
         }
     }
 
@@ -249,8 +249,8 @@ fn v2_schema() -> Schema {
 }
 
 fn check_rows(schema: &Schema, rows: &[OwnedRow]) -> Result<(), TestCaseError> {
-    let together = preprocess::encode(schema, rows);
-    let (input, each) = preprocess::encode_each(schema, rows);
+    let together = preprocess::encode(schema, rows, None);
+    let (input, each) = preprocess::encode_each(schema, rows, None);
     prop_assert_eq!(each.len(), rows.len());
     let first_bad = each.iter().position(Result::is_err);
     let raw = !schema.inputs().is_empty();

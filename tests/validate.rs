@@ -87,3 +87,27 @@ fn schema_width_disagreeing_with_the_model_fails() {
     assert!(!ok);
     assert!(out.contains("feature_schema.yaml declares 19 columns but model.onnx takes 20"), "{out}");
 }
+
+#[test]
+fn a_score_baseline_that_cannot_be_watched_fails_naming_it() {
+    type Change = fn(&mut serde_json::Value);
+    let cases: [(&str, Change); 3] = [
+        ("describes `points`, but modeld observes the model's output", |b| b["score"] = "points".into()),
+        ("21 edges need 20 counts, got 19", |b| {
+            b["counts"].as_array_mut().unwrap().pop();
+        }),
+        ("edges must be finite and strictly ascending", |b| b["edges"][3] = serde_json::json!(0.0)),
+    ];
+    for (reason, change) in cases {
+        let dir = copy_of("v2");
+        edit(dir.path(), "evaluation.json", |t| {
+            let mut doc: serde_json::Value = serde_json::from_str(&t).unwrap();
+            change(&mut doc["score_baseline"]);
+            doc.to_string()
+        });
+        reseal(dir.path());
+        let (ok, out) = validate(dir.path());
+        assert!(!ok, "{reason}: {out}");
+        assert!(out.contains(&format!("evaluation.json: score_baseline: {reason}")), "{out}");
+    }
+}

@@ -603,7 +603,7 @@ def baseline(scores: np.ndarray, kind: str) -> dict[str, Any]:
     else:
         lo, hi = float(scores.min()), float(scores.max())
         edges = np.linspace(lo, hi if hi > lo else lo + 1.0, BASELINE_BINS + 1)
-        what = "value (first target)"
+        what = "points" if kind == "scorecard" else "value (first target)"
     counts, _ = np.histogram(scores, bins=edges)
     return {
         "score": what,

@@ -473,12 +473,12 @@ def card_score(card: Card, row: dict) -> float:
     return total
 
 
-def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
-    """Sample rows, then per field: every bin, each edge and the values just below it, a special
-    code, a missing value and an unseen category."""
+def typed_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
+    """The sample's rows as a caller sends them (missing values as None), leaving out rows with
+    a value no bin table takes."""
     specs = {f["name"]: f for f in card.fields}
-    base_rows = []
-    for _, rec in sample.head(BASE_ROWS).iterrows():
+    rows = []
+    for _, rec in sample.iterrows():
         row = {}
         for name, spec in specs.items():
             v = rec[name]
@@ -491,7 +491,15 @@ def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
             else:
                 row[name] = float(v)
         if all(ok(specs[n], v) for n, v in row.items()):
-            base_rows.append(row)
+            rows.append(row)
+    return rows
+
+
+def golden_rows(card: Card, sample: pd.DataFrame) -> list[dict]:
+    """Sample rows, then per field: every bin, each edge and the values just below it, a special
+    code, a missing value and an unseen category."""
+    specs = {f["name"]: f for f in card.fields}
+    base_rows = typed_rows(card, sample.head(BASE_ROWS))
     if not base_rows:
         raise ExportError("no sample row has a value every bin table takes")
     rows = [(f"sample-{i}", r) for i, r in enumerate(base_rows)]
@@ -587,22 +595,25 @@ def export_card(
             line["score"] = scores[i]
         golden_lines.append(json.dumps(line))
 
-    sample_frame = frame_of(
-        [dict(zip(all_names, rec, strict=True)) for rec in sample[all_names].itertuples(index=False)],
-        card.fields,
-        all_names,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p1 = source.predict_proba(sample_frame)[:, 1]
     from .bundle import baseline
+
+    if scored:
+        # modeld watches a scorecard's points: the baseline is the sample's points.
+        points = np.asarray([card_score(card, r) for r in typed_rows(card, sample)])
+        score_baseline = baseline(points, "scorecard")
+    else:
+        records = [dict(zip(all_names, r, strict=True)) for r in sample[all_names].itertuples(index=False)]
+        sample_frame = frame_of(records, card.fields, all_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            score_baseline = baseline(source.predict_proba(sample_frame)[:, 1], "classifier")
 
     doc = {
         "exported_by": f"modeld-bundle {__version__}",
         "model": card.model_type,
         "sample_rows": len(sample),
         "metrics": {},
-        "score_baseline": baseline(p1, "classifier"),
+        "score_baseline": score_baseline,
     }
     for key, value in (evaluation or {}).items():
         doc[key] = (

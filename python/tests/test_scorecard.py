@@ -149,6 +149,15 @@ def test_every_row_scores_like_optbinning(served, pb):
     assert reports["card"].kind == "scorecard"
     assert "PASS" in modeld("validate", str(root / "card" / "v1")).stdout
     fields = schema_of(root, "card")["fields"]
+    # The drift baseline is the sample's points, the score modeld watches on a scorecard.
+    baseline = json.loads((root / "card" / "v1" / "evaluation.json").read_text())["score_baseline"]
+    assert baseline["score"] == "points"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Edges are rounded to 9 places: the extremes are clipped in, as modeld counts them.
+        edges = baseline["edges"]
+        counts, _ = np.histogram(np.clip(card.score(x), edges[0], edges[-1]), bins=edges)
+    assert counts.tolist() == baseline["counts"] and counts.sum() == len(x)
     x = x.copy()
     x.loc[x.index[::97], "purpose"] = "never-seen"  # optbinning scores unseen categories too
     rows = wire_rows(pb2, x, fields)

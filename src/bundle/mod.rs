@@ -12,15 +12,18 @@ pub mod manifest;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 pub use config::{BundleConfig, Kind};
 
 use crate::{
+    config::DriftConfig,
     engine::{Engine, EngineError, EngineOptions},
     preprocess::{self, Input, RowError, RowView},
     schema::{Bin, Schema, SchemaError},
+    telemetry::drift::{Baseline, Drift, ScoreKind},
 };
 
 /// Why a bundle cannot be served. Every variant names the file or step and the reason.
@@ -42,6 +45,8 @@ pub enum BundleError {
     Config(#[from] config::ConfigError),
     #[error("evaluation.json: {0}")]
     Evaluation(#[source] serde_json::Error),
+    #[error("evaluation.json: score_baseline: {0}")]
+    Baseline(String),
     #[error("version.txt is empty")]
     EmptyVersion,
     #[error("model.onnx: {0}")]
@@ -70,11 +75,13 @@ pub struct LoadOptions {
     pub engine: EngineOptions,
     /// Largest absolute difference allowed between served and golden probabilities.
     pub tolerance: f32,
+    /// The score drift window of the bundle's [`Drift`].
+    pub drift: DriftConfig,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { engine: EngineOptions::default(), tolerance: golden::TOLERANCE }
+        LoadOptions { engine: EngineOptions::default(), tolerance: golden::TOLERANCE, drift: DriftConfig::default() }
     }
 }
 
@@ -93,6 +100,8 @@ pub struct Bundle {
     /// evaluation.json verbatim, and its numeric `metrics`.
     pub evaluation_json: String,
     pub evaluation: BTreeMap<String, f64>,
+    /// Input-quality counters and the score distribution of the rows this version scores.
+    pub drift: Arc<Drift>,
     engine: Engine,
 }
 
@@ -230,6 +239,16 @@ impl Prediction {
             (None, _) => self.values.first().copied().unwrap_or(f64::NAN),
         }
     }
+
+    /// The score drift is watched on: a scorecard's points, else [`Prediction::compared_score`]
+    /// (what the export's `score_baseline` describes for each kind).
+    pub fn drift_score(&self, kind: Kind) -> Option<f64> {
+        let score = match (kind, self.score) {
+            (Kind::Scorecard, Some(points)) => points,
+            _ => self.compared_score(),
+        };
+        score.is_finite().then_some(score)
+    }
 }
 
 impl Bundle {
@@ -269,6 +288,7 @@ impl Bundle {
         if version.is_empty() {
             return Err(BundleError::EmptyVersion);
         }
+        let baseline = baseline_of(&evaluation_json, config.kind)?;
         match config.kind {
             Kind::Classifier => done("config", format!("version {version}, classes {:?}", config.class_labels)),
             Kind::Regressor => done("config", format!("version {version}, regressor")),
@@ -301,7 +321,11 @@ impl Bundle {
         done("model", format!("{inputs}, {} session(s)", options.engine.sessions.max(1)));
 
         let golden = golden::parse(file("golden.jsonl")?)?;
+        let kind = if config.kind == Kind::Classifier { ScoreKind::Probability } else { ScoreKind::Value };
+        let fields = schema.fields().iter().map(|f| &*f.name);
+        let drift = Arc::new(Drift::new(&version, fields, kind, baseline, options.drift));
         let bundle = Bundle {
+            drift,
             version,
             path,
             manifest_sha256: verified.manifest_sha256,
@@ -324,8 +348,9 @@ impl Bundle {
             return Err(BundleError::GoldenEmpty);
         }
         let rows: Vec<_> = golden.iter().map(|g| g.row.clone()).collect();
-        let input =
-            self.prepare(&rows).map_err(|e| BundleError::GoldenRow { line: golden[e.row_index].line, source: e })?;
+        // Not traffic: the golden rows count in no drift signal.
+        let input = preprocess::encode(&self.schema, &rows, None)
+            .map_err(|e| BundleError::GoldenRow { line: golden[e.row_index].line, source: e })?;
         let mismatch = self.score(&input, |i, scored| {
             let g = &golden[i];
             let values: Vec<f64> = scored.values.iter().map(|v| f64::from(*v)).collect();
@@ -339,9 +364,21 @@ impl Bundle {
         }
     }
 
-    /// Encodes rows per the schema; the first bad row is the error.
+    /// Encodes rows per the schema; the first bad row is the error. Defaults, unknown
+    /// categories and the rejection count in the version's drift signals.
     pub fn prepare<R: RowView>(&self, rows: &[R]) -> Result<Input, RowError> {
-        preprocess::encode(&self.schema, rows)
+        preprocess::encode(&self.schema, rows, Some(&self.drift))
+    }
+
+    /// [`Bundle::prepare`] row by row: one result per row (streams, shadow scoring).
+    pub fn prepare_each<R: RowView>(&self, rows: &[R]) -> (Input, Vec<Result<usize, RowError>>) {
+        preprocess::encode_each(&self.schema, rows, Some(&self.drift))
+    }
+
+    /// Counts answered rows' scores in the version's score histogram and PSI window.
+    pub fn observe<'p>(&self, predictions: impl IntoIterator<Item = &'p Prediction>) {
+        let kind = self.config.kind;
+        self.drift.scores(predictions.into_iter().filter_map(|p| p.drift_score(kind)));
     }
 
     /// Runs the model on `input` and calls `emit(row index, outputs)` for each row, collecting
@@ -419,6 +456,30 @@ fn argmax(p: &[f32]) -> usize {
 }
 
 /// The numeric entries of evaluation.json's `metrics` object (absent: none).
+/// The `score_baseline` of evaluation.json, checked against the score the daemon observes for
+/// the bundle's kind; None when the export wrote none.
+fn baseline_of(json: &str, kind: Kind) -> Result<Option<Baseline>, BundleError> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        score_baseline: Option<Spec>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        score: String,
+        edges: Vec<f64>,
+        counts: Vec<u64>,
+    }
+    let Some(spec) = serde_json::from_str::<File>(json).map_err(BundleError::Evaluation)?.score_baseline else {
+        return Ok(None);
+    };
+    let points = spec.score.starts_with("points");
+    if points != (kind == Kind::Scorecard) {
+        let wanted = if kind == Kind::Scorecard { "a scorecard's points" } else { "the model's output" };
+        return Err(BundleError::Baseline(format!("describes `{}`, but modeld observes {wanted}", spec.score)));
+    }
+    Baseline::new(spec.edges, spec.counts).map(Some).map_err(BundleError::Baseline)
+}
+
 fn metrics_of(json: &str) -> Result<BTreeMap<String, f64>, BundleError> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(BundleError::Evaluation)?;
     Ok(value

@@ -307,7 +307,9 @@ impl Predictor {
         reason_codes: u32,
     ) -> Result<Vec<Prediction>, PredictError> {
         let input = bundle.prepare(rows)?;
-        Ok(self.inner.runner.score(bundle, input, ctx.deadline, predictions(reason_codes)).await?)
+        let predictions = self.inner.runner.score(bundle, input, ctx.deadline, predictions(reason_codes)).await?;
+        bundle.observe(&predictions);
+        Ok(predictions)
     }
 
     /// The bundle a call uses: the pinned version, or the live one.

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     bundle::Bundle,
-    preprocess::{self, RowView},
+    preprocess::RowView,
     registry::LivePolicy,
     rollout::{ShadowJob, StickyBy, policy::bucket, shadow::Report},
     schema::Value,
@@ -56,7 +56,7 @@ impl Predictor {
                 continue;
             };
             // The rows the challenger can encode, and the answers given for those rows.
-            let (input, outcomes) = preprocess::encode_each(&challenger.schema, answered.rows);
+            let (input, outcomes) = challenger.prepare_each(answered.rows);
             let keep: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
             if input.rows == 0 {
                 queue.encode_failed(task);

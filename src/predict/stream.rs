@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     bundle::Bundle,
-    preprocess::{self, RowError, RowView},
+    preprocess::{RowError, RowView},
     registry::LivePolicy,
     telemetry::GaugeGuard,
 };
@@ -249,12 +249,11 @@ impl StreamSession {
         let mut errors = 0u64;
         for (batch_index, batch) in rows.chunks(inner.limits.max_batch_rows.max(1)).enumerate() {
             let offset = batch_index * inner.limits.max_batch_rows.max(1);
-            let (input, encoded) = preprocess::encode_each(&bundle.schema, batch);
-            let mut scored = inner
-                .runner
-                .score_bulk(&bundle, input, self.ctx.deadline, predictions(self.reason_codes))
-                .await?
-                .into_iter();
+            let (input, encoded) = bundle.prepare_each(batch);
+            let scored =
+                inner.runner.score_bulk(&bundle, input, self.ctx.deadline, predictions(self.reason_codes)).await?;
+            bundle.observe(&scored);
+            let mut scored = scored.into_iter();
             for outcome in encoded {
                 outcomes.push(match outcome {
                     Ok(_) => Ok(scored.next().expect("one prediction per good row")),

@@ -85,6 +85,7 @@ impl Loader {
                 found: found.to_owned(),
             });
         }
+        metrics.drift.watch(task, &bundle.drift);
         Ok(Arc::new(bundle))
     }
 

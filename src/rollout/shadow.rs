@@ -127,6 +127,7 @@ impl ShadowQueue {
         let took = started.elapsed();
         match result {
             Ok(predictions) => {
+                challenger.observe(&predictions);
                 inner.diffs.observe(&task, &champion, &challenger, &answered, &predictions, took);
                 if let Some(report) = report {
                     report(&challenger, &predictions, took);

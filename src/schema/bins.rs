@@ -10,7 +10,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 
-use super::value::{OwnedValue, Reason, Value, number};
+use super::value::{Fit, OwnedValue, Reason, Value, number};
 
 /// `bins:` as `feature_schema.yaml` writes it.
 #[derive(Debug, Deserialize)]
@@ -233,6 +233,12 @@ impl Bins {
         }
     }
 
+    /// Whether `b` is the unknown bin: a category outside every group.
+    #[inline]
+    pub fn fit(&self, b: Bin) -> Fit {
+        if self.unknown == Some(b) { Fit::Unknown } else { Fit::Known }
+    }
+
     /// The bin of a missing value, when the table has one.
     pub fn missing(&self) -> Option<Bin> {
         self.missing
@@ -369,11 +375,11 @@ columns: [amount, purpose, job]
             row(&[("amount", OwnedValue::Integer(1500)), ("purpose", OwnedValue::Text("car".into()))]),
             row(&[("purpose", OwnedValue::Text("business".into())), ("job", OwnedValue::Text("unskilled".into()))]),
         ];
-        let input = encode(&s, &rows).unwrap();
+        let input = encode(&s, &rows, None).unwrap();
         assert_eq!(input.data, [0.1, 0.3, 0.1, 0.0, -0.2, -0.1]);
         assert_eq!(input.bins, [1, 0, 0, 4, 1, 1], "missing amount: its missing bin; job: its default's bin");
         let bad = row(&[("purpose", OwnedValue::Integer(3))]);
-        let (input, outcomes) = encode_each(&s, &[bad, rows[1].clone()]);
+        let (input, outcomes) = encode_each(&s, &[bad, rows[1].clone()], None);
         assert!(outcomes[0].is_err());
         assert_eq!(input.bins, [4, 1, 1], "a bad row leaves no bins behind");
     }

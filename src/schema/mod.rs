@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use self::bins::{Bin, Bins};
 use self::value::number;
-pub use self::value::{Echo, OwnedValue, Reason, Value};
+pub use self::value::{Echo, Fit, OwnedValue, Reason, Value};
 pub use crate::engine::{InputColumn, InputType};
 
 /// Errors found while reading or checking a schema. Each names what is wrong.
@@ -864,7 +864,7 @@ fn compile_op(spec: &OpSpec) -> Result<Op, String> {
 impl Encoder {
     /// Raw-input form: checks one value and appends it to its model input's column.
     #[inline]
-    pub fn put(&self, value: Value<'_>, columns: &mut [InputColumn]) -> Result<(), Reason> {
+    pub fn put(&self, value: Value<'_>, columns: &mut [InputColumn]) -> Result<Fit, Reason> {
         let Encoder::Input { kind, min, max, vocabulary, categories, unknown, input, .. } = self else {
             unreachable!("put is called for raw-input fields only");
         };
@@ -882,20 +882,27 @@ impl Encoder {
                     return Err(Reason::WrongType { expected: "text", got: value.type_name() });
                 };
                 match (vocabulary.contains_key(word), unknown) {
-                    (true, _) | (false, Unknown::Pass) => column.push_text(word),
-                    (false, Unknown::Fallback(i)) => column.push_text(&categories[*i as usize]),
+                    (true, _) => column.push_text(word),
+                    (false, Unknown::Pass) => {
+                        column.push_text(word);
+                        return Ok(Fit::Unknown);
+                    }
+                    (false, Unknown::Fallback(i)) => {
+                        column.push_text(&categories[*i as usize]);
+                        return Ok(Fit::Unknown);
+                    }
                     (false, _) => return Err(Reason::UnknownCategory(word.to_owned())),
                 }
             }
         }
-        Ok(())
+        Ok(Fit::Known)
     }
 
     /// Writes one value into the row's slice of the model input.
     ///
     /// One-hot columns are only ever set to 1.0: the caller hands in a zeroed row.
     #[inline]
-    pub fn write(&self, value: Value<'_>, row: &mut [f32]) -> Result<(), Reason> {
+    pub fn write(&self, value: Value<'_>, row: &mut [f32]) -> Result<Fit, Reason> {
         match self {
             Encoder::Numeric { integer, min, max, ops, column } => {
                 let mut x = number(value, *integer, *min, *max)?;
@@ -919,16 +926,16 @@ impl Encoder {
                 let Value::Text(word) = value else {
                     return Err(Reason::WrongType { expected: "text", got: value.type_name() });
                 };
-                let index = match (vocabulary.get(word), unknown) {
-                    (Some(i), _) => *i,
-                    (None, Unknown::Fallback(i)) => *i,
+                let (index, fit) = match (vocabulary.get(word), unknown) {
+                    (Some(i), _) => (*i, Fit::Known),
+                    (None, Unknown::Fallback(i)) => (*i, Fit::Unknown),
                     (None, Unknown::Reject) => return Err(Reason::UnknownCategory(word.to_owned())),
-                    (None, Unknown::Ignore | Unknown::Pass) => return Ok(()),
+                    (None, Unknown::Ignore | Unknown::Pass) => return Ok(Fit::Unknown),
                     (None, Unknown::Value(v)) => {
                         if let CategoricalLayout::Ordinal { column, .. } = layout {
                             row[*column] = *v;
                         }
-                        return Ok(());
+                        return Ok(Fit::Unknown);
                     }
                 };
                 match layout {
@@ -939,11 +946,16 @@ impl Encoder {
                     }
                     CategoricalLayout::Ordinal { column, codes } => row[*column] = codes[index as usize],
                 }
+                return Ok(fit);
             }
-            Encoder::Binned(bins) => row[bins.column] = bins.woe(bins.bin(value)?),
+            Encoder::Binned(bins) => {
+                let b = bins.bin(value)?;
+                row[bins.column] = bins.woe(b);
+                return Ok(bins.fit(b));
+            }
             Encoder::Input { .. } => unreachable!("raw-input fields are put, not written"),
         }
-        Ok(())
+        Ok(Fit::Known)
     }
 }
 

@@ -87,6 +87,29 @@ pub enum Reason {
     UnknownField,
 }
 
+/// Whether a value encoded was in its field's vocabulary, or an unknown category that the
+/// field's policy accepted (what `modeld_input_unknown_categories_total` counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    Known,
+    Unknown,
+}
+
+impl Reason {
+    /// The reason's name, as the `reason` label of `modeld_input_rejections_total` reads.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::WrongType { .. } => "wrong_type",
+            Reason::NotFinite(_) => "not_finite",
+            Reason::NotInteger(_) => "not_integer",
+            Reason::OutOfRange { .. } => "out_of_range",
+            Reason::UnknownCategory(_) => "unknown_category",
+            Reason::UnknownField => "unknown_field",
+        }
+    }
+}
+
 /// A numeric value checked for type, finiteness, integrality and range.
 pub(super) fn number(value: Value<'_>, integer: bool, min: Option<f64>, max: Option<f64>) -> Result<f64, Reason> {
     let x = match (value, integer) {

@@ -4,6 +4,7 @@
 //! global default registry, so several servers in one process (tests) never share counters.
 
 pub mod audit;
+pub mod drift;
 
 use crate::config::LogFormat;
 use prometheus::{
@@ -84,6 +85,8 @@ pub struct Metrics {
     pub tls_expiry: prometheus::GaugeVec,
     /// Champion/challenger: policy reloads, shadow scoring and the decision diff.
     pub rollout: RolloutMetrics,
+    /// Drift and input-quality signals of every loaded version, read at scrape time.
+    pub drift: drift::DriftSet,
 }
 
 /// The rollout's metrics. Version labels only ever name loaded versions, so they stay bounded.
@@ -346,8 +349,11 @@ impl Metrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("each metric is registered once");
+        let drift = drift::DriftSet::default();
+        registry.register(Box::new(drift.clone())).expect("each metric is registered once");
         Metrics {
             rollout,
+            drift,
             registry,
             build_info,
             requests,
