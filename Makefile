@@ -5,8 +5,9 @@ DELIVERY_VENV := .venv-delivery
 OIP_VENV := .venv-oip
 MLSERVER_VENV := .venv-mlserver
 SCORECARDPY_VENV := .venv-scorecardpy
+TRACES_VENV := .venv-traces
 
-.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test scorecardpy-test bench-v2 bench-mlserver bench-scorecard
+.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test scorecardpy-test traces-test bench-v2 bench-mlserver bench-scorecard
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
@@ -20,6 +21,7 @@ test: $(ORT_LIB) $(DELIVERY_VENV)/bin/python
 	$(MAKE) python-test
 	$(MAKE) oip-test
 	$(MAKE) scorecardpy-test
+	$(MAKE) traces-test
 	$(MAKE) delivery-check
 
 # The export package (python/): lint, then export real pipelines and serve them with the
@@ -54,6 +56,18 @@ scorecardpy-test: $(SCORECARDPY_VENV)/.installed $(VENV)/.installed $(ORT_LIB)
 $(SCORECARDPY_VENV)/.installed: python/scorecardpy/requirements.txt
 	test -x $(SCORECARDPY_VENV)/bin/python || python3 -m venv $(SCORECARDPY_VENV)
 	$(SCORECARDPY_VENV)/bin/pip install --quiet -r python/scorecardpy/requirements.txt
+	touch $@
+
+# OpenTelemetry traces from a real daemon into a real OTLP receiver (Arize Phoenix), in an
+# environment of its own (python/traces/requirements.txt).
+traces-test: $(TRACES_VENV)/.installed $(ORT_LIB)
+	cargo build --locked
+	cd python/traces && MODELD_BIN=$(CURDIR)/target/debug/modeld ../../$(TRACES_VENV)/bin/python -m pytest -q \
+		-p no:cacheprovider -W ignore::DeprecationWarning test_traces.py
+
+$(TRACES_VENV)/.installed: python/traces/requirements.txt
+	test -x $(TRACES_VENV)/bin/python || python3 -m venv $(TRACES_VENV)
+	$(TRACES_VENV)/bin/pip install --quiet -r python/traces/requirements.txt
 	touch $@
 
 python-lint: $(VENV)/.installed

@@ -41,6 +41,7 @@ use crate::{
     telemetry::{
         Metrics,
         audit::{AuditWriter, WriterOptions},
+        trace::Tracer,
     },
 };
 
@@ -72,6 +73,8 @@ pub enum AppError {
     Runtime(#[source] std::io::Error),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("traces: {0}")]
+    Traces(#[from] crate::telemetry::trace::TraceError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -123,6 +126,7 @@ pub struct App {
     tls: ListenerTls,
     access: Access,
     shadow: ShadowQueue,
+    tracer: Option<Tracer>,
 }
 
 /// TLS per listener, when on.
@@ -211,6 +215,15 @@ impl App {
             }
             None => None,
         };
+        let tracer = match &config.traces {
+            Some(traces) => {
+                let tracer = Tracer::start(traces)?;
+                tracing::info!(endpoint = %traces.endpoint, service = %traces.service_name, "exporting traces over OTLP");
+                predictor = predictor.traced(tracer.clone());
+                Some(tracer)
+            }
+            None => None,
+        };
         pb::limit_rows(config.max_rows);
 
         let reporter = HealthReporter::new();
@@ -234,6 +247,7 @@ impl App {
             tls,
             access,
             shadow,
+            tracer,
         })
     }
 
@@ -254,6 +268,7 @@ impl App {
             tls,
             access,
             shadow,
+            tracer,
         } = self;
         let background = CancellationToken::new();
         let health_sync = readiness.spawn_sync(background.clone());
@@ -430,6 +445,11 @@ impl App {
                     "audit writer still blocked; queued records not written"
                 );
             }
+        }
+        // 5. Spans of the last calls go out, bounded: a collector that is down costs the
+        //    export timeout at most.
+        if let Some(tracer) = tracer {
+            let _ = tokio::task::spawn_blocking(move || tracer.shutdown(Duration::from_secs(5))).await;
         }
         match ended {
             Some(result) => Ok(result??),

@@ -308,6 +308,135 @@ pub struct Config {
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Duration,
     pub drift: DriftConfig,
+    /// OpenTelemetry trace export, when an OTLP endpoint is configured.
+    pub traces: Option<TraceConfig>,
+}
+
+/// Trace export, from the standard `OTEL_*` variables: the one place modeld reads names outside
+/// `MODELD_*`, so that the same settings that configure every other service configure it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceConfig {
+    /// OTLP/gRPC endpoint (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub endpoint: String,
+    /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `modeld`.
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES` (`key=value,...`), besides `service.name`.
+    pub resource: Vec<(String, String)>,
+    pub sampler: TraceSampler,
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,...`,
+    /// values URL-encoded).
+    pub headers: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms) [default: 10000].
+    pub timeout: Duration,
+}
+
+/// `OTEL_TRACES_SAMPLER` with `OTEL_TRACES_SAMPLER_ARG` [default: parentbased_always_on].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TraceSampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// Sample this share of traces by trace id.
+    Ratio(f64),
+    /// Follow the caller's sampled flag; decide roots with the inner sampler.
+    ParentBased(RootSampler),
+}
+
+/// How a [`TraceSampler::ParentBased`] sampler decides a trace that starts here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RootSampler {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+}
+
+/// Reads the `OTEL_*` trace settings through `var`; None when no OTLP endpoint is set or
+/// `OTEL_SDK_DISABLED` is true.
+pub fn trace_config(var: impl Fn(&str) -> Option<String>) -> Result<Option<TraceConfig>, ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    let var = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let either = |signal: &str, general: &str| var(signal).or_else(|| var(general));
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let Some(endpoint) = either("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") else {
+        return Ok(None);
+    };
+    if let Some(protocol) = either("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+        if protocol != "grpc" {
+            return invalid(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL `{protocol}`: modeld exports OTLP over gRPC only (grpc)"
+            ));
+        }
+    }
+    let pairs = |name: &str, text: Option<String>| -> Result<Vec<(String, String)>, ConfigError> {
+        let Some(text) = text else { return Ok(Vec::new()) };
+        text.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), percent_decode(v.trim()))),
+                _ => Err(ConfigError::Invalid(format!("{name}: `{p}` is not key=value"))),
+            })
+            .collect()
+    };
+    let mut resource = pairs("OTEL_RESOURCE_ATTRIBUTES", var("OTEL_RESOURCE_ATTRIBUTES"))?;
+    let from_resource = resource.iter().position(|(k, _)| k == "service.name").map(|i| resource.remove(i).1);
+    let service_name = var("OTEL_SERVICE_NAME").or(from_resource).unwrap_or_else(|| "modeld".to_owned());
+    let headers =
+        pairs("OTEL_EXPORTER_OTLP_HEADERS", either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))?;
+    let timeout = match either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+        None => Duration::from_secs(10),
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => return invalid(format!("OTEL_EXPORTER_OTLP_TIMEOUT `{ms}`: expected milliseconds above 0")),
+        },
+    };
+    let ratio = || -> Result<f64, ConfigError> {
+        match var("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(arg) => match arg.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => {
+                    Err(ConfigError::Invalid(format!("OTEL_TRACES_SAMPLER_ARG `{arg}`: expected a ratio from 0 to 1")))
+                }
+            },
+        }
+    };
+    let sampler = match var("OTEL_TRACES_SAMPLER").as_deref().unwrap_or("parentbased_always_on") {
+        "always_on" => TraceSampler::AlwaysOn,
+        "always_off" => TraceSampler::AlwaysOff,
+        "traceidratio" => TraceSampler::Ratio(ratio()?),
+        "parentbased_always_on" => TraceSampler::ParentBased(RootSampler::AlwaysOn),
+        "parentbased_always_off" => TraceSampler::ParentBased(RootSampler::AlwaysOff),
+        "parentbased_traceidratio" => TraceSampler::ParentBased(RootSampler::Ratio(ratio()?)),
+        other => {
+            return invalid(format!(
+                "OTEL_TRACES_SAMPLER `{other}`: expected always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off or parentbased_traceidratio"
+            ));
+        }
+    };
+    Ok(Some(TraceConfig { endpoint, service_name, resource, sampler, headers, timeout }))
+}
+
+/// `%XX` escapes decoded, as the OTel spec allows in header and resource values.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The score drift window (`modeld_score_psi`).
@@ -375,7 +504,9 @@ pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
         Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => ServeArgs::default(),
         Err(source) => return Err(ConfigError::Read { path, source }),
     };
-    resolve(args, file)
+    let mut config = resolve(args, file)?;
+    config.traces = trace_config(|name| std::env::var(name).ok())?;
+    Ok(config)
 }
 
 fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
@@ -466,6 +597,7 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
             window: Duration::from_secs(cli.drift_window_seconds.or(file.drift_window_seconds).unwrap_or(900)),
             min_rows: cli.drift_min_rows.or(file.drift_min_rows).unwrap_or(500),
         },
+        traces: None,
         model_root,
         bundle_dir,
     };
@@ -636,5 +768,47 @@ mod tests {
     #[test]
     fn unknown_keys_in_the_file_are_errors() {
         assert!(serde_yaml::from_str::<ServeArgs>("inference_thread: 2\n").is_err());
+    }
+
+    #[test]
+    fn traces_follow_the_standard_otel_variables() {
+        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        }
+        assert_eq!(trace_config(env(&[])).unwrap(), None, "off without an endpoint");
+        let off = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_SDK_DISABLED", "true")];
+        assert_eq!(trace_config(env(&off)).unwrap(), None);
+        let t = trace_config(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-resource,deployment.environment=prod%20eu"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.endpoint, "http://traces:4317", "the traces variable wins");
+        assert_eq!(t.service_name, "from-resource");
+        assert_eq!(t.resource, [("deployment.environment".to_owned(), "prod eu".to_owned())]);
+        assert_eq!(t.sampler, TraceSampler::ParentBased(RootSampler::Ratio(0.01)));
+        assert_eq!(t.headers, [("api-key".to_owned(), "s=cret".to_owned())]);
+        assert_eq!(t.timeout, Duration::from_millis(2500));
+        let named = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_SERVICE_NAME", "scoring")];
+        let t = trace_config(env(&named)).unwrap().unwrap();
+        assert_eq!((t.service_name.as_str(), t.sampler), ("scoring", TraceSampler::ParentBased(RootSampler::AlwaysOn)));
+        for bad in [
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_TRACES_SAMPLER", "sometimes")],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],
+        ] {
+            assert!(trace_config(env(bad)).is_err(), "{bad:?}");
+        }
     }
 }

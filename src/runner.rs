@@ -95,7 +95,7 @@ impl Runner {
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
     {
         let _bulk = until(deadline, self.inner.bulk.acquire()).await?.expect("the bulk semaphore is never closed");
-        self.run(bundle, input, deadline, emit, true).await
+        Ok(self.run(bundle, input, deadline, emit, true).await?.0)
     }
 
     /// Whether admitted runs are waiting for a slot (or, with no queue, every slot is busy):
@@ -132,13 +132,14 @@ impl Runner {
 
     /// Scores `input` with `bundle`, calling `emit` for every row; see [`Bundle::score`]. A run
     /// still waiting for a slot when `deadline` passes is given up with [`RunError::Deadline`].
+    /// Also returns when the run got its slot: what a trace splits into waiting and running.
     pub async fn score<T, F>(
         &self,
         bundle: &Arc<Bundle>,
         input: Input,
         deadline: Option<Instant>,
         emit: F,
-    ) -> Result<Vec<T>, RunError>
+    ) -> Result<(Vec<T>, Instant), RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
@@ -153,7 +154,7 @@ impl Runner {
         deadline: Option<Instant>,
         emit: F,
         on_caller: bool,
-    ) -> Result<Vec<T>, RunError>
+    ) -> Result<(Vec<T>, Instant), RunError>
     where
         T: Send + 'static,
         F: FnMut(usize, Scored<'_>) -> T + Send + 'static,
@@ -163,10 +164,11 @@ impl Runner {
         let queued = GaugeGuard::enter(&inner.metrics.queued_runs);
         let slot =
             until(deadline, inner.slots.clone().acquire_owned()).await?.expect("the slot semaphore is never closed");
+        let slot_at = Instant::now();
         if on_caller || input.rows <= inner.inline_max_rows {
             let out = bundle.score(&input, emit);
             drop((slot, admitted, queued));
-            return Ok(out?);
+            return Ok((out?, slot_at));
         }
         let bundle = bundle.clone();
         let out = tokio::task::spawn_blocking(move || {
@@ -174,7 +176,7 @@ impl Runner {
             bundle.score(&input, emit)
         })
         .await?;
-        Ok(out?)
+        Ok((out?, slot_at))
     }
 }
 

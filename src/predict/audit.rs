@@ -7,7 +7,7 @@
 //!
 //! Shape (keys in this order; absent keys are omitted):
 //! `time` (RFC 3339, UTC, microseconds), `request_id`, `stream` and `chunk` (streams), `peer`,
-//! `caller`, `task`, `method`, `version`, `manifest_sha256`, `compare` (`[{version,
+//! `trace_id` (the call's W3C trace, when it has one), `caller`, `task`, `method`, `version`, `manifest_sha256`, `compare` (`[{version,
 //! manifest_sha256}]`), `outcome` (`{code, message, row, field}`), `latency_ms`, and `rows`:
 //! `[{row_id, features, outputs: {version: {label, probabilities[, score, reasons]} | {values}}, error}]`.
 
@@ -263,7 +263,7 @@ impl<R: RowView> Serialize for Record<'_, R> {
 }
 
 /// The keys every record starts with: `time`, `request_id`, `stream` and `chunk` (streams),
-/// `peer`, `caller` (when known), `task`.
+/// `peer`, `trace_id` and `caller` (when known), `task`.
 fn head<M: SerializeMap>(
     map: &mut M,
     request_id: &str,
@@ -278,6 +278,9 @@ fn head<M: SerializeMap>(
         map.serialize_entry("chunk", &chunk)?;
     }
     map.serialize_entry("peer", &ctx.peer.map(|p| p.to_string()))?;
+    if let Some(trace_id) = ctx.trace_id() {
+        map.serialize_entry("trace_id", &trace_id.to_string())?;
+    }
     if let Some(caller) = &ctx.caller {
         map.serialize_entry("caller", &caller.name)?;
     }

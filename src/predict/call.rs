@@ -1,6 +1,12 @@
 //! What a call is, to the core: its context, its request, and the owned results it gets back.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use opentelemetry::trace::{SpanContext, TraceId};
 
 pub use crate::bundle::Prediction;
 use crate::{access::Caller, bundle::Bundle};
@@ -43,6 +49,27 @@ impl Method {
         Method::V2Infer,
     ];
 
+    /// The call's span name, as the OpenTelemetry conventions name them: `{rpc.service}/{rpc.method}`
+    /// for gRPC, `{method} {route}` for HTTP.
+    pub const fn span_name(self) -> &'static str {
+        match self {
+            Method::Predict => "modeld.v1.Inference/Predict",
+            Method::BatchPredict => "modeld.v1.Inference/BatchPredict",
+            Method::ModelInfer => "inference.GRPCInferenceService/ModelInfer",
+            other => other.name(),
+        }
+    }
+
+    /// The RPC's service and method for gRPC calls; None for HTTP routes.
+    pub const fn rpc(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Method::Predict => Some(("modeld.v1.Inference", "Predict")),
+            Method::BatchPredict => Some(("modeld.v1.Inference", "BatchPredict")),
+            Method::ModelInfer => Some(("inference.GRPCInferenceService", "ModelInfer")),
+            _ => None,
+        }
+    }
+
     /// The `method` label value: the RPC's name, or the HTTP route.
     pub const fn name(self) -> &'static str {
         match self {
@@ -70,14 +97,36 @@ pub struct CallContext {
     /// The authenticated caller; None when callers are not checked (no callers file), or
     /// before [`Predictor::authenticate`](super::Predictor::authenticate).
     pub caller: Option<Arc<Caller>>,
-    /// The caller's W3C trace context (`traceparent`); None until tracing exists.
-    pub trace_parent: Option<String>,
+    /// The caller's W3C trace context (`traceparent`), when it sent a valid one.
+    pub parent: Option<SpanContext>,
+    /// The trace the call's span belongs to, once the core started it (tracing on).
+    pub(super) trace_id: OnceLock<TraceId>,
 }
 
 impl CallContext {
     /// A call of `method` received now.
     pub fn new(method: Method) -> CallContext {
-        CallContext { method, started: Instant::now(), peer: None, deadline: None, caller: None, trace_parent: None }
+        CallContext {
+            method,
+            started: Instant::now(),
+            peer: None,
+            deadline: None,
+            caller: None,
+            parent: None,
+            trace_id: OnceLock::new(),
+        }
+    }
+
+    /// Continues the caller's trace: `traceparent` as its header or metadata entry carries it.
+    pub fn with_traceparent(mut self, traceparent: Option<&str>) -> CallContext {
+        self.parent = crate::telemetry::trace::parent_from(traceparent);
+        self
+    }
+
+    /// The call's trace: its span's when tracing is on, else the caller's (so logs and audit
+    /// records join the caller's trace even when modeld exports none).
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace_id.get().copied().or_else(|| self.parent.as_ref().map(SpanContext::trace_id))
     }
 
     /// Sets the caller's address, as the transport reports it.

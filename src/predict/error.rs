@@ -109,6 +109,28 @@ impl ErrorKind {
     ];
 
     /// The gRPC code name, as grpc-status documentation spells it: the `code` metric label.
+    /// The gRPC status code number (`rpc.grpc.status_code` in traces).
+    pub const fn code(self) -> i64 {
+        match self {
+            ErrorKind::Cancelled => 1,
+            ErrorKind::Unknown => 2,
+            ErrorKind::InvalidArgument => 3,
+            ErrorKind::DeadlineExceeded => 4,
+            ErrorKind::NotFound => 5,
+            ErrorKind::PermissionDenied => 7,
+            ErrorKind::ResourceExhausted => 8,
+            ErrorKind::Internal => 13,
+            ErrorKind::Unavailable => 14,
+            ErrorKind::Unauthenticated => 16,
+        }
+    }
+
+    /// Whether the failure is the server's own, which the OpenTelemetry RPC conventions mark
+    /// as an error on the server span; a caller's mistake is not.
+    pub const fn server_fault(self) -> bool {
+        matches!(self, ErrorKind::Unknown | ErrorKind::DeadlineExceeded | ErrorKind::Internal | ErrorKind::Unavailable)
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             ErrorKind::InvalidArgument => "INVALID_ARGUMENT",

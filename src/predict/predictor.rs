@@ -1,6 +1,8 @@
 //! [`Predictor`]: the unary path, and what unary calls and streams share (snapshots, metrics).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
+
+use opentelemetry::KeyValue;
 
 use prometheus::IntGauge;
 use tokio::sync::Semaphore;
@@ -17,7 +19,10 @@ use crate::{
     registry::{LivePolicy, Registry},
     rollout::ShadowQueue,
     runner::Runner,
-    telemetry::{GaugeGuard, Metrics},
+    telemetry::{
+        GaugeGuard, Metrics,
+        trace::{CallSpan, Tracer},
+    },
 };
 
 /// The core. Cloning is shallow: every clone shares the registry, the runner, the limits and the
@@ -38,6 +43,7 @@ pub(super) struct Inner {
     pub(super) audit: Option<Auditor>,
     pub(super) access: Access,
     pub(super) shadow: Option<ShadowQueue>,
+    pub(super) tracer: Option<Tracer>,
 }
 
 impl Predictor {
@@ -56,6 +62,7 @@ impl Predictor {
                 audit: None,
                 access: Access::open(),
                 shadow: None,
+                tracer: None,
             }),
         }
     }
@@ -159,6 +166,60 @@ impl Predictor {
         self
     }
 
+    /// The core exporting a span per call through `tracer`. Call before the first clone.
+    pub fn traced(mut self, tracer: Tracer) -> Predictor {
+        Arc::get_mut(&mut self.inner).expect("tracing is set up before the core is shared").tracer = Some(tracer);
+        self
+    }
+
+    /// Starts the call's span, when tracing is on, and notes its trace in `ctx`.
+    pub(super) fn start_span(&self, ctx: &CallContext) -> Option<CallSpan> {
+        let span = self.inner.tracer.as_ref()?.call(ctx.method.span_name(), ctx.started, ctx.parent.as_ref());
+        let _ = ctx.trace_id.set(span.trace_id());
+        Some(span)
+    }
+
+    /// Ends the call's span with the RPC conventions' attributes and modeld's own.
+    pub(super) fn end_span(
+        &self,
+        span: CallSpan,
+        ctx: &CallContext,
+        task: &str,
+        version: &str,
+        rows: usize,
+        failure: Option<(ErrorKind, String)>,
+    ) {
+        let Some(tracer) = &self.inner.tracer else { return };
+        if !span.sampled() {
+            return;
+        }
+        let mut attributes = Vec::with_capacity(8);
+        match ctx.method.rpc() {
+            Some((service, method)) => {
+                let code = failure.as_ref().map_or(0, |(kind, _)| kind.code());
+                attributes.extend([
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", service),
+                    KeyValue::new("rpc.method", method),
+                    KeyValue::new("rpc.grpc.status_code", code),
+                ]);
+            }
+            None => attributes
+                .extend([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", ctx.method.name())]),
+        }
+        let task = self.inner.registry.task_name(task).unwrap_or("-");
+        attributes.extend([
+            KeyValue::new("modeld.task", task.to_owned()),
+            KeyValue::new("modeld.version", version.to_owned()),
+            KeyValue::new("modeld.rows", rows as i64),
+        ]);
+        if let Some((kind, _)) = &failure {
+            attributes.push(KeyValue::new("error.type", kind.name()));
+        }
+        let error = failure.filter(|(kind, _)| kind.server_fault()).map(|(_, message)| message.into());
+        span.end(tracer, attributes, error);
+    }
+
     /// The core recording every call through `auditor`. Call before the first clone.
     pub fn audited(mut self, auditor: Auditor) -> Predictor {
         Arc::get_mut(&mut self.inner).expect("auditing is set up before the core is shared").audit = Some(auditor);
@@ -173,22 +234,30 @@ impl Predictor {
         request: Request<'_, R>,
     ) -> Result<Answer, PredictError> {
         let _in_flight = GaugeGuard::enter(&self.inner.in_flight[ctx.method as usize]);
+        let mut span = self.start_span(ctx);
         // A pinned call ignores the rollout policy: it asked for one version.
         let policy = match request.version {
             None => self.inner.registry.policy(request.task),
             Some(_) => None,
         };
-        let result = self.score_request(ctx, &request, policy.as_deref()).await;
+        let result = self.score_request(ctx, &request, policy.as_deref(), span.as_mut()).await;
         match &result {
             Ok(answer) => {
                 self.record(ctx, request.task, &answer.bundle.version, None);
                 let m = &self.inner.metrics;
                 m.rows.with_label_values(&[request.task, &answer.bundle.version]).inc_by(request.rows.len() as u64);
+                if let Some(span) = span {
+                    self.end_span(span, ctx, request.task, &answer.bundle.version, request.rows.len(), None);
+                }
             }
             Err(e) => {
                 let version = self.inner.registry.get(request.task).map(|b| b.version.clone()).unwrap_or_default();
                 self.record(ctx, request.task, &version, Some(e.kind()));
                 log_rejection(ctx, request.task, request.request_id, e);
+                if let Some(span) = span {
+                    let failure = Some((e.kind(), e.to_string()));
+                    self.end_span(span, ctx, request.task, &version, request.rows.len(), failure);
+                }
             }
         }
         let mut audited = false;
@@ -260,6 +329,7 @@ impl Predictor {
         ctx: &CallContext,
         req: &Request<'_, R>,
         policy: Option<&LivePolicy>,
+        mut span: Option<&mut CallSpan>,
     ) -> Result<Answer, PredictError> {
         if req.task.is_empty() {
             return Err(PredictError::MissingTask);
@@ -291,10 +361,11 @@ impl Predictor {
 
         let mut comparisons = Vec::with_capacity(others.len());
         for other in others {
-            let predictions = self.score(ctx, &other, req.rows, req.reason_codes).await?;
+            let predictions =
+                self.score(ctx, req.task, &other, req.rows, req.reason_codes, span.as_deref_mut()).await?;
             comparisons.push(Comparison { bundle: other, predictions });
         }
-        let predictions = self.score(ctx, &bundle, req.rows, req.reason_codes).await?;
+        let predictions = self.score(ctx, req.task, &bundle, req.rows, req.reason_codes, span).await?;
         Ok(Answer { bundle, predictions, comparisons })
     }
 
@@ -302,12 +373,32 @@ impl Predictor {
     async fn score<R: RowView>(
         &self,
         ctx: &CallContext,
+        task: &str,
         bundle: &Arc<Bundle>,
         rows: &[R],
         reason_codes: u32,
+        span: Option<&mut CallSpan>,
     ) -> Result<Vec<Prediction>, PredictError> {
+        // The clock is read for a sampled span only.
+        let span = span.filter(|s| s.sampled());
+        let started = span.is_some().then(Instant::now);
         let input = bundle.prepare(rows)?;
-        let predictions = self.inner.runner.score(bundle, input, ctx.deadline, predictions(reason_codes)).await?;
+        let encoded = span.is_some().then(Instant::now);
+        let (predictions, slot_at) =
+            self.inner.runner.score(bundle, input, ctx.deadline, predictions(reason_codes)).await?;
+        if let (Some(span), Some(started), Some(encoded)) = (span, started, encoded) {
+            let ran = Instant::now();
+            let attributes = || {
+                vec![
+                    KeyValue::new("modeld.task", task.to_owned()),
+                    KeyValue::new("modeld.version", bundle.version.clone()),
+                    KeyValue::new("modeld.rows", rows.len() as i64),
+                ]
+            };
+            span.step("preprocess", started, encoded, attributes());
+            span.step("wait for model slot", encoded, slot_at, attributes());
+            span.step("model run", slot_at, ran, attributes());
+        }
         bundle.observe(&predictions);
         Ok(predictions)
     }
@@ -357,9 +448,10 @@ pub(super) fn predictions(reason_codes: u32) -> impl FnMut(usize, Scored<'_>) ->
 pub(super) fn log_rejection(ctx: &CallContext, task: &str, request_id: &str, e: &PredictError) {
     let method = ctx.method.name();
     let caller = ctx.caller.as_ref().map_or("", |c| c.name.as_str());
+    let trace_id = ctx.trace_id().map(tracing::field::display);
     if e.kind() == ErrorKind::Internal {
-        tracing::error!(method, task, request_id, caller, error = %e, "prediction failed");
+        tracing::error!(method, task, request_id, caller, trace_id, error = %e, "prediction failed");
     } else {
-        tracing::debug!(method, task, request_id, caller, error = %e, "prediction rejected");
+        tracing::debug!(method, task, request_id, caller, trace_id, error = %e, "prediction rejected");
     }
 }

@@ -27,6 +27,7 @@ use crate::{
     preprocess::{RowError, RowView},
     registry::LivePolicy,
     telemetry::GaugeGuard,
+    telemetry::trace::CallSpan,
 };
 
 /// One chunk's answer: the stream's bundle, and per row (in order) its prediction or its error.
@@ -57,6 +58,10 @@ pub struct StreamSession {
     chunks: u64,
     /// Scorecards: reason codes per prediction, as the first chunk asked.
     reason_codes: u32,
+    /// Rows answered (good or not), for the stream's span.
+    rows: std::sync::atomic::AtomicUsize,
+    /// The stream's span, when tracing is on.
+    span: Option<CallSpan>,
     _open: (OwnedSemaphorePermit, GaugeGuard, GaugeGuard),
 }
 
@@ -74,7 +79,10 @@ impl Predictor {
         };
         let in_flight = GaugeGuard::enter(&self.inner.in_flight[ctx.method as usize]);
         let open = GaugeGuard::enter(&self.inner.metrics.streams_open);
+        let span = self.start_span(&ctx);
         Ok(StreamSession {
+            span,
+            rows: std::sync::atomic::AtomicUsize::new(0),
             predictor: self.clone(),
             ctx,
             task: String::new(),
@@ -265,6 +273,7 @@ impl StreamSession {
                 });
             }
         }
+        self.rows.fetch_add(outcomes.len(), Ordering::Relaxed);
         let labels = [self.task.as_str(), bundle.version.as_str()];
         let m = &inner.metrics;
         m.rows.with_label_values(&labels).inc_by(outcomes.len() as u64 - errors);
@@ -300,6 +309,10 @@ impl Drop for StreamSession {
         let failure = self.outcome.unwrap_or(Err(ErrorKind::Cancelled)).err();
         let version = self.bundle.as_ref().map_or("", |b| b.version.as_str());
         self.predictor.record(&self.ctx, &self.task, version, failure);
+        if let Some(span) = self.span.take() {
+            let failure = failure.map(|kind| (kind, format!("stream ended {}", kind.name())));
+            self.predictor.end_span(span, &self.ctx, &self.task, version, *self.rows.get_mut(), failure);
+        }
         if let Some(task) = self.predictor.inner.registry.task_name(&self.task) {
             let seconds = Instant::now().duration_since(self.ctx.started).as_secs_f64();
             self.predictor.inner.metrics.stream_seconds.with_label_values(&[task]).observe(seconds);

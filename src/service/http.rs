@@ -401,7 +401,8 @@ impl Face {
     ) -> Result<crate::predict::Answer, Response> {
         let _admitted =
             self.admit().map_err(|message| error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message))?;
-        let mut ctx = CallContext::new(method).with_peer(conn.remote_addr);
+        let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        let mut ctx = CallContext::new(method).with_peer(conn.remote_addr).with_traceparent(traceparent);
         ctx.deadline = Some(ctx.started + self.limits.request_timeout);
         self.predictor.authenticate(&mut ctx, authorization(headers), conn.identities()).map_err(core_error)?;
         self.predictor.predict(&ctx, call).await.map_err(core_error)

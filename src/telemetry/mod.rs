@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod drift;
+pub mod trace;
 
 use crate::config::LogFormat;
 use prometheus::{

@@ -16,7 +16,8 @@ use crate::{
 /// its caller's own deadline, since bulk streams outlive any per-call server timeout.
 pub fn call_context<T>(method: Method, request: &Request<T>) -> CallContext {
     let peer = request.extensions().get::<ConnInfo>().and_then(|c| c.remote_addr);
-    let mut ctx = CallContext::new(method).with_peer(peer);
+    let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok());
+    let mut ctx = CallContext::new(method).with_peer(peer).with_traceparent(traceparent);
     if let Some(d) = request.extensions().get::<CallDeadline>() {
         ctx.deadline = match method {
             Method::BatchPredict => d.caller,

@@ -428,7 +428,8 @@ async fn score(
     path: &ModelPath,
     body: &[u8],
 ) -> Result<Response, PredictError> {
-    let mut ctx = CallContext::new(Method::V2Infer).with_peer(conn.remote_addr);
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut ctx = CallContext::new(Method::V2Infer).with_peer(conn.remote_addr).with_traceparent(traceparent);
     ctx.deadline = Some(ctx.started + face.limits.request_timeout);
     face.predictor.authenticate(&mut ctx, http::authorization(headers), conn.identities())?;
     let task = path.model.as_str();
