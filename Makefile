@@ -7,7 +7,7 @@ MLSERVER_VENV := .venv-mlserver
 SCORECARDPY_VENV := .venv-scorecardpy
 TRACES_VENV := .venv-traces
 
-.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test scorecardpy-test traces-test bench-v2 bench-mlserver bench-scorecard
+.PHONY: run test lint deny bench models models-check ort delivery-check python-test python-lint oip-test scorecardpy-test traces-test bench-tracing bench-v2 bench-mlserver bench-scorecard
 
 run: $(ORT_LIB)
 	cargo run --release -- serve
@@ -95,6 +95,11 @@ bench-v2: $(ORT_LIB)
 bench-scorecard: $(VENV)/.installed $(ORT_LIB)
 	cargo build --release --locked
 	$(VENV)/bin/python python/bench/scorecard.py
+
+# Predict with tracing off, at a sampling ratio of 0.01 and at 1.0, exporting to a real receiver.
+bench-tracing: $(VENV)/.installed $(TRACES_VENV)/.installed $(ORT_LIB)
+	cargo build --release --locked
+	$(VENV)/bin/python python/bench/tracing.py
 
 bench-mlserver: $(MLSERVER_VENV)/.installed $(ORT_LIB)
 	cargo build --release --locked

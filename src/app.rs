@@ -157,6 +157,7 @@ impl App {
         engine::init(&config.ort_library)?;
         let metrics = Metrics::new();
         metrics.set_build_info(&engine::runtime_version(&config.ort_library));
+        metrics.init_tasks(&config.tasks, config.audit.is_some());
         let options = RegistryOptions {
             load: LoadOptions {
                 engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },

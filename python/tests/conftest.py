@@ -120,6 +120,7 @@ class Daemon:
             if entry.get("message") == "listening":
                 self.grpc = entry["grpc"]
                 self.http = entry.get("http") or None
+                self.admin = entry.get("admin")
 
     def wait_serving(self, pb, tasks, timeout=120.0, loaded=()):
         """Waits until every task has a live version and the versions in `loaded` are loaded

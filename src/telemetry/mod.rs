@@ -384,6 +384,20 @@ impl Metrics {
         }
     }
 
+    /// Starts every configured task's series at zero, so that dashboards and alerts see a task
+    /// that has loaded nothing (no live version, only failed loads) rather than no series.
+    pub fn init_tasks(&self, tasks: &[String], audit: bool) {
+        for task in tasks {
+            self.loaded_versions.with_label_values(&[task]).set(0);
+            for result in ["success", "failure"] {
+                self.reloads.with_label_values(&[task, result]);
+            }
+            if audit {
+                self.audit_dropped.with_label_values(&[task]);
+            }
+        }
+    }
+
     /// Sets `modeld_build_info` for this build and the ONNX Runtime version it loaded.
     pub fn set_build_info(&self, onnxruntime: &str) {
         let labels = [env!("CARGO_PKG_VERSION"), env!("MODELD_GIT_COMMIT"), onnxruntime];
