@@ -1,4 +1,4 @@
-//! Logs, metrics and the audit log's writer ([`audit`]).
+//! Logs, metrics, drift signals ([`drift`]), traces ([`trace`]) and the audit log's writer ([`audit`]).
 //!
 //! [`Metrics`] owns its own `prometheus::Registry`, created at start-up and passed down: no
 //! global default registry, so several servers in one process (tests) never share counters.
