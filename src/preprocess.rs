@@ -384,6 +384,21 @@ ignored: [note]
     }
 
     #[test]
+    fn every_rejection_reason_has_a_label_value() {
+        let reasons = [
+            Reason::Missing,
+            Reason::WrongType { expected: "number", got: "text" },
+            Reason::NotFinite(f64::NAN),
+            Reason::NotInteger(0.5),
+            Reason::OutOfRange { value: 0.0, min: 1.0, max: 2.0 },
+            Reason::UnknownCategory("x".into()),
+            Reason::UnknownField,
+        ];
+        let names: Vec<&str> = reasons.iter().map(Reason::name).collect();
+        assert_eq!(names, crate::telemetry::drift::REASONS);
+    }
+
+    #[test]
     fn encode_each_keeps_good_rows() {
         let schema = Schema::parse(SCHEMA).unwrap();
         let rows = [

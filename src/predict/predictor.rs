@@ -254,7 +254,8 @@ impl Predictor {
                 let version = self.inner.registry.get(request.task).map(|b| b.version.clone()).unwrap_or_default();
                 self.record(ctx, request.task, &version, Some(e.kind()));
                 log_rejection(ctx, request.task, request.request_id, e);
-                if let Some(span) = span {
+                // The message is formatted for a recorded span only.
+                if let Some(span) = span.filter(CallSpan::sampled) {
                     let failure = Some((e.kind(), e.to_string()));
                     self.end_span(span, ctx, request.task, &version, request.rows.len(), failure);
                 }
