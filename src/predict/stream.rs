@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -26,8 +26,7 @@ use crate::{
     bundle::Bundle,
     preprocess::{RowError, RowView},
     registry::LivePolicy,
-    telemetry::GaugeGuard,
-    telemetry::trace::CallSpan,
+    telemetry::{GaugeGuard, trace::CallSpan},
 };
 
 /// One chunk's answer: the stream's bundle, and per row (in order) its prediction or its error.
@@ -59,7 +58,7 @@ pub struct StreamSession {
     /// Scorecards: reason codes per prediction, as the first chunk asked.
     reason_codes: u32,
     /// Rows answered (good or not), for the stream's span.
-    rows: std::sync::atomic::AtomicUsize,
+    rows: AtomicUsize,
     /// The stream's span, when tracing is on.
     span: Option<CallSpan>,
     _open: (OwnedSemaphorePermit, GaugeGuard, GaugeGuard),
@@ -82,7 +81,7 @@ impl Predictor {
         let span = self.start_span(&ctx);
         Ok(StreamSession {
             span,
-            rows: std::sync::atomic::AtomicUsize::new(0),
+            rows: AtomicUsize::new(0),
             predictor: self.clone(),
             ctx,
             task: String::new(),
