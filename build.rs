@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("modeld_descriptor.bin"))
         // prost's codec, except that a request the server cannot decode is INVALID_ARGUMENT.
         .codec_path("crate::pb::Codec")
+        // Rows are decoded by hand (src/pb/row.rs): their feature maps dominate a request.
+        .extern_path(".modeld.v1.Row", "crate::pb::Row")
         .compile_with_config(config, &["proto/modeld/v1/inference.proto"], &["proto"])?;
     // The Open Inference Protocol (KServe V2), with the same codec.
     let mut config = prost_build::Config::new();

@@ -8,15 +8,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        Mutex, OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Mutex, OnceLock},
 };
 
 use ort::{
     environment::Environment,
-    session::{Session, SessionInputValue, builder::GraphOptimizationLevel},
+    session::{
+        HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue, builder::GraphOptimizationLevel,
+    },
     value::{Tensor, TensorElementType, TensorRef, ValueType},
 };
 
@@ -198,10 +197,16 @@ impl Default for EngineOptions {
     }
 }
 
+/// One session, with run options that fetch only the output modeld reads: a classifier's label
+/// output is left inside the runtime rather than handed out and released on every run.
+struct Slot {
+    session: Session,
+    options: RunOptions<HasSelectedOutputs>,
+}
+
 /// A model ready to run: its sessions and its checked signature.
 pub struct Engine {
-    sessions: Box<[Mutex<Session>]>,
-    next: AtomicUsize,
+    sessions: Box<[Mutex<Slot>]>,
     /// The matrix form's one input; empty for a raw-input model.
     input: String,
     width: usize,
@@ -254,10 +259,19 @@ impl Engine {
         let first = &sessions[0];
         let feeds = if inputs.is_empty() { Vec::new() } else { check_inputs(first, inputs).map_err(signature)? };
         check_output(first, output).map_err(signature)?;
+        let slots = |sessions: Vec<Session>| {
+            sessions
+                .into_iter()
+                .map(|session| {
+                    let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
+                    Ok(Mutex::new(Slot { session, options }))
+                })
+                .collect::<Result<Box<[_]>, ort::Error>>()
+                .map_err(EngineError::Run)
+        };
         if !feeds.is_empty() {
             return Ok(Engine {
-                sessions: sessions.into_iter().map(Mutex::new).collect(),
-                next: AtomicUsize::new(0),
+                sessions: slots(sessions)?,
                 input: String::new(),
                 width: 0,
                 feeds,
@@ -279,14 +293,7 @@ impl Engine {
             }
         };
         let input = input.name().to_owned();
-        Ok(Engine {
-            sessions: sessions.into_iter().map(Mutex::new).collect(),
-            next: AtomicUsize::new(0),
-            input,
-            width,
-            feeds: Vec::new(),
-            output: output.to_owned(),
-        })
+        Ok(Engine { sessions: slots(sessions)?, input, width, feeds: Vec::new(), output: output.to_owned() })
     }
 
     /// Number of columns the model expects.
@@ -306,13 +313,14 @@ impl Engine {
         columns: &[InputColumn],
         read: impl FnOnce(Outputs<'_>) -> T,
     ) -> Result<T, EngineError> {
-        let mut session = self.session();
+        let mut slot = self.session();
+        let Slot { session, options } = &mut *slot;
         let out = if self.feeds.is_empty() {
             debug_assert_eq!(data.len(), rows * self.width);
             let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
-            session.run(ort::inputs![tensor]).map_err(EngineError::Run)?
+            session.run_with_options(ort::inputs![tensor], options).map_err(EngineError::Run)?
         } else {
-            session.run(self.feed(rows, columns)?).map_err(EngineError::Run)?
+            session.run_with_options(self.feed(rows, columns)?, options).map_err(EngineError::Run)?
         };
         let output_error = |reason: String| EngineError::Output { name: self.output.clone(), reason };
         let (shape, data) =
@@ -327,13 +335,14 @@ impl Engine {
 
     /// Runs the input once on every session, so no session meets its first request cold.
     pub fn warm_up(&self, rows: usize, data: &[f32], columns: &[InputColumn]) -> Result<(), EngineError> {
-        for session in self.sessions.iter() {
-            let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in self.sessions.iter() {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let Slot { session, options } = &mut *slot;
             if self.feeds.is_empty() {
                 let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
-                session.run(ort::inputs![tensor]).map_err(EngineError::Run)?;
+                session.run_with_options(ort::inputs![tensor], options).map_err(EngineError::Run)?;
             } else {
-                session.run(self.feed(rows, columns)?).map_err(EngineError::Run)?;
+                session.run_with_options(self.feed(rows, columns)?, options).map_err(EngineError::Run)?;
             }
         }
         Ok(())
@@ -368,17 +377,16 @@ impl Engine {
             .map_err(EngineError::Run)
     }
 
-    /// A free session. Callers hold a run permit, so one is normally free on the first pass;
-    /// the blocking lock at the end is only a safety net.
-    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+    /// The first free session. Callers hold a run permit, so one is normally free on the first
+    /// pass; the blocking lock at the end is only a safety net. Trying them in order keeps the
+    /// first session's memory warm in the cache when calls come one at a time.
+    fn session(&self) -> std::sync::MutexGuard<'_, Slot> {
+        for slot in self.sessions.iter() {
+            if let Ok(guard) = slot.try_lock() {
                 return guard;
             }
         }
-        self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
+        self.sessions[0].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -4,12 +4,12 @@
 //! Only the faces (`service`) and the clients (`clients`) use these types; everything below them
 //! works on domain types.
 
-#[allow(clippy::all, missing_docs)]
-mod generated {
-    tonic::include_proto!("modeld.v1");
-}
+mod generated;
 
 pub use generated::*;
+pub use row::{Features, Row};
+
+mod row;
 
 /// The Open Inference Protocol (KServe V2) messages and service, package `inference`.
 pub mod v2 {

@@ -23,7 +23,10 @@ use crate::{
     engine::{Engine, EngineError, EngineOptions},
     preprocess::{self, Input, RowError, RowView},
     schema::{Bin, Schema, SchemaError},
-    telemetry::drift::{Baseline, Drift, ScoreKind},
+    telemetry::{
+        SeriesCache,
+        drift::{Baseline, Drift, ScoreKind},
+    },
 };
 
 /// Why a bundle cannot be served. Every variant names the file or step and the reason.
@@ -102,6 +105,8 @@ pub struct Bundle {
     pub evaluation: BTreeMap<String, f64>,
     /// Input-quality counters and the score distribution of the rows this version scores.
     pub drift: Arc<Drift>,
+    /// This version's per-call metric series, resolved once.
+    pub series: SeriesCache,
     engine: Engine,
 }
 
@@ -334,6 +339,7 @@ impl Bundle {
             config,
             evaluation_json,
             evaluation,
+            series: SeriesCache::default(),
             engine,
         };
         let input = bundle.replay_golden(&golden, options.tolerance)?;

@@ -25,6 +25,9 @@ use crate::{
     },
 };
 
+const _: () =
+    assert!(Method::ALL.len() <= crate::telemetry::SeriesCache::METHODS, "a bundle caches every method's series");
+
 /// The core. Cloning is shallow: every clone shares the registry, the runner, the limits and the
 /// stream slots.
 #[derive(Clone)]
@@ -243,9 +246,7 @@ impl Predictor {
         let result = self.score_request(ctx, &request, policy.as_deref(), span.as_mut()).await;
         match &result {
             Ok(answer) => {
-                self.record(ctx, request.task, &answer.bundle.version, None);
-                let m = &self.inner.metrics;
-                m.rows.with_label_values(&[request.task, &answer.bundle.version]).inc_by(request.rows.len() as u64);
+                self.record_answer(ctx, request.task, &answer.bundle, request.rows.len());
                 if let Some(span) = span {
                     self.end_span(span, ctx, request.task, &answer.bundle.version, request.rows.len(), None);
                 }
@@ -411,6 +412,22 @@ impl Predictor {
             Some(v) => registry.get_version(task, v)?,
             None => registry.get(task)?,
         })
+    }
+
+    /// Counts an answered call: `modeld_requests_total`, `modeld_request_duration_seconds` and
+    /// `modeld_rows_total`, through the version's resolved series.
+    pub(super) fn record_answer(&self, ctx: &CallContext, task: &str, bundle: &Bundle, rows: usize) {
+        let series = bundle.series.get(&self.inner.metrics, ctx.method as usize, || {
+            let task = self.inner.registry.task_name(task).unwrap_or("-");
+            [task.to_owned(), bundle.version.clone(), ctx.method.name().to_owned()]
+        });
+        series.ok.inc();
+        series.latency.observe(ctx.started.elapsed().as_secs_f64());
+        series.rows.inc_by(rows as u64);
+        if let Some(caller) = &ctx.caller {
+            let task = self.inner.registry.task_name(task).unwrap_or("-");
+            self.inner.metrics.caller_requests.with_label_values(&[caller.name.as_str(), task, "OK"]).inc();
+        }
     }
 
     /// Counts a finished call: `modeld_requests_total` and `modeld_request_duration_seconds`.

@@ -418,6 +418,45 @@ impl Default for Metrics {
     }
 }
 
+/// A version's series for answered calls of one method (`modeld_requests_total` with code OK,
+/// `modeld_request_duration_seconds`, `modeld_rows_total`), resolved once: looking labels up
+/// per call hashes them and takes the metric family's lock.
+pub struct CallSeries {
+    pub ok: IntCounter,
+    pub latency: prometheus::Histogram,
+    pub rows: IntCounter,
+}
+
+/// [`CallSeries`] per method, each resolved on the method's first answered call. Lives in
+/// the bundle whose version labels them, so the series of a retired version go with it.
+#[derive(Default)]
+pub struct SeriesCache([std::sync::OnceLock<CallSeries>; SeriesCache::METHODS]);
+
+impl std::fmt::Debug for SeriesCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resolved = self.0.iter().filter(|s| s.get().is_some()).count();
+        f.debug_struct("SeriesCache").field("resolved", &resolved).finish()
+    }
+}
+
+impl SeriesCache {
+    /// Methods a cache has room for.
+    pub const METHODS: usize = 8;
+
+    /// The series of method number `method` (below [`SeriesCache::METHODS`]), resolved with `labels` the first time:
+    /// task, version, method name.
+    pub fn get(&self, metrics: &Metrics, method: usize, labels: impl FnOnce() -> [String; 3]) -> &CallSeries {
+        self.0[method].get_or_init(|| {
+            let [task, version, method] = labels();
+            CallSeries {
+                ok: metrics.requests.with_label_values(&[&*task, &*version, &*method, "OK"]),
+                latency: metrics.latency.with_label_values(&[&*task, &*method]),
+                rows: metrics.rows.with_label_values(&[&*task, &*version]),
+            }
+        })
+    }
+}
+
 /// Holds a gauge one higher for as long as it lives: in-flight calls, queued runs, open
 /// streams. Whatever path the work ends on (success, error, a dropped future), the gauge
 /// comes back down.
