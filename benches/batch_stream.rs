@@ -61,7 +61,8 @@ fn main() {
             .iter()
             .map(|r| pb::Row {
                 row_id: r.row_id.clone(),
-                values: columns.iter().map(|c| r.features[c].clone()).collect(),
+                // A feature the row leaves out is sent as an unset value: missing.
+                values: columns.iter().map(|c| r.features.get(c).cloned().unwrap_or_default()).collect(),
                 ..Default::default()
             })
             .collect();
