@@ -202,6 +202,14 @@ impl Default for EngineOptions {
 struct Slot {
     session: Session,
     options: RunOptions<HasSelectedOutputs>,
+    /// One-row runs of the matrix form (a unary call's usual shape): an input tensor and an
+    /// output tensor kept for every run, so the runtime allocates and frees neither.
+    single: Option<Single>,
+}
+
+struct Single {
+    input: Tensor<f32>,
+    options: RunOptions<HasSelectedOutputs>,
 }
 
 /// A model ready to run: its sessions and its checked signature.
@@ -259,19 +267,30 @@ impl Engine {
         let first = &sessions[0];
         let feeds = if inputs.is_empty() { Vec::new() } else { check_inputs(first, inputs).map_err(signature)? };
         check_output(first, output).map_err(signature)?;
-        let slots = |sessions: Vec<Session>| {
+        let outputs_per_row = output_width(first, output);
+        let slots = |sessions: Vec<Session>, width: usize| {
             sessions
                 .into_iter()
                 .map(|session| {
                     let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
-                    Ok(Mutex::new(Slot { session, options }))
+                    let single = match outputs_per_row {
+                        Some(k) if width > 0 => {
+                            let allocator = ort::memory::Allocator::default();
+                            let input = Tensor::<f32>::new(&allocator, [1, width])?;
+                            let out = Tensor::<f32>::new(&allocator, k.map_or(vec![1], |k| vec![1, k]))?;
+                            let selector = OutputSelector::no_default().with(output).preallocate(output, out);
+                            Some(Single { input, options: RunOptions::new()?.with_outputs(selector) })
+                        }
+                        _ => None,
+                    };
+                    Ok(Mutex::new(Slot { session, options, single }))
                 })
                 .collect::<Result<Box<[_]>, ort::Error>>()
                 .map_err(EngineError::Run)
         };
         if !feeds.is_empty() {
             return Ok(Engine {
-                sessions: slots(sessions)?,
+                sessions: slots(sessions, 0)?,
                 input: String::new(),
                 width: 0,
                 feeds,
@@ -293,7 +312,7 @@ impl Engine {
             }
         };
         let input = input.name().to_owned();
-        Ok(Engine { sessions: slots(sessions)?, input, width, feeds: Vec::new(), output: output.to_owned() })
+        Ok(Engine { sessions: slots(sessions, width)?, input, width, feeds: Vec::new(), output: output.to_owned() })
     }
 
     /// Number of columns the model expects.
@@ -314,8 +333,11 @@ impl Engine {
         read: impl FnOnce(Outputs<'_>) -> T,
     ) -> Result<T, EngineError> {
         let mut slot = self.session();
-        let Slot { session, options } = &mut *slot;
-        let out = if self.feeds.is_empty() {
+        let Slot { session, options, single } = &mut *slot;
+        let out = if let (1, Some(single)) = (rows, single.as_mut()) {
+            single.input.try_extract_tensor_mut().map_err(EngineError::Run)?.1.copy_from_slice(data);
+            session.run_with_options(ort::inputs![&single.input], &single.options).map_err(EngineError::Run)?
+        } else if self.feeds.is_empty() {
             debug_assert_eq!(data.len(), rows * self.width);
             let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
             session.run_with_options(ort::inputs![tensor], options).map_err(EngineError::Run)?
@@ -333,16 +355,21 @@ impl Engine {
         Ok(read(Outputs { data, width }))
     }
 
-    /// Runs the input once on every session, so no session meets its first request cold.
+    /// Runs the input once on every session (and its first row alone, as one-row calls run),
+    /// so no session meets its first request cold.
     pub fn warm_up(&self, rows: usize, data: &[f32], columns: &[InputColumn]) -> Result<(), EngineError> {
         for slot in self.sessions.iter() {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            let Slot { session, options } = &mut *slot;
+            let Slot { session, options, single } = &mut *slot;
             if self.feeds.is_empty() {
                 let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
                 session.run_with_options(ort::inputs![tensor], options).map_err(EngineError::Run)?;
             } else {
                 session.run_with_options(self.feed(rows, columns)?, options).map_err(EngineError::Run)?;
+            }
+            if let (Some(single), Some(row)) = (single.as_mut(), data.get(..self.width)) {
+                single.input.try_extract_tensor_mut().map_err(EngineError::Run)?.1.copy_from_slice(row);
+                session.run_with_options(ort::inputs![&single.input], &single.options).map_err(EngineError::Run)?;
             }
         }
         Ok(())
@@ -435,6 +462,19 @@ fn check_output(session: &Session, output: &str) -> Result<(), String> {
             let names: Vec<_> = session.outputs().iter().map(|o| o.name().to_owned()).collect();
             Err(format!("no output named `{output}` (the model has {names:?})"))
         }
+    }
+}
+
+/// Values per row of `output` when its shape is fixed: None for `[N]` inside the Some, the
+/// width for `[N, K]`; None when the width is not known before a run.
+fn output_width(session: &Session, output: &str) -> Option<Option<usize>> {
+    match session.outputs().iter().find(|o| o.name() == output).map(|o| o.dtype()) {
+        Some(ValueType::Tensor { shape, .. }) => match **shape {
+            [_] => Some(None),
+            [_, k] if k > 0 => Some(Some(k as usize)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

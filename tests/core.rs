@@ -165,3 +165,33 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     );
     assert_eq!(metric_value(&text, "modeld_streams_open", &[]), Some(0.0));
 }
+
+/// One-row runs reuse an input and an output tensor per session: for every shipped model, a
+/// row scored alone gets what it gets inside a batch (to the last bits, where the runtime picks
+/// a different kernel for one row), whatever row ran before it.
+#[test]
+fn a_row_alone_scores_as_in_a_batch() {
+    engine::init(&config::default_ort_library()).expect("ONNX Runtime library");
+    for (task, version) in [("credit_risk", "v1"), ("credit_risk", "v2"), ("credit_scorecard", "v1")] {
+        let dir = repo_models().join(task).join(version);
+        let bundle = modeld::bundle::Bundle::load(&dir, &LoadOptions::default()).unwrap();
+        let text = std::fs::read_to_string(dir.join("golden.jsonl")).unwrap();
+        let rows: Vec<OwnedRow> =
+            modeld::bundle::golden::parse(&text).unwrap().into_iter().map(|g| g.row).take(40).collect();
+        let scores = |rows: &[OwnedRow]| {
+            let input = bundle.prepare(rows).unwrap();
+            bundle.score(&input, |_, s| (s.probabilities.to_vec(), s.values.to_vec())).unwrap()
+        };
+        let together = scores(&rows);
+        // Forwards, then backwards: each row follows a different one each time.
+        for i in (0..rows.len()).chain((0..rows.len()).rev()) {
+            let alone = scores(std::slice::from_ref(&rows[i]));
+            let (a, t) = (&alone[0], &together[i]);
+            let pairs = a.0.iter().zip(&t.0).chain(a.1.iter().zip(&t.1));
+            assert!(alone.len() == 1 && a.0.len() == t.0.len() && a.1.len() == t.1.len(), "{task} {version}, row {i}");
+            for (x, y) in pairs {
+                assert!((x - y).abs() <= 1e-6, "{task} {version}, row {i}: alone {a:?}, in a batch {t:?}");
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@ use prost::{
     encoding::{self, DecodeContext, WireType},
 };
 
-use super::generated::Value;
+use super::generated::{Value, value::Kind};
 
 /// One row of a request or stream chunk.
 #[derive(Clone, PartialEq, Default, Debug)]
@@ -105,8 +105,13 @@ impl Row {
         match body {
             Some(mut body) => {
                 let used = chunk.len() - rest.len() + body.len();
-                while !body.is_empty() {
-                    entry_field(&mut entry, &mut body, ctx.clone())?;
+                match plain_entry(body) {
+                    Some(plain) => entry = plain,
+                    None => {
+                        while !body.is_empty() {
+                            entry_field(&mut entry, &mut body, ctx.clone())?;
+                        }
+                    }
                 }
                 buf.advance(used);
             }
@@ -116,6 +121,60 @@ impl Row {
         self.features.insert(entry.0, entry.1);
         Ok(())
     }
+}
+
+/// A map entry as clients write it, read in one pass: the name (field 1) and a value (field 2)
+/// of the four kinds, each as its wire type says. None for anything else (unknown fields,
+/// other wire types, broken bytes, text that is not UTF-8): then prost's general reading of
+/// the same bytes decides, with its errors. The same rules as prost's: the last name and the
+/// last value kind win, an absent name is empty and an absent value unset.
+fn plain_entry(mut body: &[u8]) -> Option<(String, Value)> {
+    let (mut name, mut value) = ("", Value::default());
+    while !body.is_empty() {
+        match varint(&mut body)? {
+            0x0a => name = text(&mut body)?,
+            0x12 => {
+                let len = usize::try_from(varint(&mut body)?).ok()?;
+                let (mut message, rest) = body.split_at_checked(len)?;
+                body = rest;
+                while !message.is_empty() {
+                    value.kind = Some(match varint(&mut message)? {
+                        0x09 => {
+                            let (bytes, rest) = message.split_first_chunk::<8>()?;
+                            message = rest;
+                            Kind::Number(f64::from_le_bytes(*bytes))
+                        }
+                        0x10 => Kind::Integer(varint(&mut message)? as i64),
+                        0x1a => Kind::Text(text(&mut message)?.to_owned()),
+                        0x20 => Kind::Flag(varint(&mut message)? != 0),
+                        _ => return None,
+                    });
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some((name.to_owned(), value))
+}
+
+/// Keys, lengths and small numbers are one byte: read those here, the rest through prost.
+#[inline]
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    match buf.split_first() {
+        Some((&byte, rest)) if byte < 0x80 => {
+            *buf = rest;
+            Some(u64::from(byte))
+        }
+        _ => encoding::decode_varint(buf).ok(),
+    }
+}
+
+/// A length-delimited UTF-8 string, borrowed from the buffer.
+fn text<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
+    let len = usize::try_from(varint(buf)?).ok()?;
+    let (bytes, rest) = buf.split_at_checked(len)?;
+    *buf = rest;
+    std::str::from_utf8(bytes).ok()
 }
 
 /// One field of a map entry: the name (1) or the value (2); either may be absent (empty name,
@@ -316,7 +375,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::pb::generated::value::Kind;
 
     /// prost's own decoding of `modeld.v1.Row`: the reference this type must agree with.
     #[derive(Clone, PartialEq, prost::Message)]
@@ -387,9 +445,38 @@ mod tests {
     }
 
     #[test]
+    fn unusual_entries_are_read_as_prost_reads_them() {
+        let entries: [&[u8]; 4] = [
+            // Unknown fields in the entry (3) and in the value (5) are skipped.
+            &[0x0a, 0x01, b'a', 0x18, 0x01, 0x12, 0x04, 0x28, 0x01, 0x10, 0x07],
+            // Two names, two values of different kinds: the last of each.
+            &[0x0a, 0x01, b'a', 0x12, 0x02, 0x20, 0x01, 0x0a, 0x01, b'b', 0x12, 0x03, 0x1a, 0x01, b'x'],
+            // No name, no value.
+            &[],
+            // A key written in two bytes where one would do.
+            &[0x8a, 0x00, 0x01, b'c', 0x12, 0x02, 0x10, 0x05],
+        ];
+        for entry in entries {
+            let mut bytes = vec![0x12, entry.len() as u8];
+            bytes.extend_from_slice(entry);
+            let (row, reference) = (Row::decode(&*bytes).unwrap(), Reference::decode(&*bytes).unwrap());
+            assert!(same(&row, &reference), "{entry:?}: {row:?} vs {reference:?}");
+        }
+        let row = Row::decode(&[0x12, 0x0b, 0x0a, 0x01, b'a', 0x18, 0x01, 0x12, 0x04, 0x28, 0x01, 0x10, 0x07][..]);
+        assert_eq!(row.unwrap().features["a"], value(Some(Kind::Integer(7))));
+    }
+
+    #[test]
     fn broken_entries_are_decode_errors() {
-        // An entry claiming more bytes than the row has, and a name that is not UTF-8.
-        for bytes in [&[0x12, 0x05, 0x0a, 0x01, b'a'][..], &[0x12, 0x03, 0x0a, 0x01, 0xff]] {
+        // An entry claiming more bytes than the row has, a name and a text value that are not
+        // UTF-8, a value with a wrong wire type for its kind.
+        let broken: [&[u8]; 4] = [
+            &[0x12, 0x05, 0x0a, 0x01, b'a'],
+            &[0x12, 0x03, 0x0a, 0x01, 0xff],
+            &[0x12, 0x05, 0x12, 0x03, 0x1a, 0x01, 0xff],
+            &[0x12, 0x04, 0x12, 0x02, 0x0b, 0x01],
+        ];
+        for bytes in broken {
             let e = Row::decode(bytes).unwrap_err().to_string();
             assert!(e.contains("Row.features"), "{e}");
         }
