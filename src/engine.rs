@@ -465,8 +465,8 @@ fn check_output(session: &Session, output: &str) -> Result<(), String> {
     }
 }
 
-/// Values per row of `output` when its shape is fixed: None for `[N]` inside the Some, the
-/// width for `[N, K]`; None when the width is not known before a run.
+/// The shape of one row's `output` when the model fixes it: `Some(None)` for `[N]`,
+/// `Some(Some(k))` for `[N, k]`; None when only a run tells.
 fn output_width(session: &Session, output: &str) -> Option<Option<usize>> {
     match session.outputs().iter().find(|o| o.name() == output).map(|o| o.dtype()) {
         Some(ValueType::Tensor { shape, .. }) => match **shape {

@@ -428,7 +428,7 @@ pub struct CallSeries {
 }
 
 /// [`CallSeries`] per method, each resolved on the method's first answered call. Lives in
-/// the bundle whose version labels them, so the series of a retired version go with it.
+/// the bundle whose version labels them: each load of a version resolves its own handles.
 #[derive(Default)]
 pub struct SeriesCache([std::sync::OnceLock<CallSeries>; SeriesCache::METHODS]);
 
