@@ -2,8 +2,7 @@
 //!
 //! prost would decode a row's `features` map into a `HashMap<String, Value>`: a SipHash per
 //! name, a table that grows by rehashing, and every field read through the layered buffer of
-//! the enclosing message. That was the largest single cost of a one-row Predict, more than the
-//! model run. Here the map's entries are read from the contiguous request buffer into a vector
+//! the enclosing message. For a one-row Predict that cost as much as the model run. Here the map's entries are read from the contiguous request buffer into a vector
 //! in wire order, each name at most once, with the protobuf rule for repeated keys (the last
 //! value wins). The wire format is the proto's, byte for byte; only the Rust type differs.
 
