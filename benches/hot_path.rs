@@ -4,10 +4,10 @@
 //! named raw features per call) and drives it with h2load (`apt-get install nghttp2-client`),
 //! a C load generator whose own cost is the same for every call: Predict, then grpc.health.v1
 //! Check (the transport-only baseline: same server, same stack, no model work), each with 1, 8
-//! and 32 connections of one stream each. It prints req/s and latency percentiles for both and
-//! Predict's share of Check's rate. The same row as JSON through the HTTP face
-//! (`POST /v1/tasks/credit_risk/predict`, HTTP/1.1 keep-alive, `h2load --h1`) runs beside them,
-//! with its share of Predict's rate.
+//! and 32 connections of one stream each. It prints req/s, latency percentiles and the daemon's
+//! CPU time per call for both, and Predict's share of Check's rate. The same row as JSON through
+//! the HTTP face (`POST /v1/tasks/credit_risk/predict`, HTTP/1.1 keep-alive, `h2load --h1`) runs
+//! beside them, with its share of Predict's rate.
 //!
 //! h2load counts any HTTP 200 as a success, so every Predict and JSON answer is also counted
 //! through the daemon's own `modeld_requests_total{code="OK"}`: a run where they differ fails.
@@ -54,7 +54,21 @@ fn main() {
     let check_url = format!("{base}/grpc.health.v1.Health/Check");
 
     println!("modeld hot path: model v2, one row of 20 named features per call, h2load on this machine");
-    println!("{:<10} {:>5}  {:>10}  {:>9}  {:>9}", "call", "conns", "req/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<10} {:>5}  {:>10}  {:>9}  {:>9}  {:>13}",
+        "call", "conns", "req/s", "p50 ms", "p99 ms", "daemon µs/call"
+    );
+    // The daemon's own CPU time per call (user + system): what the server spends, apart from
+    // the load generator sharing the machine. The CPU time covers h2load's 1 s warm-up too,
+    // whose calls h2load does not count: they are taken to run at the measured rate.
+    let pid = daemon.child.id();
+    let per_call = |run: &dyn Fn() -> Figures| {
+        let before = cpu_seconds(pid);
+        let f = run();
+        let spent = cpu_seconds(pid) - before;
+        let calls = f.done as f64 * (seconds + 1) as f64 / seconds as f64;
+        (spent * 1e6 / calls.max(1.0), f)
+    };
     let mut rows = Vec::new();
     for conns in CONNECTIONS {
         let counted = |method: &str, run: &dyn Fn() -> Figures| {
@@ -65,15 +79,18 @@ fn main() {
             assert!(ok_after - ok_before >= f.done as f64, "h2load counted {} answers, the daemon fewer", f.done);
             f
         };
-        let p =
-            counted("Predict", &|| h2load(&predict_url, &work.path().join("predict.bin"), conns, seconds, work.path()));
-        let j = counted("POST /v1/tasks/{task}/predict", &|| {
-            let protocol = ["--h1", "-H", "content-type: application/json"];
-            h2load_with(&json_url, &work.path().join("predict.json"), conns, seconds, work.path(), &protocol)
+        let (p_cpu, p) = per_call(&|| {
+            counted("Predict", &|| h2load(&predict_url, &work.path().join("predict.bin"), conns, seconds, work.path()))
         });
-        let c = h2load(&check_url, &work.path().join("check.bin"), conns, seconds, work.path());
-        for (name, f) in [("Predict", &p), ("JSON", &j), ("Check", &c)] {
-            println!("{name:<10} {conns:>5}  {:>10.0}  {:>9.3}  {:>9.3}", f.rps, f.p50_ms, f.p99_ms);
+        let (j_cpu, j) = per_call(&|| {
+            counted("POST /v1/tasks/{task}/predict", &|| {
+                let protocol = ["--h1", "-H", "content-type: application/json"];
+                h2load_with(&json_url, &work.path().join("predict.json"), conns, seconds, work.path(), &protocol)
+            })
+        });
+        let (c_cpu, c) = per_call(&|| h2load(&check_url, &work.path().join("check.bin"), conns, seconds, work.path()));
+        for (name, f, cpu) in [("Predict", &p, p_cpu), ("JSON", &j, j_cpu), ("Check", &c, c_cpu)] {
+            println!("{name:<10} {conns:>5}  {:>10.0}  {:>9.3}  {:>9.3}  {cpu:>13.1}", f.rps, f.p50_ms, f.p99_ms);
         }
         rows.push((conns, p, j, c));
     }
@@ -87,4 +104,14 @@ fn main() {
             100.0 * j.rps / p.rps
         );
     }
+}
+
+/// CPU seconds the process has used (user + system), from /proc/PID/stat at the kernel's
+/// 100 ticks a second.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's /proc entry");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
