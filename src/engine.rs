@@ -14,7 +14,8 @@ use std::{
 use ort::{
     environment::Environment,
     session::{
-        HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue, builder::GraphOptimizationLevel,
+        HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue, SessionOutputs,
+        builder::GraphOptimizationLevel,
     },
     value::{Tensor, TensorElementType, TensorRef, ValueType},
 };
@@ -212,6 +213,14 @@ struct Single {
     options: RunOptions<HasSelectedOutputs>,
 }
 
+impl Single {
+    /// Runs `row` (one row's `width` values) through the kept tensors.
+    fn run<'s>(&'s mut self, session: &'s mut Session, row: &[f32]) -> Result<SessionOutputs<'s>, EngineError> {
+        self.input.try_extract_tensor_mut().map_err(EngineError::Run)?.1.copy_from_slice(row);
+        session.run_with_options(ort::inputs![&self.input], &self.options).map_err(EngineError::Run)
+    }
+}
+
 /// A model ready to run: its sessions and its checked signature.
 pub struct Engine {
     sessions: Box<[Mutex<Slot>]>,
@@ -335,8 +344,7 @@ impl Engine {
         let mut slot = self.session();
         let Slot { session, options, single } = &mut *slot;
         let out = if let (1, Some(single)) = (rows, single.as_mut()) {
-            single.input.try_extract_tensor_mut().map_err(EngineError::Run)?.1.copy_from_slice(data);
-            session.run_with_options(ort::inputs![&single.input], &single.options).map_err(EngineError::Run)?
+            single.run(session, data)?
         } else if self.feeds.is_empty() {
             debug_assert_eq!(data.len(), rows * self.width);
             let tensor = TensorRef::from_array_view(([rows, self.width], data)).map_err(EngineError::Run)?;
@@ -368,8 +376,7 @@ impl Engine {
                 session.run_with_options(self.feed(rows, columns)?, options).map_err(EngineError::Run)?;
             }
             if let (Some(single), Some(row)) = (single.as_mut(), data.get(..self.width)) {
-                single.input.try_extract_tensor_mut().map_err(EngineError::Run)?.1.copy_from_slice(row);
-                session.run_with_options(ort::inputs![&single.input], &single.options).map_err(EngineError::Run)?;
+                single.run(session, row)?;
             }
         }
         Ok(())

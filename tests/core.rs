@@ -186,9 +186,10 @@ fn a_row_alone_scores_as_in_a_batch() {
         // Forwards, then backwards: each row follows a different one each time.
         for i in (0..rows.len()).chain((0..rows.len()).rev()) {
             let alone = scores(std::slice::from_ref(&rows[i]));
+            assert_eq!(alone.len(), 1, "{task} {version}, row {i}");
             let (a, t) = (&alone[0], &together[i]);
+            assert!(a.0.len() == t.0.len() && a.1.len() == t.1.len(), "{task} {version}, row {i}");
             let pairs = a.0.iter().zip(&t.0).chain(a.1.iter().zip(&t.1));
-            assert!(alone.len() == 1 && a.0.len() == t.0.len() && a.1.len() == t.1.len(), "{task} {version}, row {i}");
             for (x, y) in pairs {
                 assert!((x - y).abs() <= 1e-6, "{task} {version}, row {i}: alone {a:?}, in a batch {t:?}");
             }
