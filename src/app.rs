@@ -160,7 +160,11 @@ impl App {
         metrics.init_tasks(&config.tasks, config.audit.is_some());
         let options = RegistryOptions {
             load: LoadOptions {
-                engine: EngineOptions { sessions: config.inference_threads, intra_threads: 1 },
+                engine: EngineOptions {
+                    sessions: config.inference_threads,
+                    intra_threads: 1,
+                    native: config.native_models,
+                },
                 drift: config.drift,
                 ..LoadOptions::default()
             },

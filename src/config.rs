@@ -175,6 +175,10 @@ pub struct ServeArgs {
     /// Serve gRPC server reflection (grpcurl without the .proto) [default: true].
     #[arg(long, env = "MODELD_REFLECTION")]
     pub reflection: Option<bool>,
+    /// Evaluate tree-ensemble and linear models natively once they agree with ONNX Runtime on
+    /// probe rows at load; false leaves every model to ONNX Runtime [default: true].
+    #[arg(long, env = "MODELD_NATIVE_MODELS")]
+    pub native_models: Option<bool>,
     /// Close each gRPC connection gracefully after this many milliseconds (GOAWAY, in-flight
     /// calls finish within `max_connection_age_grace_ms`), so callers behind a Service spread
     /// over new replicas; HTTP/1.1 connections are closed after a response past it, with up to
@@ -304,6 +308,8 @@ pub struct Config {
     pub admin_tls: Option<TlsFiles>,
     pub callers_file: Option<PathBuf>,
     pub reflection: bool,
+    /// Tree ensembles and linear models run natively (checked against ONNX Runtime at load).
+    pub native_models: bool,
     /// None: connections live as long as their callers keep them.
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Duration,
@@ -587,6 +593,7 @@ fn resolve(cli: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
         )?,
         callers_file: cli.callers_file.or(file.callers_file),
         reflection: cli.reflection.or(file.reflection).unwrap_or(true),
+        native_models: cli.native_models.or(file.native_models).unwrap_or(true),
         max_connection_age: cli
             .max_connection_age_ms
             .or(file.max_connection_age_ms)

@@ -25,7 +25,10 @@ async fn core(root: &std::path::Path, tasks: &[&str]) -> (Predictor, Metrics, Re
     engine::init(&config::default_ort_library()).expect("ONNX Runtime library");
     let metrics = Metrics::new();
     let options = RegistryOptions {
-        load: LoadOptions { engine: EngineOptions { sessions: 2, intra_threads: 1 }, ..LoadOptions::default() },
+        load: LoadOptions {
+            engine: EngineOptions { sessions: 2, ..EngineOptions::default() },
+            ..LoadOptions::default()
+        },
         ..RegistryOptions::default()
     };
     let tasks: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
@@ -166,15 +169,19 @@ async fn a_stream_keeps_its_snapshot_scores_good_rows_and_holds_a_slot() {
     assert_eq!(metric_value(&text, "modeld_streams_open", &[]), Some(0.0));
 }
 
-/// One-row runs reuse an input and an output tensor per session: for every shipped model, a
-/// row scored alone gets what it gets inside a batch (to the last bits, where the runtime picks
-/// a different kernel for one row), whatever row ran before it.
+/// One-row runs reuse an input and an output tensor per session (or the native evaluator's
+/// stack buffer): for every shipped model, a row scored alone gets what it gets inside a batch
+/// (to the last bits, where the runtime picks a different kernel for one row), whatever row ran
+/// before it; with native evaluation on and off.
 #[test]
 fn a_row_alone_scores_as_in_a_batch() {
     engine::init(&config::default_ort_library()).expect("ONNX Runtime library");
-    for (task, version) in [("credit_risk", "v1"), ("credit_risk", "v2"), ("credit_scorecard", "v1")] {
+    let shipped = [("credit_risk", "v1"), ("credit_risk", "v2"), ("credit_scorecard", "v1")];
+    for ((task, version), native) in shipped.into_iter().flat_map(|m| [(m, true), (m, false)]) {
         let dir = repo_models().join(task).join(version);
-        let bundle = modeld::bundle::Bundle::load(&dir, &LoadOptions::default()).unwrap();
+        let mut options = LoadOptions::default();
+        options.engine.native = native;
+        let bundle = modeld::bundle::Bundle::load(&dir, &options).unwrap();
         let text = std::fs::read_to_string(dir.join("golden.jsonl")).unwrap();
         let rows: Vec<OwnedRow> =
             modeld::bundle::golden::parse(&text).unwrap().into_iter().map(|g| g.row).take(40).collect();
@@ -192,6 +199,41 @@ fn a_row_alone_scores_as_in_a_batch() {
             let pairs = a.0.iter().zip(&t.0).chain(a.1.iter().zip(&t.1));
             for (x, y) in pairs {
                 assert!((x - y).abs() <= 1e-6, "{task} {version}, row {i}: alone {a:?}, in a batch {t:?}");
+            }
+        }
+    }
+}
+
+/// The shipped models (a tree ensemble, a logistic regression, a scorecard) are evaluated
+/// natively, and every golden row gets the same label and, within 1e-5, the same scores as from
+/// ONNX Runtime itself; `native: false` leaves them to the runtime.
+#[test]
+fn native_evaluation_answers_as_onnx_runtime_does() {
+    engine::init(&config::default_ort_library()).expect("ONNX Runtime library");
+    for (task, version) in [("credit_risk", "v1"), ("credit_risk", "v2"), ("credit_scorecard", "v1")] {
+        let dir = repo_models().join(task).join(version);
+        let load = |native: bool| {
+            let mut options = LoadOptions::default();
+            options.engine.native = native;
+            modeld::bundle::Bundle::load(&dir, &options).unwrap()
+        };
+        let (native, runtime) = (load(true), load(false));
+        let evaluator = native.evaluator();
+        assert!(evaluator.starts_with("native ") && evaluator.contains("agrees with ONNX Runtime"), "{evaluator}");
+        assert!(runtime.evaluator().starts_with("ONNX Runtime"), "{}", runtime.evaluator());
+        let text = std::fs::read_to_string(dir.join("golden.jsonl")).unwrap();
+        let rows: Vec<OwnedRow> = modeld::bundle::golden::parse(&text).unwrap().into_iter().map(|g| g.row).collect();
+        let scores = |bundle: &modeld::bundle::Bundle| {
+            let input = bundle.prepare(&rows).unwrap();
+            bundle.score(&input, |_, s| (s.label.to_owned(), s.probabilities.to_vec())).unwrap()
+        };
+        let (ours, theirs) = (scores(&native), scores(&runtime));
+        assert_eq!(ours.len(), rows.len());
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a.0, b.0, "{task} {version}, row {i}");
+            assert!(a.1.len() == 2 && b.1.len() == 2, "{task} {version}, row {i}");
+            for (x, y) in a.1.iter().zip(&b.1) {
+                assert!((x - y).abs() <= 1e-5, "{task} {version}, row {i}: native {a:?}, runtime {b:?}");
             }
         }
     }

@@ -324,6 +324,7 @@ impl Bundle {
             n => format!("{n} raw inputs"),
         };
         done("model", format!("{inputs}, {} session(s)", options.engine.sessions.max(1)));
+        done("evaluator", engine.evaluator().to_owned());
 
         let golden = golden::parse(file("golden.jsonl")?)?;
         let kind = if config.kind == Kind::Classifier { ScoreKind::Probability } else { ScoreKind::Value };
@@ -368,6 +369,12 @@ impl Bundle {
             Some((line, row_id, reason)) => Err(BundleError::GoldenMismatch { line, row_id, reason }),
             None => Ok(input),
         }
+    }
+
+    /// What computes this version's scores: "native tree ensemble, ..." when its graph is one
+    /// the native evaluators cover and they agree with ONNX Runtime, else "ONNX Runtime (why)".
+    pub fn evaluator(&self) -> &str {
+        self.engine.evaluator()
     }
 
     /// Encodes rows per the schema; the first bad row is the error. Defaults, unknown

@@ -52,6 +52,8 @@ struct TaskVersion {
     manifest_sha256: Option<String>,
     loaded_at_unix_ms: Option<u128>,
     model_type: Option<String>,
+    /// What computes the live version's scores: "native tree ensemble, ..." or "ONNX Runtime (why)".
+    evaluator: Option<String>,
     class_names: Option<Vec<String>>,
     evaluation: Option<serde_json::Value>,
     last_error: Option<String>,
@@ -74,6 +76,7 @@ fn task_versions(admin: &Admin) -> Vec<TaskVersion> {
                     .and_then(|b| b.loaded_at.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_millis()),
                 model_type: b.map(|b| b.config.model_type.clone()),
+                evaluator: b.map(|b| b.evaluator().to_owned()),
                 class_names: b.map(|b| b.class_labels().to_vec()),
                 evaluation: b.and_then(|b| serde_json::from_str(&b.evaluation_json).ok()),
                 last_error: r.last_error.map(|e| e.to_string()),

@@ -1,4 +1,5 @@
-//! ONNX Runtime sessions for one model and the mapping of their outputs.
+//! ONNX Runtime sessions for one model and the mapping of their outputs; for the graphs it
+//! covers, a native evaluator ([`native`]) that the runtime checks before it answers calls.
 //!
 //! `Session::run` needs `&mut self`, so an [`Engine`] keeps a small pool of sessions, one per
 //! allowed concurrent run. Callers bound concurrency above this module (a semaphore with as many
@@ -19,6 +20,11 @@ use ort::{
     },
     value::{Tensor, TensorElementType, TensorRef, ValueType},
 };
+
+use native::Native;
+
+mod native;
+mod onnx;
 
 /// The element type of a raw-input model's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -190,11 +196,13 @@ pub struct EngineOptions {
     pub sessions: usize,
     /// Intra-op threads per session; 1 runs on the caller's thread.
     pub intra_threads: usize,
+    /// Evaluate covered graphs natively once they agree with the runtime (see [`native`]).
+    pub native: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { sessions: 1, intra_threads: 1 }
+        EngineOptions { sessions: 1, intra_threads: 1, native: true }
     }
 }
 
@@ -231,6 +239,10 @@ pub struct Engine {
     /// (else `[N]`).
     feeds: Vec<(String, bool)>,
     output: String,
+    /// Answers matrix-form runs in place of the sessions, when the model allows it.
+    native: Option<Native>,
+    /// Which evaluator answers, and why, for the load log.
+    evaluator: String,
 }
 
 impl std::fmt::Debug for Engine {
@@ -239,6 +251,7 @@ impl std::fmt::Debug for Engine {
             .field("sessions", &self.sessions.len())
             .field("input", &self.input)
             .field("width", &self.width)
+            .field("native", &self.native.is_some())
             .finish()
     }
 }
@@ -304,6 +317,8 @@ impl Engine {
                 width: 0,
                 feeds,
                 output: output.to_owned(),
+                native: None,
+                evaluator: "ONNX Runtime (raw inputs)".to_owned(),
             });
         }
         let [input] = first.inputs() else {
@@ -321,7 +336,30 @@ impl Engine {
             }
         };
         let input = input.name().to_owned();
-        Ok(Engine { sessions: slots(sessions, width)?, input, width, feeds: Vec::new(), output: output.to_owned() })
+        let sessions = slots(sessions, width)?;
+        let (native, evaluator) = if !options.native {
+            (None, "ONNX Runtime (native evaluation off)".to_owned())
+        } else {
+            let mut first = sessions[0].lock().unwrap_or_else(|p| p.into_inner());
+            let Slot { session, options, .. } = &mut *first;
+            match checked_native(session, options, bytes, output, width) {
+                Ok((native, largest)) => {
+                    let evaluator = format!(
+                        "native {}, agrees with ONNX Runtime on {PROBE_ROWS} probe rows (largest difference {largest:e})",
+                        native.summary()
+                    );
+                    (Some(native), evaluator)
+                }
+                Err(why) => (None, format!("ONNX Runtime ({why})")),
+            }
+        };
+        Ok(Engine { sessions, input, width, feeds: Vec::new(), output: output.to_owned(), native, evaluator })
+    }
+
+    /// Which evaluator answers this model's runs, and why: "native tree ensemble, ..." or
+    /// "ONNX Runtime (reason)".
+    pub fn evaluator(&self) -> &str {
+        &self.evaluator
     }
 
     /// Number of columns the model expects.
@@ -341,6 +379,21 @@ impl Engine {
         columns: &[InputColumn],
         read: impl FnOnce(Outputs<'_>) -> T,
     ) -> Result<T, EngineError> {
+        if let Some(native) = &self.native {
+            debug_assert_eq!(data.len(), rows * self.width);
+            let width = native.outputs();
+            // A unary call's few values stay on the stack.
+            let mut inline = [0.0f32; 16];
+            let mut heap = Vec::new();
+            let out = if rows * width <= inline.len() {
+                &mut inline[..rows * width]
+            } else {
+                heap.resize(rows * width, 0.0);
+                &mut heap[..]
+            };
+            native.run(data, out);
+            return Ok(read(Outputs { data: out, width }));
+        }
         let mut slot = self.session();
         let Slot { session, options, single } = &mut *slot;
         let out = if let (1, Some(single)) = (rows, single.as_mut()) {
@@ -364,8 +417,11 @@ impl Engine {
     }
 
     /// Runs the input once on every session (and its first row alone, as one-row calls run),
-    /// so no session meets its first request cold.
+    /// so no session meets its first request cold; and through the native evaluator, if any.
     pub fn warm_up(&self, rows: usize, data: &[f32], columns: &[InputColumn]) -> Result<(), EngineError> {
+        if self.native.is_some() {
+            self.run(rows, data, columns, |_| ())?;
+        }
         for slot in self.sessions.iter() {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
             let Slot { session, options, single } = &mut *slot;
@@ -422,6 +478,52 @@ impl Engine {
         }
         self.sessions[0].lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Probe rows a native evaluator must agree on with the runtime before it is used.
+const PROBE_ROWS: usize = 512;
+
+/// The native evaluator for the model in `bytes`, if its graph is one the evaluators cover and
+/// it agrees with `session` on every value of [`PROBE_ROWS`] probe rows (relative difference at
+/// most 1e-5: the two sum in different orders); with the largest difference seen. The error
+/// says why the runtime answers instead.
+fn checked_native(
+    session: &mut Session,
+    options: &RunOptions<HasSelectedOutputs>,
+    bytes: &[u8],
+    output: &str,
+    width: usize,
+) -> Result<(Native, f32), String> {
+    let native = Native::compile(bytes, output, width)?;
+    let rows = native.probe(PROBE_ROWS);
+    let tensor = TensorRef::from_array_view(([PROBE_ROWS, width], &*rows)).map_err(|e| e.to_string())?;
+    let out = session
+        .run_with_options(ort::inputs![tensor], options)
+        .map_err(|e| format!("the runtime failed on the probe rows: {e}"))?;
+    let (shape, expected) = out[output].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+    let k = native.outputs();
+    match **shape {
+        [n] if n as usize == PROBE_ROWS && k == 1 => {}
+        [n, w] if n as usize == PROBE_ROWS && w as usize == k => {}
+        _ => return Err(format!("the runtime's output is {shape:?}, the native evaluator's [{PROBE_ROWS}, {k}]")),
+    }
+    let mut got = vec![0.0; PROBE_ROWS * k];
+    native.run(&rows, &mut got);
+    let mut largest = 0.0f32;
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        let difference = if g.is_nan() && e.is_nan() { 0.0 } else { (g - e).abs() };
+        // Written so a NaN on one side only counts as a disagreement.
+        let agrees = difference <= 1e-5 * e.abs().max(1.0);
+        if !agrees {
+            return Err(format!(
+                "the native evaluator disagrees on probe row {}, output {}: {g} against the runtime's {e}",
+                i / k,
+                i % k
+            ));
+        }
+        largest = largest.max(difference);
+    }
+    Ok((native, largest))
 }
 
 /// The model's inputs must be exactly `expected` (any order), each of its element type, shaped
