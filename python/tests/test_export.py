@@ -259,6 +259,10 @@ def test_every_row_served_like_python(case, served, pb):
     task, model, data, report = cases[case]
     validated = modeld("validate", str(root / task / "v1"))
     assert "PASS" in validated.stdout
+    # Every schema-form model here (linear, forests, boosting, XGBoost, LightGBM) is evaluated
+    # natively once it agrees with ONNX Runtime; raw-input graphs stay with the runtime.
+    evaluator = next(line for line in validated.stdout.splitlines() if " evaluator " in line)
+    assert ("native" in evaluator) == (case not in RAW_INPUT), evaluator
 
     with grpc.insecure_channel(daemon.grpc) as channel:
         stub = stubs.InferenceStub(channel)

@@ -323,7 +323,7 @@ impl Bundle {
             0 => format!("{} input columns", engine.width()),
             n => format!("{n} raw inputs"),
         };
-        done("model", format!("{inputs}, {} session(s)", options.engine.sessions.max(1)));
+        done("model", format!("{inputs}, {} session(s)", engine.sessions()));
         done("evaluator", engine.evaluator().to_owned());
 
         let golden = golden::parse(file("golden.jsonl")?)?;
@@ -346,7 +346,8 @@ impl Bundle {
         let input = bundle.replay_golden(&golden, options.tolerance)?;
         done("golden", format!("{} rows match within {:e}", golden.len(), options.tolerance));
         bundle.engine.warm_up(input.rows, &input.data, &input.columns)?;
-        done("warm-up", "every session ran the golden batch".to_owned());
+        let warmed = if bundle.engine.is_native() { "the native evaluator" } else { "every session" };
+        done("warm-up", format!("{warmed} ran the golden batch"));
         Ok(bundle)
     }
 

@@ -283,36 +283,41 @@ impl Engine {
         let model = path;
         let open = |source| EngineError::Open { path: model.to_owned(), source };
         let signature = |reason: String| EngineError::Signature { path: model.to_owned(), reason };
-        let sessions = (0..options.sessions.max(1))
-            .map(|_| build_session(env, bytes, options.intra_threads).map_err(open))
-            .collect::<Result<Vec<_>, _>>()?;
-        let first = &sessions[0];
+        // One session first: it tells the signature, and checks a native evaluator. The rest of
+        // the pool is built only if the runtime is to answer calls.
+        let session = build_session(env, bytes, options.intra_threads).map_err(open)?;
+        let first = &session;
         let feeds = if inputs.is_empty() { Vec::new() } else { check_inputs(first, inputs).map_err(signature)? };
         check_output(first, output).map_err(signature)?;
         let outputs_per_row = output_width(first, output);
-        let slots = |sessions: Vec<Session>, width: usize| {
-            sessions
-                .into_iter()
-                .map(|session| {
-                    let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
-                    let single = match outputs_per_row {
-                        Some(k) if width > 0 => {
-                            let allocator = ort::memory::Allocator::default();
-                            let input = Tensor::<f32>::new(&allocator, [1, width])?;
-                            let out = Tensor::<f32>::new(&allocator, k.map_or(vec![1], |k| vec![1, k]))?;
-                            let selector = OutputSelector::no_default().with(output).preallocate(output, out);
-                            Some(Single { input, options: RunOptions::new()?.with_outputs(selector) })
-                        }
-                        _ => None,
-                    };
-                    Ok(Mutex::new(Slot { session, options, single }))
-                })
-                .collect::<Result<Box<[_]>, ort::Error>>()
-                .map_err(EngineError::Run)
+        let slot = |session: Session, width: usize| -> Result<Mutex<Slot>, EngineError> {
+            let make = || {
+                let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
+                let single = match outputs_per_row {
+                    Some(k) if width > 0 => {
+                        let allocator = ort::memory::Allocator::default();
+                        let input = Tensor::<f32>::new(&allocator, [1, width])?;
+                        let out = Tensor::<f32>::new(&allocator, k.map_or(vec![1], |k| vec![1, k]))?;
+                        let selector = OutputSelector::no_default().with(output).preallocate(output, out);
+                        Some(Single { input, options: RunOptions::new()?.with_outputs(selector) })
+                    }
+                    _ => None,
+                };
+                Ok(Slot { session, options, single })
+            };
+            make().map(Mutex::new).map_err(EngineError::Run)
+        };
+        // The first session's slot and as many more as `options.sessions` asks for.
+        let pool = |first: Mutex<Slot>, width: usize| -> Result<Box<[Mutex<Slot>]>, EngineError> {
+            let mut slots = vec![first];
+            while slots.len() < options.sessions.max(1) {
+                slots.push(slot(build_session(env, bytes, options.intra_threads).map_err(open)?, width)?);
+            }
+            Ok(slots.into_boxed_slice())
         };
         if !feeds.is_empty() {
             return Ok(Engine {
-                sessions: slots(sessions, 0)?,
+                sessions: pool(slot(session, 0)?, 0)?,
                 input: String::new(),
                 width: 0,
                 feeds,
@@ -336,22 +341,36 @@ impl Engine {
             }
         };
         let input = input.name().to_owned();
-        let sessions = slots(sessions, width)?;
-        let (native, evaluator) = if !options.native {
-            (None, "ONNX Runtime (native evaluation off)".to_owned())
-        } else {
-            let mut first = sessions[0].lock().unwrap_or_else(|p| p.into_inner());
-            let Slot { session, options, .. } = &mut *first;
-            match checked_native(session, options, bytes, output, width) {
-                Ok((native, largest)) => {
-                    let evaluator = format!(
-                        "native {}, agrees with ONNX Runtime on {PROBE_ROWS} probe rows (largest difference {largest:e})",
-                        native.summary()
-                    );
-                    (Some(native), evaluator)
-                }
-                Err(why) => (None, format!("ONNX Runtime ({why})")),
+        if !options.native {
+            let evaluator = "ONNX Runtime (native evaluation off)".to_owned();
+            let sessions = pool(slot(session, width)?, width)?;
+            return Ok(Engine {
+                sessions,
+                input,
+                width,
+                feeds: Vec::new(),
+                output: output.to_owned(),
+                native: None,
+                evaluator,
+            });
+        }
+        let first = slot(session, width)?;
+        let checked = {
+            let mut guard = first.lock().unwrap_or_else(|p| p.into_inner());
+            let Slot { session, options, .. } = &mut *guard;
+            checked_native(session, options, bytes, output, width)
+        };
+        let (sessions, native, evaluator) = match checked {
+            // The kept session is the reference the evaluator was checked against; calls never
+            // reach it.
+            Ok((native, largest)) => {
+                let evaluator = format!(
+                    "native {}, agrees with ONNX Runtime on {PROBE_ROWS} probe rows (largest difference {largest:e})",
+                    native.summary()
+                );
+                (Box::from([first]), Some(native), evaluator)
             }
+            Err(why) => (pool(first, width)?, None, format!("ONNX Runtime ({why})")),
         };
         Ok(Engine { sessions, input, width, feeds: Vec::new(), output: output.to_owned(), native, evaluator })
     }
@@ -360,6 +379,16 @@ impl Engine {
     /// "ONNX Runtime (reason)".
     pub fn evaluator(&self) -> &str {
         &self.evaluator
+    }
+
+    /// Whether the native evaluator answers this model's runs.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// ONNX Runtime sessions kept: one, as the reference, when the native evaluator answers.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Number of columns the model expects.
@@ -417,10 +446,11 @@ impl Engine {
     }
 
     /// Runs the input once on every session (and its first row alone, as one-row calls run),
-    /// so no session meets its first request cold; and through the native evaluator, if any.
+    /// so no session meets its first request cold; or through the native evaluator, which
+    /// answers every call when there is one.
     pub fn warm_up(&self, rows: usize, data: &[f32], columns: &[InputColumn]) -> Result<(), EngineError> {
         if self.native.is_some() {
-            self.run(rows, data, columns, |_| ())?;
+            return self.run(rows, data, columns, |_| ());
         }
         for slot in self.sessions.iter() {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -481,7 +511,7 @@ impl Engine {
 }
 
 /// Probe rows a native evaluator must agree on with the runtime before it is used.
-const PROBE_ROWS: usize = 512;
+const PROBE_ROWS: usize = 256;
 
 /// The native evaluator for the model in `bytes`, if its graph is one the evaluators cover and
 /// it agrees with `session` on every value of [`PROBE_ROWS`] probe rows (relative difference at

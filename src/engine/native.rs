@@ -598,18 +598,38 @@ impl Trees {
     }
 }
 
-/// Every node (children by position) is reached from exactly one root by exactly one path, so a
-/// walk ends at a leaf.
+/// No walk from a root (children by position) comes back to a node on its own path, so every
+/// walk ends at a leaf. Converters may share a subtree between parents (LightGBM's categorical
+/// splits do): that is a graph, not a tree, and evaluates the same way.
 fn check_trees(nodes: &[Node], roots: &[u32]) -> Result<(), String> {
-    let mut seen = vec![false; nodes.len()];
-    let mut stack: Vec<u32> = roots.to_vec();
-    while let Some(i) = stack.pop() {
-        if std::mem::replace(&mut seen[i as usize], true) {
-            return Err("a node is reached twice: the trees are not trees".into());
+    const NEW: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![NEW; nodes.len()];
+    // Depth first, without recursion: (node, its children already pushed).
+    let mut stack: Vec<(u32, bool)> = roots.iter().map(|&r| (r, false)).collect();
+    while let Some((i, expanded)) = stack.pop() {
+        let i = i as usize;
+        if expanded {
+            state[i] = DONE;
+            continue;
         }
-        let n = &nodes[i as usize];
+        match state[i] {
+            DONE => continue,
+            ON_PATH => return Err("a tree loops back on itself".into()),
+            _ => {}
+        }
+        state[i] = ON_PATH;
+        stack.push((i as u32, true));
+        let n = &nodes[i];
         if n.mode != Mode::Leaf {
-            stack.extend([n.yes, n.no]);
+            for child in [n.yes, n.no] {
+                match state[child as usize] {
+                    ON_PATH => return Err("a tree loops back on itself".into()),
+                    NEW => stack.push((child, false)),
+                    _ => {}
+                }
+            }
         }
     }
     Ok(())
@@ -752,7 +772,13 @@ mod tests {
         let mut looped = ModelProto::decode(&*r).unwrap();
         let node = &mut looped.graph.as_mut().unwrap().node[0];
         node.attribute.iter_mut().find(|a| a.name == "nodes_falsenodeids").unwrap().ints[2] = 0;
-        assert!(reason(&looped.encode_to_vec(), 2).contains("not trees"));
+        assert!(reason(&looped.encode_to_vec(), 2).contains("loops back"));
+        // Two parents sharing a child is fine: tree 0's `x1 < 2` test sends both ways to node 3.
+        let mut shared = ModelProto::decode(&*r).unwrap();
+        let node = &mut shared.graph.as_mut().unwrap().node[0];
+        node.attribute.iter_mut().find(|a| a.name == "nodes_falsenodeids").unwrap().ints[2] = 3;
+        let m = Native::compile(&shared.encode_to_vec(), "out", 2).unwrap();
+        assert_eq!(score(&m, &[1.5, 2.5]), [-1.0]);
         let mut scaled = ModelProto::decode(&*r).unwrap();
         let graph = scaled.graph.as_mut().unwrap();
         graph.node[0].input[0] = "scaled".into();
