@@ -123,6 +123,8 @@ async fn get_version_and_admin_version_describe_the_live_bundle() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["tasks"][0]["version"], "v1");
     assert_eq!(json["tasks"][0]["manifest_sha256"], v.manifest_sha256.as_str());
+    let evaluator = json["tasks"][0]["evaluator"].as_str().unwrap();
+    assert!(evaluator.starts_with("native linear") && evaluator.contains("agrees with ONNX Runtime"), "{evaluator}");
 }
 
 #[tokio::test]
