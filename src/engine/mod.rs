@@ -4,7 +4,8 @@
 //! `Session::run` needs `&mut self`, so an [`Engine`] keeps a small pool of sessions, one per
 //! allowed concurrent run. Callers bound concurrency above this module (a semaphore with as many
 //! permits as there are sessions), so a free session is always found without waiting; the
-//! mutexes only make that safe. Each session runs single-threaded on the calling thread:
+//! mutexes only make that safe. The native evaluator needs neither: it only reads its arrays,
+//! so runs share it, and the pool shrinks to the one session it was checked against. Each session runs single-threaded on the calling thread:
 //! a tabular row costs microseconds, far less than handing work to an intra-op pool.
 
 use std::{
@@ -266,7 +267,7 @@ pub struct Outputs<'a> {
 
 impl Engine {
     /// Opens the model in `bytes` (read from `path`, named in errors) with `options.sessions`
-    /// sessions and checks its signature: one float32 input `[N, F]` and the float32 output
+    /// sessions (one when the native evaluator answers) and checks its signature: one float32 input `[N, F]` and the float32 output
     /// `output` (`[N]` or `[N, K]`). Taking bytes lets the caller load exactly the bytes whose
     /// checksum it verified.
     ///

@@ -61,7 +61,13 @@ impl Native {
         };
         // Walk back from the read output through Identity nodes to the operator computing it.
         let mut name = output;
+        let mut steps = 0;
         let (node, slot) = loop {
+            // The runtime has already refused a graph with a cycle; the bound is for this walk.
+            steps += 1;
+            if steps > graph.node.len() {
+                return Err("the Identity nodes loop".into());
+            }
             let Some(node) = graph.node.iter().find(|n| n.output.iter().any(|o| o == name)) else {
                 return Err(format!("no node computes `{name}`"));
             };
@@ -146,9 +152,6 @@ impl Native {
                     };
                     candidates[n.feature as usize].extend(around);
                 }
-                for c in &mut candidates {
-                    c.push(f32::NAN);
-                }
             }
             Model::Linear(_) => {
                 for c in &mut candidates {
@@ -165,13 +168,19 @@ impl Native {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        (0..rows)
-            .flat_map(|_| {
-                (0..self.width)
-                    .map(|j| candidates[j][(next() % candidates[j].len() as u64) as usize])
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        let trees = matches!(self.model, Model::Trees(_));
+        let mut rows_out = Vec::with_capacity(rows * self.width);
+        for _ in 0..rows * self.width {
+            let j = rows_out.len() % self.width;
+            let draw = next();
+            // One value in eight is missing, so the trees' missing-value routes are walked too.
+            rows_out.push(if trees && draw % 8 == 0 {
+                f32::NAN
+            } else {
+                candidates[j][((draw >> 3) % candidates[j].len() as u64) as usize]
+            });
+        }
+        rows_out
     }
 }
 
