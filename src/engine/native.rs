@@ -105,7 +105,7 @@ impl Native {
                     trees.roots.len(),
                     trees.nodes.len() + trees.leaves.len()
                 );
-                let outputs = trees.outputs;
+                let outputs = trees.scores;
                 (Model::Trees(trees), outputs, summary)
             }
             other => return Err(format!("operator {other} is not evaluated natively")),
@@ -322,10 +322,8 @@ struct Trees {
     /// The split rule every branch uses, when they share one and send no missing value the
     /// test's way: the walk then needs no per-node dispatch.
     uniform: Option<Mode>,
-    /// Scores per row before the binary rule: classes or targets.
+    /// Scores per row, and values written per row: classes or targets.
     scores: usize,
-    /// Values written per row.
-    outputs: usize,
     base: Vec<f32>,
     post: Post,
     average: bool,
@@ -356,11 +354,12 @@ impl Trees {
         if index.len() != n {
             return Err("a node id repeats within a tree".into());
         }
+        // Trees in the order their ids first appear, as the runtime sums them.
         let mut roots = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for &t in tree_ids {
-            let root = *index.get(&(t, 0)).ok_or_else(|| format!("tree {t} has no node 0"))?;
-            if !roots.contains(&root) {
-                roots.push(root);
+            if seen.insert(t) {
+                roots.push(*index.get(&(t, 0)).ok_or_else(|| format!("tree {t} has no node 0"))?);
             }
         }
         // Every node as given (children by position), before branches and leaves part ways.
@@ -407,8 +406,8 @@ impl Trees {
         } else {
             usize::try_from(node.int("n_targets").unwrap_or(1)).map_err(|_| "negative n_targets")?
         };
-        if scores == 0 || scores > 64 {
-            return Err(format!("{scores} classes or targets"));
+        if scores == 0 {
+            return Err("no classes or targets".into());
         }
         let mut per_leaf: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
         for k in 0..m {
@@ -464,7 +463,6 @@ impl Trees {
         let post = post_of(node)?;
         let aggregate = node.text("aggregate_function").unwrap_or("SUM");
         let mut binary = Binary::No;
-        let mut outputs = scores;
         if classifier {
             if !base.is_empty() && base.len() != scores && !(scores == 2 && base.len() == 1) {
                 return Err(format!("{} base values for {scores} classes", base.len()));
@@ -498,10 +496,13 @@ impl Trees {
             if aggregate != "SUM" {
                 return Err(format!("a classifier aggregating by {aggregate}"));
             }
-            outputs = scores;
         } else {
             if post != Post::None {
                 return Err("a tree regressor with a post transform".into());
+            }
+            // For one target the runtime reads each leaf's first weight only.
+            if scores == 1 && single.is_none() {
+                return Err("a one-target regressor whose leaves do not hold one weight each".into());
             }
             if !base.is_empty() && base.len() != scores {
                 return Err(format!("{} base values for {scores} targets", base.len()));
@@ -512,7 +513,7 @@ impl Trees {
             "AVERAGE" => true,
             other => return Err(format!("aggregate_function {other}")),
         };
-        Ok(Trees { nodes, roots, leaves, weights, single, uniform, scores, outputs, base, post, average, binary })
+        Ok(Trees { nodes, roots, leaves, weights, single, uniform, scores, base, post, average, binary })
     }
 
     /// The leaf `row` reaches from `root`, by its index in `leaves`, for branches that all
